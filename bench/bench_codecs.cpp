@@ -1,0 +1,159 @@
+// Codec throughput at PixArt-Sigma shapes, in GB/s of fp32 input and as a ratio to a memcpy of the
+// same bytes with the same thread count, measured in the same run (the anchor).
+//
+//   build/bench/bench_codecs --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+//
+// Inputs rotate through enough matrices (> 64 MiB) that none is in cache when it is read again.
+#include <benchmark/benchmark.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "loraq/format.hpp"
+
+namespace {
+
+struct Shape {
+  std::int64_t rows, cols;
+};
+
+std::vector<Shape> load_shapes() {
+  std::ifstream in(std::string(LORAQ_BENCH_SHAPES) + "/pixart_sigma.txt");
+  std::vector<Shape> shapes;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::istringstream fields(line);
+    Shape s{};
+    if (fields >> s.rows >> s.cols) shapes.push_back(s);
+  }
+  if (shapes.empty()) shapes = {{1152, 1152}, {4608, 1152}, {1152, 4608}};
+  return shapes;
+}
+
+// Rotating inputs of one shape, and an output buffer per input.
+struct Buffers {
+  std::vector<std::vector<float>> inputs, outputs;
+  explicit Buffers(const Shape& s) {
+    const std::size_t n = std::size_t(s.rows * s.cols);
+    const std::size_t copies = std::max<std::size_t>(2, (64u << 20) / (n * sizeof(float)) + 1);
+    std::mt19937 rng(1);
+    std::normal_distribution<float> normal(0.0f, 0.02f);
+    for (std::size_t c = 0; c < copies; ++c) {
+      inputs.emplace_back(n);
+      for (float& v : inputs.back()) v = normal(rng);
+      outputs.emplace_back(n);
+    }
+  }
+};
+
+Buffers& buffers_for(const Shape& s) {
+  static std::map<std::pair<std::int64_t, std::int64_t>, Buffers> cache;
+  auto it = cache.find({s.rows, s.cols});
+  if (it == cache.end()) it = cache.emplace(std::make_pair(s.rows, s.cols), Buffers(s)).first;
+  return it->second;
+}
+
+// memcpy split over all threads: the anchor.
+void parallel_memcpy(float* dst, const float* src, std::size_t n) {
+#pragma omp parallel
+  {
+    const std::size_t threads = std::size_t(omp_get_num_threads()), t = std::size_t(omp_get_thread_num());
+    const std::size_t begin = n * t / threads, end = n * (t + 1) / threads;
+    std::memcpy(dst + begin, src + begin, (end - begin) * sizeof(float));
+  }
+}
+
+double& memcpy_bytes_per_second(const Shape& s) {
+  static std::map<std::pair<std::int64_t, std::int64_t>, double> rate;
+  return rate[{s.rows, s.cols}];
+}
+
+void set_rates(benchmark::State& state, const Shape& s) {
+  const double bytes = double(state.iterations()) * double(s.rows * s.cols) * sizeof(float);
+  state.SetBytesProcessed(std::int64_t(bytes));
+  if (const double anchor = memcpy_bytes_per_second(s); anchor > 0)
+    state.counters["vs_memcpy"] = benchmark::Counter(bytes / anchor, benchmark::Counter::kIsRate);
+}
+
+void bm_memcpy(benchmark::State& state, Shape s) {
+  Buffers& b = buffers_for(s);
+  std::size_t k = 0;
+  for (auto _ : state) {
+    parallel_memcpy(b.outputs[k].data(), b.inputs[k].data(), b.inputs[k].size());
+    benchmark::ClobberMemory();
+    k = (k + 1) % b.inputs.size();
+  }
+  state.SetBytesProcessed(std::int64_t(double(state.iterations()) * double(s.rows * s.cols) * sizeof(float)));
+}
+
+void bm_fake_quantize(benchmark::State& state, loraq::Format f, Shape s) {
+  Buffers& b = buffers_for(s);
+  std::size_t k = 0;
+  for (auto _ : state) {
+    loraq::fake_quantize(f, b.inputs[k], b.outputs[k], s.rows, s.cols);
+    benchmark::ClobberMemory();
+    k = (k + 1) % b.inputs.size();
+  }
+  set_rates(state, s);
+}
+
+void bm_pack(benchmark::State& state, loraq::Format f, Shape s) {
+  Buffers& b = buffers_for(s);
+  std::size_t k = 0;
+  for (auto _ : state) {
+    loraq::PackedMatrix p = loraq::pack(f, b.inputs[k], s.rows, s.cols);
+    benchmark::DoNotOptimize(p.codes.data());
+    k = (k + 1) % b.inputs.size();
+  }
+  set_rates(state, s);
+}
+
+// The anchor's median over repeated timed copies, measured before the codecs run.
+double measure_memcpy(const Shape& s) {
+  Buffers& b = buffers_for(s);
+  std::vector<double> rates;
+  for (int rep = 0; rep < 31; ++rep) {
+    const std::size_t k = std::size_t(rep) % b.inputs.size();
+    const double t0 = omp_get_wtime();
+    parallel_memcpy(b.outputs[k].data(), b.inputs[k].data(), b.inputs[k].size());
+    const double t1 = omp_get_wtime();
+    rates.push_back(double(b.inputs[k].size() * sizeof(float)) / (t1 - t0));
+  }
+  std::nth_element(rates.begin(), rates.begin() + 15, rates.end());
+  return rates[15];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::vector<Shape> shapes = load_shapes();
+  const loraq::Format formats[] = {loraq::Format::mxfp4, loraq::Format::mxint8, loraq::Format::sint4,
+                                   loraq::Format::nvfp4};
+  for (const Shape& s : shapes) {
+    const std::string shape = std::to_string(s.rows) + "x" + std::to_string(s.cols);
+    memcpy_bytes_per_second(s) = measure_memcpy(s);
+    benchmark::RegisterBenchmark(("memcpy/" + shape).c_str(), bm_memcpy, s)->UseRealTime();
+    for (loraq::Format f : formats) {
+      const std::string name(loraq::format_info(f).name);
+      benchmark::RegisterBenchmark(("fake_quantize/" + name + "/" + shape).c_str(), bm_fake_quantize, f, s)
+          ->UseRealTime();
+      benchmark::RegisterBenchmark(("pack/" + name + "/" + shape).c_str(), bm_pack, f, s)->UseRealTime();
+    }
+  }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::AddCustomContext("anchor", "memcpy of the same fp32 bytes, " + std::to_string(omp_get_max_threads()) +
+                                            " threads, median of 31, measured in this run");
+  benchmark::AddCustomContext("isa", std::string(loraq::isa_name(loraq::default_isa())));
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,50 @@
+#include "block_scales.hpp"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+
+#include "element_codec.hpp"
+
+namespace loraq::detail {
+
+int floor_log2(float a) {
+  const std::uint32_t bits = std::bit_cast<std::uint32_t>(a) & 0x7FFFFFFFu;
+  const int exp_field = static_cast<int>(bits >> 23);
+  if (exp_field != 0) return exp_field - 127;
+  const std::uint32_t mantissa = bits & 0x7FFFFFu;  // subnormal: value = mantissa * 2^-149
+  return -149 + (31 - std::countl_zero(mantissa));
+}
+
+int mx_shared_exponent(float amax, int element_emax) {
+  return std::clamp(floor_log2(amax) - element_emax, -127, 127);
+}
+
+std::uint16_t sint4_scale_code(float amax) {
+  const float scale = amax / 7.0f;  // fp32 division, then one rounding to fp16
+  return static_cast<std::uint16_t>(FP16::encode(scale, Rounding::nearest_even));
+}
+
+float fp16_value(std::uint16_t code) { return FP16::decode(code); }
+
+float nvfp4_tensor_scale(float tensor_amax) { return tensor_amax / (448.0f * 6.0f); }
+
+std::uint8_t nvfp4_block_scale_code(float block_amax, float tensor_scale) {
+  const float ratio = block_amax / 6.0f / tensor_scale;  // left to right in fp32, as FORMATS.md writes it
+  return static_cast<std::uint8_t>(E4M3::encode(ratio, Rounding::nearest_even));
+}
+
+float e4m3_value(std::uint8_t code) { return E4M3::decode(code); }
+
+float finite_amax(std::span<const float> values) {
+  float amax = 0.0f;
+  const auto n = static_cast<std::int64_t>(values.size());
+#pragma omp parallel for reduction(max : amax) schedule(static)
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float a = std::fabs(values[i]);
+    if (std::isfinite(a) && a > amax) amax = a;
+  }
+  return amax;
+}
+
+}  // namespace loraq::detail

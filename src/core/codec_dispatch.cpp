@@ -1,0 +1,133 @@
+// The public codec entry points: argument checks, the nvfp4 tensor scale, threads over rows, and the
+// choice between the scalar reference and a vectorized kernel table.
+#include <string>
+#include <vector>
+
+#include <omp.h>
+
+#include "block_reference.hpp"
+#include "block_scales.hpp"
+#include "loraq/error.hpp"
+#include "loraq/format.hpp"
+#include "packing.hpp"
+#include "simd/vector_kernels.hpp"
+
+namespace loraq {
+namespace {
+
+void check_shape(Format f, std::size_t size, std::int64_t rows, std::int64_t cols, const char* what) {
+  if (rows < 0 || cols < 0 || (cols > 0 && rows > INT64_MAX / cols) || size < std::size_t(rows * cols))
+    throw Error(std::string(what) + ": a " + std::to_string(rows) + " x " + std::to_string(cols) + " " +
+                std::string(format_info(f).name) + " matrix needs " + std::to_string(rows) + " * " +
+                std::to_string(cols) + " floats, the buffer holds " + std::to_string(size));
+}
+
+const detail::VectorKernels* vector_kernels(Format f, const QuantOptions& options) {
+  const Isa isa = options.isa ? *options.isa : default_isa();
+  if (!isa_available(isa)) throw Error("instruction set " + std::string(isa_name(isa)) + " is not available here");
+  const detail::VectorKernels* kernels = nullptr;
+  switch (isa) {
+    case Isa::scalar: return nullptr;
+    case Isa::avx2: kernels = detail::avx2_kernels(); break;
+    case Isa::avx512: kernels = detail::avx512_kernels(); break;
+  }
+  return kernels && kernels->supports(f) ? kernels : nullptr;
+}
+
+float tensor_scale_of(Format f, std::span<const float> values) {
+  return format_info(f).tensor_scale ? detail::nvfp4_tensor_scale(detail::finite_amax(values)) : 1.0f;
+}
+
+int thread_count(const QuantOptions& options) { return options.threads > 0 ? options.threads : omp_get_max_threads(); }
+
+}  // namespace
+
+void fake_quantize(Format f, std::span<const float> in, std::span<float> out, std::int64_t rows, std::int64_t cols,
+                   const QuantOptions& options) {
+  check_shape(f, in.size(), rows, cols, "fake_quantize input");
+  check_shape(f, out.size(), rows, cols, "fake_quantize output");
+  const float tensor_scale = tensor_scale_of(f, in.first(std::size_t(rows * cols)));
+  const detail::VectorKernels* kernels = vector_kernels(f, options);
+  const std::int64_t blocks = blocks_per_row(f, cols);
+#pragma omp parallel num_threads(thread_count(options))
+  {
+    std::vector<std::uint32_t> codes, scales;  // scratch of the scalar path, one per thread
+    if (!kernels) codes.resize(std::size_t(detail::padded_cols(f, cols))), scales.resize(std::size_t(blocks + 1));
+#pragma omp for schedule(static)
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const float* src = in.data() + r * cols;
+      float* dst = out.data() + r * cols;
+      if (kernels) {
+        kernels->fake_quantize_row(f, src, dst, cols, tensor_scale, options.rounding);
+      } else {
+        detail::reference_encode_row(f, src, cols, tensor_scale, options.rounding, codes.data(), scales.data());
+        detail::reference_decode_row(f, codes.data(), scales.data(), tensor_scale, cols, dst);
+      }
+    }
+  }
+}
+
+PackedMatrix pack(Format f, std::span<const float> in, std::int64_t rows, std::int64_t cols,
+                  const QuantOptions& options) {
+  check_shape(f, in.size(), rows, cols, "pack input");
+  PackedMatrix packed;
+  packed.format = f;
+  packed.rows = rows;
+  packed.cols = cols;
+  packed.tensor_scale = tensor_scale_of(f, in.first(std::size_t(rows * cols)));
+  const std::int64_t row_bytes = packed_row_bytes(f, cols);
+  const std::int64_t blocks = blocks_per_row(f, cols);
+  const int scale_width = scale_bytes(f);
+  packed.codes.assign(std::size_t(rows * row_bytes), 0);
+  packed.scales.assign(std::size_t(rows * blocks * scale_width), 0);
+  const detail::VectorKernels* kernels = vector_kernels(f, options);
+  const int bits = element_bits(f);
+#pragma omp parallel num_threads(thread_count(options))
+  {
+    std::vector<std::uint32_t> codes, scales;
+    if (!kernels) codes.resize(std::size_t(detail::padded_cols(f, cols))), scales.resize(std::size_t(blocks + 1));
+#pragma omp for schedule(static)
+    for (std::int64_t r = 0; r < rows; ++r) {
+      std::uint8_t* code_bytes = packed.codes.data() + r * row_bytes;
+      std::uint8_t* scale_bytes_out = packed.scales.data() + r * blocks * scale_width;
+      if (kernels) {
+        kernels->pack_row(f, in.data() + r * cols, cols, packed.tensor_scale, options.rounding, code_bytes,
+                          scale_bytes_out);
+      } else {
+        detail::reference_encode_row(f, in.data() + r * cols, cols, packed.tensor_scale, options.rounding,
+                                     codes.data(), scales.data());
+        detail::pack_codes(bits, codes.data(), detail::padded_cols(f, cols), code_bytes);
+        detail::store_scales(format_info(f).scale, scales.data(), blocks, scale_bytes_out);
+      }
+    }
+  }
+  return packed;
+}
+
+void unpack(const PackedMatrix& packed, std::span<float> out, const QuantOptions& options) {
+  const Format f = packed.format;
+  check_shape(f, out.size(), packed.rows, packed.cols, "unpack output");
+  const std::int64_t row_bytes = packed_row_bytes(f, packed.cols);
+  const std::int64_t blocks = blocks_per_row(f, packed.cols);
+  const int scale_width = scale_bytes(f);
+  if (packed.codes.size() != std::size_t(packed.rows * row_bytes) ||
+      packed.scales.size() != std::size_t(packed.rows * blocks * scale_width))
+    throw Error("unpack: a " + std::to_string(packed.rows) + " x " + std::to_string(packed.cols) + " " +
+                std::string(format_info(f).name) + " matrix needs " + std::to_string(packed.rows * row_bytes) +
+                " code bytes and " + std::to_string(packed.rows * blocks * scale_width) + " scale bytes, got " +
+                std::to_string(packed.codes.size()) + " and " + std::to_string(packed.scales.size()));
+  const std::int64_t padded = detail::padded_cols(f, packed.cols);
+#pragma omp parallel num_threads(thread_count(options))
+  {
+    std::vector<std::uint32_t> codes(static_cast<std::size_t>(padded)), scales(static_cast<std::size_t>(blocks + 1));
+#pragma omp for schedule(static)
+    for (std::int64_t r = 0; r < packed.rows; ++r) {
+      detail::unpack_codes(element_bits(f), packed.codes.data() + r * row_bytes, padded, codes.data());
+      detail::load_scales(format_info(f).scale, packed.scales.data() + r * blocks * scale_width, blocks, scales.data());
+      detail::reference_decode_row(f, codes.data(), scales.data(), packed.tensor_scale, packed.cols,
+                                   out.data() + r * packed.cols);
+    }
+  }
+}
+
+}  // namespace loraq

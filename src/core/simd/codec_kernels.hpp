@@ -1,0 +1,382 @@
+// The vectorized codecs, written once over a vector-ops type V (VecAvx2, VecAvx512).
+//
+// Rounding to an element grid without a table or a log: for a magnitude a whose grid step is
+// 2^k, (a + 2^(k+23)) - 2^(k+23) rounds a to a multiple of 2^k with the FPU's ties-to-even, exactly
+// (the sum lies in the binade of 2^(k+23), whose fp32 step is 2^k). k comes from a's exponent bits,
+// clamped below at the element's smallest normal exponent (the subnormal step). Ties away from zero
+// add one step where the even rounding went down by exactly half a step. Codes are then read off the
+// rounded value's fp32 bits (normal) or as an integer multiple of the subnormal step.
+//
+// Included only by codec_avx2.cpp / codec_avx512.cpp, inside their anonymous namespace: nothing here
+// may have external linkage, or the linker could hand an AVX copy to the scalar path.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "../block_scales.hpp"
+#include "../element_codec.hpp"  // constexpr element parameters only: no codec function is called here
+#include "vector_kernels.hpp"
+
+namespace {
+
+using loraq::Format;
+using loraq::Rounding;
+namespace detail = loraq::detail;
+
+// An element grid as the vector code sees it.
+struct Grid {
+  int man_bits;    // grid points per binade = 2^man_bits
+  int emin_field;  // biased fp32 exponent of the smallest normal (all values of integer grids are below it)
+  int bias;        // the element's own exponent bias (floats)
+  int bits;        // code width
+  float max_value;
+  bool is_int;  // two's complement codes (MX int, sint4, int8)
+};
+
+template <class C>
+constexpr Grid float_grid(float max_value) {
+  return {C::man_bits, C::emin + 127, C::bias, C::bits, max_value, false};
+}
+constexpr Grid kE2M1 = float_grid<detail::E2M1>(6.0f);
+constexpr Grid kE2M3 = float_grid<detail::E2M3>(7.5f);
+constexpr Grid kE3M2 = float_grid<detail::E3M2>(28.0f);
+constexpr Grid kE4M3 = float_grid<detail::E4M3>(448.0f);
+constexpr Grid kE5M2 = float_grid<detail::E5M2>(57344.0f);
+// int grids: step 2^-frac = 2^((emin_field-127) - man_bits). mx_int8: step 2^-6, values < 2 = 2^1.
+constexpr Grid kMxInt8 = {7, 128, 0, 8, 127.0f / 64.0f, true};
+constexpr Grid kMxInt4 = {3, 128, 0, 4, 7.0f / 4.0f, true};
+constexpr Grid kInt4 = {3, 130, 0, 4, 7.0f, true};    // step 1 = 2^(3 - 3), values < 8
+constexpr Grid kInt8 = {7, 134, 0, 8, 127.0f, true};  // step 1 = 2^(7 - 7), values < 128
+
+template <class V>
+struct GridRounder {
+  using F = typename V::F;
+  using I = typename V::I;
+
+  Grid grid;
+  bool away;
+  I emin_field, magic_shift, half_shift, normal_min_bits, rebias, sign_mask, code_mask;
+  F max_value, clamp_value, to_subnormal_code;
+
+  GridRounder(const Grid& g, Rounding rounding)
+      : grid(g),
+        away(rounding == Rounding::nearest_away),
+        emin_field(V::set_i(g.emin_field)),
+        magic_shift(V::set_i(23 - g.man_bits)),
+        half_shift(V::set_i(g.man_bits + 1)),
+        normal_min_bits(V::set_i((g.emin_field << 23) - 1)),
+        rebias(V::set_i((127 - g.bias) << g.man_bits)),
+        sign_mask(V::set_i(static_cast<std::int32_t>(0x80000000u))),
+        code_mask(V::set_i((1 << g.bits) - 1)),
+        max_value(V::set_f(g.max_value)),
+        clamp_value(V::set_f(2.0f * g.max_value)),
+        to_subnormal_code(V::set_f(__builtin_bit_cast(float, std::uint32_t(127 + g.man_bits - (g.emin_field - 127)) << 23))) {}
+
+  // Rounded magnitude of a >= 0 (finite), saturated at the grid's max.
+  F round(F a) const {
+    a = V::min_f(a, clamp_value);  // beyond 2 max everything saturates; keeps the magic sum finite
+    const I exponent = V::max_i(V::shr(V::bits(a), 23), emin_field);
+    const F magic = V::flt(V::shl(V::add_i(exponent, magic_shift), 23));
+    F r = V::sub(V::add(a, magic), magic);
+    if (away) {
+      const F half = V::flt(V::shl(V::sub_i(exponent, half_shift), 23));
+      r = V::select_f(V::eq_f(V::sub(a, r), half), V::add(r, V::add(half, half)), r);
+    }
+    return V::min_f(r, max_value);
+  }
+
+  // Element code of a rounded magnitude r with the sign bits of the original value.
+  I code(F r, I sign) const {
+    const I subnormal = V::cvtt(V::mul(r, to_subnormal_code));
+    if (grid.is_int) {
+      const typename V::M negative = V::gt_i(V::set_i(0), sign);  // sign bit set
+      return V::select_i(negative, V::and_i(V::sub_i(V::set_i(0), subnormal), code_mask), subnormal);
+    }
+    const I rb = V::bits(r);
+    const I normal = V::sub_i(V::shr(rb, 23 - grid.man_bits), rebias);
+    const I magnitude = V::select_i(V::gt_i(rb, normal_min_bits), normal, subnormal);
+    return V::or_i(magnitude, V::shr(sign, 32 - grid.bits));
+  }
+
+  // The value of r with its sign; integer grids give +0 for a zero code, as decoding k = 0 does.
+  F signed_value(F r, I sign) const {
+    const F v = V::flt(V::or_i(V::bits(r), sign));
+    return grid.is_int ? V::add(v, V::set_f(0.0f)) : v;
+  }
+};
+
+struct BlockStats {
+  float amax;
+  bool finite;
+};
+
+template <class V>
+BlockStats block_stats(const float* x, std::int64_t n) {  // n: a multiple of V::W
+  typename V::I m = V::set_i(0);
+  const typename V::I abs_mask = V::set_i(0x7FFFFFFF);
+  for (std::int64_t i = 0; i < n; i += V::W) m = V::max_i(m, V::and_i(V::bits(V::load(x + i)), abs_mask));
+  const std::int32_t amax_bits = V::hmax_i(m);  // non-negative float bits order like the floats
+  return {__builtin_bit_cast(float, amax_bits), amax_bits < 0x7F800000};
+}
+
+// Where a block's codes go: packed bytes (pack) or nowhere (fake quantization).
+void store_codes_6bit(const std::int32_t* codes, int n, std::uint8_t* dst) {
+  for (int i = 0; i < n; i += 4) {
+    const std::uint32_t word = std::uint32_t(codes[i] & 0x3F) | (std::uint32_t(codes[i + 1] & 0x3F) << 6) |
+                               (std::uint32_t(codes[i + 2] & 0x3F) << 12) | (std::uint32_t(codes[i + 3] & 0x3F) << 18);
+    dst[i / 4 * 3] = std::uint8_t(word);
+    dst[i / 4 * 3 + 1] = std::uint8_t(word >> 8);
+    dst[i / 4 * 3 + 2] = std::uint8_t(word >> 16);
+  }
+}
+
+template <class V>
+void store_code_vector(typename V::I code, int bits, std::uint8_t* dst) {  // dst: this vector's first byte
+  if (bits == 8) {
+    V::store_bytes(code, dst);
+  } else if (bits == 4) {
+    V::store_nibbles(code, dst);
+  } else {  // 6-bit: through a small buffer; only the mxfp6 formats take this path
+    alignas(64) std::int32_t lanes[V::W];
+    V::store_i32(lanes, code);
+    store_codes_6bit(lanes, V::W, dst);
+  }
+}
+
+// One block of `n` values (n a multiple of V::W) quantized on grid g with one scale: value x maps to
+// the grid point of x * inv_scale (or x / divisor), and back by * scale. Writes values and/or codes.
+enum class Scaling { multiply_exact, divide };
+
+template <class V>
+void quantize_block(const GridRounder<V>& rounder, const float* x, std::int64_t n, Scaling scaling, float to_grid,
+                    float scale, float* values, std::uint8_t* codes) {
+  using F = typename V::F;
+  const F to_grid_v = V::set_f(to_grid);
+  const F scale_v = V::set_f(scale);
+  const int bits = rounder.grid.bits;
+  for (std::int64_t i = 0; i < n; i += V::W) {
+    const F xv = V::load(x + i);
+    const F t = scaling == Scaling::multiply_exact ? V::mul(xv, to_grid_v) : V::div(xv, to_grid_v);
+    const typename V::I sign = V::and_i(V::bits(t), rounder.sign_mask);
+    const F r = rounder.round(V::flt(V::and_i(V::bits(t), V::set_i(0x7FFFFFFF))));
+    if (values) V::store(values + i, V::mul(rounder.signed_value(r, sign), scale_v));
+    if (codes) store_code_vector<V>(rounder.code(r, sign), bits, codes + i * bits / 8);
+  }
+}
+
+void fill_block(float* values, std::uint8_t* codes, std::int64_t n, int bits, float value) {
+  if (values)
+    for (std::int64_t i = 0; i < n; ++i) values[i] = value;
+  if (codes) std::memset(codes, 0, std::size_t(n * bits / 8));
+}
+
+constexpr float kNan = __builtin_nanf("");
+
+const Grid* mx_grid(Format f) {
+  switch (f) {
+    case Format::mxfp8_e4m3: return &kE4M3;
+    case Format::mxfp8_e5m2: return &kE5M2;
+    case Format::mxfp6_e2m3: return &kE2M3;
+    case Format::mxfp6_e3m2: return &kE3M2;
+    case Format::mxfp4: return &kE2M1;
+    case Format::mxint8: return &kMxInt8;
+    case Format::mxint4: return &kMxInt4;
+    case Format::sint4: return nullptr;
+    case Format::nvfp4: return nullptr;
+    case Format::int8_channel: return nullptr;
+    case Format::fp16: return nullptr;
+    case Format::bf16: return nullptr;
+  }
+  return nullptr;
+}
+
+// 2^e for e in [-127, 127] (2^-127 is an fp32 subnormal).
+float power_of_two(int e) {
+  return e == -127 ? __builtin_bit_cast(float, 0x00400000u) : __builtin_bit_cast(float, std::uint32_t(127 + e) << 23);
+}
+
+int grid_emax(const Grid& g) {  // exponent of the grid's largest binade (FORMATS.md emax_elem)
+  return detail::floor_log2(g.max_value);
+}
+
+// The scale of one block (FORMATS.md), computed by block_scales.cpp, then its elements.
+template <class V>
+void quantize_scaled(Format f, const GridRounder<V>& rounder, const float* x, std::int64_t n, BlockStats s,
+                     float tensor_scale, float* values, std::uint8_t* codes, std::uint8_t* scale_out) {
+  const int bits = rounder.grid.bits;
+  switch (loraq::format_info(f).scale) {
+    case loraq::ScaleType::e8m0: {
+      std::uint8_t scale_code = 0;
+      if (!s.finite) {
+        scale_code = detail::kE8m0Nan;
+        fill_block(values, codes, n, bits, kNan);
+      } else if (s.amax == 0.0f) {
+        fill_block(values, codes, n, bits, 0.0f);
+      } else {
+        const int shared_exp = detail::mx_shared_exponent(s.amax, grid_emax(rounder.grid));
+        scale_code = std::uint8_t(shared_exp + 127);
+        quantize_block<V>(rounder, x, n, Scaling::multiply_exact, power_of_two(-shared_exp), power_of_two(shared_exp),
+                          values, codes);
+      }
+      if (scale_out) scale_out[0] = scale_code;
+      return;
+    }
+    case loraq::ScaleType::fp16: {
+      std::uint16_t scale_code = detail::kFp16Nan;
+      if (s.finite) {
+        scale_code = detail::sint4_scale_code(s.amax);
+        const float step = detail::fp16_value(scale_code);
+        if (step == 0.0f) fill_block(values, codes, n, bits, 0.0f);
+        else quantize_block<V>(rounder, x, n, Scaling::divide, step, step, values, codes);
+      } else {
+        fill_block(values, codes, n, bits, kNan);
+      }
+      if (scale_out) scale_out[0] = std::uint8_t(scale_code), scale_out[1] = std::uint8_t(scale_code >> 8);
+      return;
+    }
+    case loraq::ScaleType::e4m3: {
+      std::uint8_t scale_code = detail::kE4m3Nan;
+      if (!s.finite) {
+        fill_block(values, codes, n, bits, kNan);
+      } else if (tensor_scale == 0.0f) {
+        scale_code = 0;
+        fill_block(values, codes, n, bits, 0.0f);
+      } else {
+        scale_code = detail::nvfp4_block_scale_code(s.amax, tensor_scale);
+        const float block_scale = detail::e4m3_value(scale_code);
+        const float divisor = block_scale * tensor_scale;
+        if (divisor == 0.0f) {
+          fill_block(values, codes, n, bits, 0.0f);
+        } else {
+          // value = element * block_scale * global, left to right, as the reference computes it.
+          quantize_block<V>(rounder, x, n, Scaling::divide, divisor, block_scale, values, codes);
+          if (values)
+            for (std::int64_t i = 0; i < n; i += V::W) V::store(values + i, V::mul(V::load(values + i), V::set_f(tensor_scale)));
+        }
+      }
+      if (scale_out) scale_out[0] = scale_code;
+      return;
+    }
+    case loraq::ScaleType::fp32: {
+      float step = kNan;
+      if (s.finite) {
+        step = s.amax / 127.0f;
+        if (step == 0.0f) fill_block(values, codes, n, bits, 0.0f);
+        else quantize_block<V>(rounder, x, n, Scaling::divide, step, step, values, codes);
+      } else {
+        fill_block(values, codes, n, bits, kNan);
+      }
+      if (scale_out) std::memcpy(scale_out, &step, 4);
+      return;
+    }
+    case loraq::ScaleType::none: return;  // fp16 / bf16 are not vectorized (supports() says so)
+  }
+}
+
+const Grid& grid_of(Format f) {
+  if (const Grid* mx = mx_grid(f)) return *mx;
+  return f == Format::sint4 ? kInt4 : f == Format::nvfp4 ? kE2M1 : kInt8;
+}
+
+// A row of a format with blocks of at most kMaxBlock values. The last block may be partial: it is
+// quantized in a zero-padded copy (zeros change neither its amax nor its other codes), and packed
+// rows have room for the padded block, whose padding codes are 0 as the reference's are.
+constexpr int kMaxBlock = 64;
+
+template <class V>
+void quantize_block_row(Format f, const float* in, float* out, std::int64_t cols, float tensor_scale,
+                        Rounding rounding, std::uint8_t* codes, std::uint8_t* scales) {
+  const GridRounder<V> rounder(grid_of(f), rounding);
+  const std::int64_t block = loraq::format_info(f).block_size;
+  const int bits = rounder.grid.bits;
+  const int scale_width = loraq::scale_bytes(f);
+  alignas(64) float padded_in[kMaxBlock];
+  alignas(64) float padded_out[kMaxBlock];
+  for (std::int64_t start = 0, b = 0; start < cols; start += block, ++b) {
+    const std::int64_t n = cols - start < block ? cols - start : block;
+    const float* x = in + start;
+    float* values = out ? out + start : nullptr;
+    if (n < block) {
+      std::memcpy(padded_in, x, std::size_t(n) * sizeof(float));
+      std::memset(padded_in + n, 0, std::size_t(block - n) * sizeof(float));
+      x = padded_in;
+      if (values) values = padded_out;
+    }
+    quantize_scaled<V>(f, rounder, x, block, block_stats<V>(x, block), tensor_scale, values,
+                       codes ? codes + start * bits / 8 : nullptr, scales ? scales + b * scale_width : nullptr);
+    if (n < block && out) std::memcpy(out + start, padded_out, std::size_t(n) * sizeof(float));
+  }
+}
+
+// int8_channel: one scale for the whole row; the tail beyond the last whole vector is quantized in
+// a padded copy and only its n values / n code bytes are kept (packed int8 rows are not padded).
+template <class V>
+void quantize_channel_row(Format f, const float* in, float* out, std::int64_t cols, Rounding rounding,
+                          std::uint8_t* codes, std::uint8_t* scales) {
+  const GridRounder<V> rounder(grid_of(f), rounding);
+  const std::int64_t whole = cols / V::W * V::W;
+  const std::int64_t tail = cols - whole;
+  alignas(64) float padded_in[V::W] = {};
+  alignas(64) float padded_out[V::W];
+  alignas(64) std::uint8_t padded_codes[V::W];
+  std::memcpy(padded_in, in + whole, std::size_t(tail) * sizeof(float));
+  BlockStats s = block_stats<V>(in, whole);
+  const BlockStats t = block_stats<V>(padded_in, V::W);
+  s = {s.amax > t.amax ? s.amax : t.amax, s.finite && t.finite};
+  std::uint8_t scale_bytes[4];
+  quantize_scaled<V>(f, rounder, in, whole, s, 1.0f, out, codes, scale_bytes);
+  if (tail > 0) {
+    quantize_scaled<V>(f, rounder, padded_in, V::W, s, 1.0f, out ? padded_out : nullptr, codes ? padded_codes : nullptr,
+                       nullptr);
+    if (out) std::memcpy(out + whole, padded_out, std::size_t(tail) * sizeof(float));
+    if (codes) std::memcpy(codes + whole, padded_codes, std::size_t(tail));
+  }
+  if (scales) std::memcpy(scales, scale_bytes, 4);
+}
+
+template <class V>
+void quantize_row(Format f, const float* in, float* out, std::int64_t cols, float tensor_scale, Rounding rounding,
+                  std::uint8_t* codes, std::uint8_t* scales) {
+  if (f == Format::int8_channel) quantize_channel_row<V>(f, in, out, cols, rounding, codes, scales);
+  else quantize_block_row<V>(f, in, out, cols, tensor_scale, rounding, codes, scales);
+}
+
+template <class V>
+bool supports(Format f) {
+  switch (f) {
+    case Format::mxfp8_e4m3:
+    case Format::mxfp8_e5m2:
+    case Format::mxfp6_e2m3:
+    case Format::mxfp6_e3m2:
+    case Format::mxfp4:
+    case Format::mxint8:
+    case Format::mxint4:
+    case Format::sint4:
+    case Format::nvfp4: return true;
+    case Format::int8_channel: return true;
+    case Format::fp16:
+    case Format::bf16: return false;
+  }
+  return false;
+}
+
+template <class V>
+void fake_quantize_row(Format f, const float* in, float* out, std::int64_t cols, float tensor_scale,
+                       Rounding rounding) {
+  quantize_row<V>(f, in, out, cols, tensor_scale, rounding, nullptr, nullptr);
+}
+
+template <class V>
+void pack_row(Format f, const float* in, std::int64_t cols, float tensor_scale, Rounding rounding,
+              std::uint8_t* codes, std::uint8_t* scales) {
+  quantize_row<V>(f, in, nullptr, cols, tensor_scale, rounding, codes, scales);
+}
+
+template <class V>
+const detail::VectorKernels* kernel_table() {
+  static const detail::VectorKernels table{&supports<V>, &fake_quantize_row<V>, &pack_row<V>};
+  return &table;
+}
+
+}  // namespace

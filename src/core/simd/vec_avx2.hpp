@@ -1,0 +1,80 @@
+// 8-lane vector operations for the codec templates (AVX2 + FMA + F16C + BMI2).
+// Included only by codec_avx2.cpp; everything has internal linkage (see README.md here).
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace {
+
+struct VecAvx2 {
+  static constexpr int W = 8;
+  using F = __m256;
+  using I = __m256i;
+  using M = __m256i;  // all-ones lanes where true
+
+  static F load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+  static I bits(F v) { return _mm256_castps_si256(v); }
+  static F flt(I v) { return _mm256_castsi256_ps(v); }
+  static I set_i(std::int32_t x) { return _mm256_set1_epi32(x); }
+  static F set_f(float x) { return _mm256_set1_ps(x); }
+
+  static I and_i(I a, I b) { return _mm256_and_si256(a, b); }
+  static I or_i(I a, I b) { return _mm256_or_si256(a, b); }
+  static I add_i(I a, I b) { return _mm256_add_epi32(a, b); }
+  static I sub_i(I a, I b) { return _mm256_sub_epi32(a, b); }
+  static I max_i(I a, I b) { return _mm256_max_epi32(a, b); }
+  static I shr(I a, int n) { return _mm256_srl_epi32(a, _mm_cvtsi32_si128(n)); }
+  static I shl(I a, int n) { return _mm256_sll_epi32(a, _mm_cvtsi32_si128(n)); }
+
+  static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static F div(F a, F b) { return _mm256_div_ps(a, b); }
+  static F min_f(F a, F b) { return _mm256_min_ps(a, b); }
+
+  static M eq_f(F a, F b) { return _mm256_castps_si256(_mm256_cmp_ps(a, b, _CMP_EQ_OQ)); }
+  static M gt_i(I a, I b) { return _mm256_cmpgt_epi32(a, b); }
+  static I select_i(M m, I if_true, I if_false) { return _mm256_blendv_epi8(if_false, if_true, m); }
+  static F select_f(M m, F if_true, F if_false) {
+    return _mm256_blendv_ps(if_false, if_true, _mm256_castsi256_ps(m));
+  }
+
+  static I cvtt(F a) { return _mm256_cvttps_epi32(a); }
+  static F cvt(I a) { return _mm256_cvtepi32_ps(a); }
+
+  static std::int32_t hmax_i(I a) {
+    __m128i m = _mm_max_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+    m = _mm_max_epi32(m, _mm_shuffle_epi32(m, _MM_SHUFFLE(1, 0, 3, 2)));
+    m = _mm_max_epi32(m, _mm_shuffle_epi32(m, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(m);
+  }
+
+  static void store_i32(std::int32_t* p, I a) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), a); }
+
+  // The low byte of each lane: W bytes.
+  static void store_bytes(I codes, std::uint8_t* dst) {
+    const __m256i gather = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,  //
+                                            -1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i g = _mm256_shuffle_epi8(codes, gather);
+    const __m128i both = _mm_or_si128(_mm256_castsi256_si128(g), _mm256_extracti128_si256(g, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(dst), both);
+  }
+
+  // 4-bit codes, lane 2i in the low nibble and lane 2i+1 in the high nibble: W/2 bytes.
+  static void store_nibbles(I codes, std::uint8_t* dst) {
+    const __m256i nib = _mm256_and_si256(codes, _mm256_set1_epi32(0xF));
+    const __m256i pairs = _mm256_or_si256(nib, _mm256_srli_epi64(nib, 28));  // byte 0 of each qword
+    const __m256i gather = _mm256_setr_epi8(0, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,  //
+                                            -1, -1, 0, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i g = _mm256_shuffle_epi8(pairs, gather);
+    const __m128i both = _mm_or_si128(_mm256_castsi256_si128(g), _mm256_extracti128_si256(g, 1));
+    const std::int32_t four = _mm_cvtsi128_si32(both);
+    std::memcpy(dst, &four, 4);
+  }
+};
+
+}  // namespace

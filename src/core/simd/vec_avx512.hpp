@@ -1,0 +1,63 @@
+// 16-lane vector operations for the codec templates (AVX-512 F/BW/DQ/VL).
+// Included only by codec_avx512.cpp; everything has internal linkage (see README.md here).
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace {
+
+struct VecAvx512 {
+  static constexpr int W = 16;
+  using F = __m512;
+  using I = __m512i;
+  using M = __mmask16;
+
+  static F load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
+  static I bits(F v) { return _mm512_castps_si512(v); }
+  static F flt(I v) { return _mm512_castsi512_ps(v); }
+  static I set_i(std::int32_t x) { return _mm512_set1_epi32(x); }
+  static F set_f(float x) { return _mm512_set1_ps(x); }
+
+  static I and_i(I a, I b) { return _mm512_and_si512(a, b); }
+  static I or_i(I a, I b) { return _mm512_or_si512(a, b); }
+  static I add_i(I a, I b) { return _mm512_add_epi32(a, b); }
+  static I sub_i(I a, I b) { return _mm512_sub_epi32(a, b); }
+  static I max_i(I a, I b) { return _mm512_max_epi32(a, b); }
+  static I shr(I a, int n) { return _mm512_srl_epi32(a, _mm_cvtsi32_si128(n)); }
+  static I shl(I a, int n) { return _mm512_sll_epi32(a, _mm_cvtsi32_si128(n)); }
+
+  static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static F div(F a, F b) { return _mm512_div_ps(a, b); }
+  static F min_f(F a, F b) { return _mm512_min_ps(a, b); }
+
+  static M eq_f(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
+  static M gt_i(I a, I b) { return _mm512_cmpgt_epi32_mask(a, b); }
+  static I select_i(M m, I if_true, I if_false) { return _mm512_mask_blend_epi32(m, if_false, if_true); }
+  static F select_f(M m, F if_true, F if_false) { return _mm512_mask_blend_ps(m, if_false, if_true); }
+
+  static I cvtt(F a) { return _mm512_cvttps_epi32(a); }
+  static F cvt(I a) { return _mm512_cvtepi32_ps(a); }
+
+  static std::int32_t hmax_i(I a) { return _mm512_reduce_max_epi32(a); }
+
+  static void store_i32(std::int32_t* p, I a) { _mm512_storeu_si512(p, a); }
+
+  // The low byte of each lane: W bytes.
+  static void store_bytes(I codes, std::uint8_t* dst) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm512_cvtepi32_epi8(codes));
+  }
+
+  // 4-bit codes, lane 2i in the low nibble and lane 2i+1 in the high nibble: W/2 bytes.
+  static void store_nibbles(I codes, std::uint8_t* dst) {
+    const __m512i nib = _mm512_and_si512(codes, _mm512_set1_epi32(0xF));
+    const __m512i pairs = _mm512_or_si512(nib, _mm512_srli_epi64(nib, 28));  // byte 0 of each qword
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(dst), _mm512_cvtepi64_epi8(pairs));
+  }
+};
+
+}  // namespace

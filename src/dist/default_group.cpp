@@ -1,0 +1,19 @@
+#include <cstdlib>
+
+#include "loraq/dist.hpp"
+
+namespace loraq {
+namespace {
+// Launchers export the world size; a plain run has none of these and stays single-process.
+bool launched_with_several_processes() {
+  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS"})
+    if (const char* v = std::getenv(name); v && std::atoi(v) > 1) return true;
+  return false;
+}
+}  // namespace
+
+std::unique_ptr<ProcessGroup> default_process_group() {
+  if (mpi_built() && launched_with_several_processes()) return mpi_world_group();
+  return single_process_group();
+}
+}  // namespace loraq

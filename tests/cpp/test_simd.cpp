@@ -1,0 +1,96 @@
+// The vectorized codecs are bit-identical to the scalar reference: fake quantization values and packed
+// bytes, both rounding modes, sizes below, at and above one vector width and one block, partial
+// blocks, and inputs full of ties, subnormals, zeros, huge values, NaN and Inf blocks.
+#include <gtest/gtest.h>
+
+#include <bit>
+#include <cmath>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "loraq/format.hpp"
+
+namespace loraq {
+namespace {
+
+// Inputs that exercise the corners: exact grid midpoints (small integers and halves times powers of
+// two), subnormal and huge magnitudes, zero blocks, and a few non-finite values.
+std::vector<float> hostile_input(std::size_t n, std::uint32_t seed, bool with_non_finite) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    switch (rng() % 8) {
+      case 0: x[i] = float(int(rng() % 33) - 16) * 0.5f * std::ldexp(1.0f, int(rng() % 7) - 3); break;  // ties
+      case 1: x[i] = normal(rng) * std::ldexp(1.0f, int(rng() % 60) - 30); break;
+      case 2: x[i] = std::bit_cast<float>(std::uint32_t(rng() % 0x800000u) | (rng() & 0x80000000u)); break;  // subnormal
+      case 3: x[i] = normal(rng) * 1e37f; break;
+      case 4: x[i] = 0.0f; break;
+      default: x[i] = normal(rng); break;
+    }
+  }
+  if (n >= 96) std::fill(x.begin() + 32, x.begin() + 64, 0.0f);  // a zero block
+  if (with_non_finite && n > 100) {
+    x[rng() % n] = std::numeric_limits<float>::quiet_NaN();
+    x[rng() % n] = -std::numeric_limits<float>::infinity();
+  }
+  return x;
+}
+
+class SimdMatchesReference : public ::testing::TestWithParam<Isa> {};
+
+TEST_P(SimdMatchesReference, BitIdentical) {
+  const Isa isa = GetParam();
+  if (!isa_available(isa))
+    GTEST_SKIP() << "SKIPPED LOUDLY: this CPU lacks " << isa_name(isa) << ": its codec was compiled but not run here";
+  const std::int64_t sizes[] = {1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 47, 63, 64, 65, 86, 96, 127, 128, 129, 1000, 1152};
+  std::uint32_t seed = 1;
+  for (const FormatInfo& info : all_formats()) {
+    for (std::int64_t cols : sizes) {
+      for (std::int64_t rows : {1, 3}) {
+        for (Rounding mode : {Rounding::nearest_even, Rounding::nearest_away}) {
+          ++seed;
+          const bool non_finite = !info.tensor_scale || seed % 2 == 0;
+          const std::vector<float> x = hostile_input(std::size_t(rows * cols), seed, non_finite);
+          const QuantOptions reference{mode, Isa::scalar, 1};
+          const QuantOptions fast{mode, isa, 2};
+          std::vector<float> want(x.size()), got(x.size());
+          fake_quantize(info.format, x, want, rows, cols, reference);
+          fake_quantize(info.format, x, got, rows, cols, fast);
+          const std::string where = std::string(info.name) + " " + std::to_string(rows) + "x" + std::to_string(cols) +
+                                    (mode == Rounding::nearest_away ? " ties-away" : " ties-even") + " seed " +
+                                    std::to_string(seed);
+          for (std::size_t i = 0; i < x.size(); ++i)
+            ASSERT_EQ(std::bit_cast<std::uint32_t>(got[i]), std::bit_cast<std::uint32_t>(want[i]))
+                << where << " index " << i << " x = " << x[i] << " want " << want[i] << " got " << got[i];
+          const PackedMatrix pw = pack(info.format, x, rows, cols, reference);
+          const PackedMatrix pg = pack(info.format, x, rows, cols, fast);
+          ASSERT_EQ(pg.codes, pw.codes) << where;
+          ASSERT_EQ(pg.scales, pw.scales) << where;
+          ASSERT_EQ(std::bit_cast<std::uint32_t>(pg.tensor_scale), std::bit_cast<std::uint32_t>(pw.tensor_scale)) << where;
+        }
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Isas, SimdMatchesReference, ::testing::Values(Isa::avx2, Isa::avx512),
+                         [](const auto& p) { return std::string(isa_name(p.param)); });
+
+// Results never depend on the number of threads.
+TEST(Threads, SameBytesWhateverTheThreadCount) {
+  const std::vector<float> x = hostile_input(37 * 1152, 99, false);
+  for (Format f : {Format::mxfp4, Format::nvfp4, Format::sint4, Format::bf16}) {
+    const PackedMatrix one = pack(f, x, 37, 1152, {Rounding::nearest_even, std::nullopt, 1});
+    const PackedMatrix two = pack(f, x, 37, 1152, {Rounding::nearest_even, std::nullopt, 2});
+    const PackedMatrix five = pack(f, x, 37, 1152, {Rounding::nearest_even, std::nullopt, 5});
+    EXPECT_EQ(one.codes, two.codes);
+    EXPECT_EQ(one.codes, five.codes);
+    EXPECT_EQ(one.scales, five.scales);
+  }
+}
+
+}  // namespace
+}  // namespace loraq

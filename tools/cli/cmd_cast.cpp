@@ -1,0 +1,205 @@
+// `loraq cast`: fake-quantize every float tensor of a .npy or .safetensors file along its last axis,
+// so that anyone can check a format from outside the code (ml_dtypes, torchao, their own script).
+#include <fmt/format.h>
+
+#include <cmath>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "commands.hpp"
+#include "loraq/error.hpp"
+#include "loraq/format.hpp"
+#include "loraq/io.hpp"
+
+namespace loraq::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct CastOptions {
+  std::string format;
+  std::string element;
+  std::string rounding = "ties-even";
+  std::string in;
+  std::string out;
+  std::string out_dtype = "same";
+  std::string isa;
+  int threads = 0;
+  bool report = false;
+};
+
+// What one cast does to a [rows, cols] float matrix.
+struct Caster {
+  std::optional<Format> format;
+  std::optional<Element> element;
+  QuantOptions options;
+
+  void apply(std::vector<float>& values, std::int64_t rows, std::int64_t cols) const {
+    if (format) return fake_quantize(*format, values, values, rows, cols, options);
+    for (float& v : values) v = round_to_element(*element, v, options.rounding);
+  }
+};
+
+Element parse_element(const std::string& name) {
+  std::string known;
+  for (const ElementInfo& e : all_elements()) {
+    if (e.name == name) return e.element;
+    known += (known.empty() ? "" : ", ") + std::string(e.name);
+  }
+  throw Error("unknown element '" + name + "': expected one of " + known);
+}
+
+Caster make_caster(const CastOptions& o) {
+  if (o.format.empty() == o.element.empty()) throw Error("cast: give exactly one of --format and --element");
+  Caster c;
+  if (!o.format.empty()) c.format = parse_format(o.format);
+  if (!o.element.empty()) c.element = parse_element(o.element);
+  c.options.rounding = o.rounding == "ties-away" ? Rounding::nearest_away : Rounding::nearest_even;
+  if (!o.isa.empty()) c.options.isa = parse_isa(o.isa);
+  c.options.threads = o.threads;
+  return c;
+}
+
+std::string shape_string(const std::vector<std::int64_t>& shape) {
+  return "[" + fmt::format("{}", fmt::join(shape, ", ")) + "]";
+}
+
+// Weights must be finite: a NaN or Inf would poison a whole block (FORMATS.md, MX step 2).
+void require_finite(const std::vector<float>& values, const std::string& file, const std::string& tensor) {
+  for (std::size_t i = 0; i < values.size(); ++i)
+    if (!std::isfinite(values[i]))
+      throw Error(fmt::format("{}: tensor '{}' holds {} at flat index {}: loraq refuses non-finite weights", file,
+                              tensor, std::isnan(values[i]) ? "NaN" : "Inf", i));
+}
+
+struct Matrix {
+  std::int64_t rows;
+  std::int64_t cols;
+};
+
+Matrix as_matrix(const std::vector<std::int64_t>& shape, std::uint64_t count) {
+  const std::int64_t cols = shape.empty() ? 1 : shape.back();
+  return {cols == 0 ? 0 : std::int64_t(count) / cols, cols};
+}
+
+io::DType output_dtype(const std::string& requested, io::DType input) {
+  if (requested == "same") return input;
+  return io::parse_dtype(requested);
+}
+
+struct ErrorStats {
+  double signal = 0, noise = 0, max_abs = 0;
+  void add(const std::vector<float>& original, const std::vector<float>& quantized) {
+    for (std::size_t i = 0; i < original.size(); ++i) {
+      const double d = double(quantized[i]) - double(original[i]);
+      signal += double(original[i]) * double(original[i]);
+      noise += d * d;
+      max_abs = std::max(max_abs, std::fabs(d));
+    }
+  }
+};
+
+void print_report_header() {
+  fmt::print("{:<40} {:<18} {:>12} {:>10} {:>12}\n", "tensor", "shape", "rel. error", "SQNR dB", "max |err|");
+}
+
+void print_report_row(const std::string& name, const std::vector<std::int64_t>& shape, const ErrorStats& s) {
+  const double rel = s.signal > 0 ? std::sqrt(s.noise / s.signal) : 0.0;
+  const double sqnr = s.noise > 0 ? 10.0 * std::log10(s.signal / s.noise) : INFINITY;
+  fmt::print("{:<40} {:<18} {:>12.4e} {:>10.2f} {:>12.4e}\n", name, shape_string(shape), rel, sqnr, s.max_abs);
+}
+
+// Converts, checks, casts and converts back one tensor's bytes.
+std::vector<std::byte> cast_tensor(const Caster& caster, io::DType in_dtype, io::DType out_dtype,
+                                   std::span<const std::byte> bytes, const std::vector<std::int64_t>& shape,
+                                   const std::string& file, const std::string& name, ErrorStats* stats) {
+  const std::uint64_t count = io::element_count(shape, name);
+  std::vector<float> values(count);
+  io::to_float32(in_dtype, bytes, values);
+  require_finite(values, file, name);
+  const std::vector<float> original = stats ? values : std::vector<float>{};
+  const Matrix m = as_matrix(shape, count);
+  caster.apply(values, m.rows, m.cols);
+  if (stats) stats->add(original, values);
+  std::vector<std::byte> out(count * io::dtype_size(out_dtype));
+  io::from_float32(out_dtype, values, out);
+  return out;
+}
+
+int cast_npy(const Caster& caster, const CastOptions& o) {
+  const io::NpyArray in = io::read_npy(o.in);
+  const io::DType out_dtype = output_dtype(o.out_dtype, in.dtype);
+  ErrorStats stats;
+  io::NpyArray out{out_dtype, in.shape, {}};
+  out.data = cast_tensor(caster, in.dtype, out_dtype, in.data, in.shape, o.in, "array", o.report ? &stats : nullptr);
+  io::write_npy(o.out, out);
+  if (o.report) {
+    print_report_header();
+    print_report_row("array", in.shape, stats);
+  }
+  return 0;
+}
+
+int cast_safetensors(const Caster& caster, const CastOptions& o) {
+  const io::SafetensorsFile in(o.in);
+  std::vector<io::TensorSpec> specs;
+  for (const io::TensorInfo& t : in.tensors())
+    specs.push_back({t.name, io::is_float_dtype(t.dtype) ? output_dtype(o.out_dtype, t.dtype) : t.dtype, t.shape});
+  auto metadata = in.metadata();
+  metadata["loraq.cast"] = caster.format ? std::string(format_info(*caster.format).name)
+                                         : "element " + std::string(element_info(*caster.element).name);
+  metadata["loraq.rounding"] = o.rounding;
+  io::SafetensorsWriter writer(o.out, specs, metadata);
+  if (o.report) print_report_header();
+  for (const io::TensorSpec& spec : writer.specs()) {
+    const io::TensorInfo& t = in.info(spec.name);
+    if (!io::is_float_dtype(t.dtype)) {  // integer and boolean tensors are not weights: copied as they are
+      writer.write(t.name, in.bytes(t));
+      continue;
+    }
+    ErrorStats stats;
+    writer.write(t.name, cast_tensor(caster, t.dtype, spec.dtype, in.bytes(t), t.shape, o.in, t.name,
+                                     o.report ? &stats : nullptr));
+    if (o.report) print_report_row(t.name, t.shape, stats);
+  }
+  writer.finish();
+  return 0;
+}
+
+}  // namespace
+
+Command add_cast_command(CLI::App& app) {
+  auto o = std::make_shared<CastOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "cast", "Fake-quantize every float tensor of a .npy or .safetensors file along its last axis");
+  cmd->add_option("--format", o->format, "Block format (see `loraq formats`)");
+  cmd->add_option("--element", o->element, "Round each value to an element encoding instead (e2m1, e4m3, ...)");
+  cmd->add_option("--rounding", o->rounding, "Ties rounding")
+      ->check(CLI::IsMember({"ties-even", "ties-away"}))
+      ->capture_default_str();
+  cmd->add_option("--in", o->in, "Input: .npy (float32, float16, bfloat16) or .safetensors")->required();
+  cmd->add_option("--out", o->out, "Output, same kind as the input; written to a temporary name, then renamed")
+      ->required();
+  cmd->add_option("--out-dtype", o->out_dtype, "Output dtype of float tensors: same, F32, F16 or BF16")
+      ->check(CLI::IsMember({"same", "F32", "F16", "BF16"}))
+      ->capture_default_str();
+  cmd->add_option("--isa", o->isa, "Force a code path: scalar, avx2 or avx512 (default: the best this CPU has)");
+  cmd->add_option("--threads", o->threads, "Threads (default: all cores); results never depend on it")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--report", o->report, "Print per-tensor relative error, SQNR and max error");
+  return {cmd, [o] {
+            const Caster caster = make_caster(*o);
+            const auto kind = [](const std::string& path) { return fs::path(path).extension().string(); };
+            const std::string in_kind = kind(o->in);
+            if (in_kind != ".npy" && in_kind != ".safetensors")
+              throw Error(o->in + ": unknown file type '" + in_kind + "': expected .npy or .safetensors");
+            if (kind(o->out) != in_kind)
+              throw Error(o->out + ": the output must be a " + in_kind + " file like the input " + o->in);
+            return in_kind == ".npy" ? cast_npy(caster, *o) : cast_safetensors(caster, *o);
+          }};
+}
+
+}  // namespace loraq::cli

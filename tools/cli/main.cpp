@@ -1,0 +1,32 @@
+// loraq: post-training quantization of transformer weights. `loraq --help` lists the subcommands.
+#include <cstdio>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "commands.hpp"
+#include "loraq/error.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"loraq: data-free low-rank + quantization of transformer weights (LoRaQ, SVDQuant, MX formats)"};
+  app.set_version_flag("--version", std::string("loraq ") + LORAQ_VERSION);
+  app.require_subcommand(1);
+  const std::vector<loraq::cli::Command> commands = {
+      loraq::cli::add_formats_command(app),
+      loraq::cli::add_cast_command(app),
+  };
+  try {
+    app.parse(argc, argv);
+    for (const loraq::cli::Command& command : commands)
+      if (command.app->parsed()) return command.run();
+    return 2;
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const loraq::Error& e) {
+    std::fprintf(stderr, "loraq: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "loraq: error: %s\n", e.what());
+    return 1;
+  }
+}
