@@ -59,18 +59,22 @@ AtomicFile::~AtomicFile() {
 
 void AtomicFile::write(std::span<const std::byte> bytes) {
   if (committed || fd < 0)
-    throw Error(fmt::format("{}: write after the file was committed or failed", path.string()));
+    throw Error(fmt::format("{}: write after the file was committed or a write failed", path.string()));
   const std::byte* p = bytes.data();
   std::size_t left = bytes.size();
   while (left > 0) {
     // Linux writes at most 0x7ffff000 bytes per call; ask for no more than 1 GiB at a time.
     const std::size_t chunk = left < (std::size_t{1} << 30) ? left : (std::size_t{1} << 30);
     const ssize_t n = ::write(fd, p, chunk);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      fail_errno(path, fmt::format("cannot write {} bytes to {}", left, temp_path.string()), errno);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      // The file now ends in the middle of something: close it so that no later write() or commit()
+      // can turn it into a finished-looking file. The destructor still removes it.
+      const int error = n < 0 ? errno : EIO;
+      (void)::close(fd);
+      fd = -1;
+      fail_errno(path, fmt::format("cannot write {} bytes to {}", left, temp_path.string()), error);
     }
-    if (n == 0) fail_errno(path, fmt::format("write to {} made no progress", temp_path.string()), EIO);
     p += n;
     left -= static_cast<std::size_t>(n);
   }
@@ -78,7 +82,7 @@ void AtomicFile::write(std::span<const std::byte> bytes) {
 
 void AtomicFile::commit() {
   if (committed) throw Error(fmt::format("{}: committed twice", path.string()));
-  if (fd < 0) throw Error(fmt::format("{}: commit after a failed commit", path.string()));
+  if (fd < 0) throw Error(fmt::format("{}: commit after a failed write or commit", path.string()));
   // On failure the destructor removes the temporary file: `committed` stays false.
   if (::fsync(fd) != 0) fail_errno(path, fmt::format("cannot fsync {}", temp_path.string()), errno);
   const int closing = fd;

@@ -80,11 +80,11 @@ const DTypeInfo& info_of(DType d) {
 
 constexpr std::uint64_t kMaxElements = std::uint64_t{1} << 62;
 
-void check_sizes(DType d, std::size_t byte_count, std::size_t element_count_, const char* direction) {
+void check_sizes(DType d, std::size_t byte_count, std::size_t count, const char* direction) {
   const std::size_t size = dtype_size(d);
-  if (byte_count / size != element_count_ || byte_count % size != 0)
+  if (byte_count / size != count || byte_count % size != 0)
     throw Error(fmt::format("{}: {} bytes of {} do not hold {} elements ({} bytes expected)", direction,
-                            byte_count, dtype_name(d), element_count_, element_count_ * size));
+                            byte_count, dtype_name(d), count, count * size));
 }
 
 // All 65536 values of a 16-bit float, decoded once by the element codec: decoding a checkpoint is

@@ -30,6 +30,7 @@ constexpr std::size_t kMagicLength = 6;
 constexpr std::uint64_t kMaxHeaderBytes = 1u << 20;
 constexpr std::size_t kArrayAlign = 64;          // numpy.lib.format.ARRAY_ALIGN
 constexpr std::size_t kGrowthAxisMaxDigits = 21;  // numpy.lib.format.GROWTH_AXIS_MAX_DIGITS
+constexpr std::size_t kMaxDims = 64;               // numpy 2's NPY_MAXDIMS
 
 [[noreturn]] void fail(const std::filesystem::path& path, std::string_view message) {
   throw Error(fmt::format("{}: {}", path.string(), message));
@@ -203,7 +204,7 @@ class HeaderParser {
       skip_space();
       if (consume(')')) break;
       if (!shape.empty() && !trailing_comma) fail_here("expected ',' between shape dimensions");
-      if (shape.size() >= 64) fail_here("more than 64 dimensions");
+      if (shape.size() >= kMaxDims) fail_here(fmt::format("more than {} dimensions", kMaxDims));
       shape.push_back(parse_int());
       skip_space();
       trailing_comma = consume(',');
@@ -292,6 +293,8 @@ void write_npy(const std::filesystem::path& path, const NpyArray& array) {
   if (descr.empty())
     fail(path, fmt::format("write_npy: dtype {} cannot be saved (expected F32, F16 or BF16)",
                            dtype_name(array.dtype)));
+  if (array.shape.size() > kMaxDims)
+    fail(path, fmt::format("write_npy: {} dimensions, numpy allows at most {}", array.shape.size(), kMaxDims));
   const std::string what = fmt::format("{}: shape {}", path.string(), shape_repr(array.shape));
   const std::uint64_t bytes = byte_size(array.dtype, element_count(array.shape, what), what);
   if (array.data.size() != bytes)
@@ -299,25 +302,19 @@ void write_npy(const std::filesystem::path& path, const NpyArray& array) {
                            shape_repr(array.shape), bytes, array.data.size()));
 
   // numpy.lib.format._write_array_header: sorted keys, spare spaces for the first dimension to grow
-  // in place, then spaces and '\n' up to a multiple of 64 bytes (padding is 1..64, never 0).
+  // in place, then spaces and '\n' up to a multiple of 64 bytes.
   std::string header = fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': {}, }}", descr,
                                    shape_repr(array.shape));
   if (!array.shape.empty()) header.append(kGrowthAxisMaxDigits - fmt::formatted_size("{}", array.shape[0]), ' ');
-  const auto padding_for = [&](std::size_t length_bytes) {
-    const std::size_t unpadded = kMagicLength + 2 + length_bytes + header.size() + 1;
-    return kArrayAlign - unpadded % kArrayAlign;
-  };
-  std::size_t length_bytes = 2;
-  std::size_t pad = padding_for(length_bytes);
-  if (header.size() + 1 + pad > 0xFFFF) {  // does not fit version 1.0's uint16: use 2.0
-    length_bytes = 4;
-    pad = padding_for(length_bytes);
-  }
+  // With at most 64 dimensions of at most 19 digits the header stays under 1,500 bytes, so version
+  // 1.0 (uint16 header length) always suffices, as it does for np.save of any such array.
+  const std::size_t unpadded = kMagicLength + 2 + 2 + header.size() + 1;
+  const std::size_t pad = kArrayAlign - unpadded % kArrayAlign;  // 1..64, never 0, as numpy computes it
   const std::uint64_t header_length = header.size() + pad + 1;
   std::string out(kMagic, kMagicLength);
-  out.push_back(length_bytes == 2 ? '\x01' : '\x02');
-  out.push_back('\0');
-  for (std::size_t i = 0; i < length_bytes; ++i) out.push_back(static_cast<char>((header_length >> (8 * i)) & 0xFF));
+  out += std::string("\x01\x00", 2);
+  out.push_back(static_cast<char>(header_length & 0xFF));
+  out.push_back(static_cast<char>(header_length >> 8));
   out += header;
   out.append(pad, ' ');
   out.push_back('\n');

@@ -267,6 +267,15 @@ TEST_F(Npy, WriteChecksItsInput) {
   const fs::path p = file("w.npy");
   EXPECT_IO_ERROR(write_npy(p, NpyArray{DType::f32, {2, 3}, std::vector<std::byte>(23)}), p, "needs 24 data bytes");
   EXPECT_IO_ERROR(write_npy(p, NpyArray{DType::i32, {2}, std::vector<std::byte>(8)}), p, "expected F32, F16 or BF16");
+  EXPECT_IO_ERROR(write_npy(p, NpyArray{DType::f32, std::vector<std::int64_t>(65, 1), std::vector<std::byte>(4)}), p,
+                  "at most 64");
+  // The largest header numpy can need (64 dimensions of 19 digits, all but one 0) still fits 1.0.
+  std::vector<std::int64_t> wide(64, std::numeric_limits<std::int64_t>::max());
+  wide[5] = 0;
+  write_npy(p, NpyArray{DType::f32, wide, {}});
+  EXPECT_EQ(slurp(p)[6], '\x01');
+  EXPECT_EQ(read_npy(p).shape, wide);
+  fs::remove(p);
   EXPECT_TRUE(listing().empty());
 }
 
@@ -513,6 +522,7 @@ TEST_F(Atomic, AFailingWriteIsAnErrorAndLeavesNothing) {
   {
     AtomicFile f(p);
     message = error_of([&] { f.write(pattern(10000, 0)); });
+    EXPECT_IO_ERROR(f.commit(), p, "after a failed write");  // a half-written file is never committed
   }
   ::setrlimit(RLIMIT_FSIZE, &old);
   std::signal(SIGXFSZ, old_handler);

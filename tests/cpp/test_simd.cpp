@@ -25,7 +25,7 @@ std::vector<float> hostile_input(std::size_t n, std::uint32_t seed, bool with_no
     switch (rng() % 8) {
       case 0: x[i] = float(int(rng() % 33) - 16) * 0.5f * std::ldexp(1.0f, int(rng() % 7) - 3); break;  // ties
       case 1: x[i] = normal(rng) * std::ldexp(1.0f, int(rng() % 60) - 30); break;
-      case 2: x[i] = std::bit_cast<float>(std::uint32_t(rng() % 0x800000u) | (rng() & 0x80000000u)); break;  // subnormal
+      case 2: x[i] = std::bit_cast<float>(static_cast<std::uint32_t>((rng() % 0x800000u) | (rng() & 0x80000000u))); break;  // subnormal
       case 3: x[i] = normal(rng) * 1e37f; break;
       case 4: x[i] = 0.0f; break;
       default: x[i] = normal(rng); break;

@@ -2,7 +2,9 @@
 // so that anyone can check a format from outside the code (ml_dtypes, torchao, their own script).
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
+#include <map>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -27,8 +29,15 @@ struct CastOptions {
   std::string out;
   std::string out_dtype = "same";
   std::string isa;
+  std::string codes_out;
   int threads = 0;
   bool report = false;
+};
+
+// Packed codes and scales of every cast tensor, for --codes-out (FORMATS.md "Packed storage").
+struct PackedTensors {
+  std::vector<std::pair<std::string, PackedMatrix>> tensors;
+  std::vector<std::int64_t> logical_shape;
 };
 
 // What one cast does to a [rows, cols] float matrix.
@@ -112,16 +121,47 @@ void print_report_row(const std::string& name, const std::vector<std::int64_t>& 
   fmt::print("{:<40} {:<18} {:>12.4e} {:>10.2f} {:>12.4e}\n", name, shape_string(shape), rel, sqnr, s.max_abs);
 }
 
+std::span<const std::byte> as_bytes(const std::vector<std::uint8_t>& v) {
+  return std::as_bytes(std::span<const std::uint8_t>(v));
+}
+
+// --codes-out: per tensor "<name>.codes" [rows, packed row bytes] and "<name>.scales" [rows, scale
+// bytes per row] as U8, and for nvfp4 "<name>.tensor_scale" as F32 [1]; the logical [rows, cols]
+// and the format in __metadata__.
+void write_codes(const std::string& path, const std::vector<std::pair<std::string, PackedMatrix>>& packed) {
+  std::vector<io::TensorSpec> specs;
+  std::map<std::string, std::string> metadata;
+  for (const auto& [name, p] : packed) {
+    specs.push_back({name + ".codes", io::DType::u8, {p.rows, packed_row_bytes(p.format, p.cols)}});
+    specs.push_back({name + ".scales", io::DType::u8, {p.rows, blocks_per_row(p.format, p.cols) * scale_bytes(p.format)}});
+    if (format_info(p.format).tensor_scale) specs.push_back({name + ".tensor_scale", io::DType::f32, {1}});
+    metadata[name + ".shape"] = fmt::format("[{}, {}]", p.rows, p.cols);
+    metadata["format"] = std::string(format_info(p.format).name);
+  }
+  io::SafetensorsWriter writer(path, specs, metadata);
+  for (const io::TensorSpec& spec : writer.specs()) {
+    const std::string base = spec.name.substr(0, spec.name.rfind('.'));
+    const std::string part = spec.name.substr(spec.name.rfind('.') + 1);
+    const PackedMatrix& p = std::find_if(packed.begin(), packed.end(), [&](auto& e) { return e.first == base; })->second;
+    if (part == "codes") writer.write(spec.name, as_bytes(p.codes));
+    else if (part == "scales") writer.write(spec.name, as_bytes(p.scales));
+    else writer.write(spec.name, std::as_bytes(std::span<const float>(&p.tensor_scale, 1)));
+  }
+  writer.finish();
+}
+
 // Converts, checks, casts and converts back one tensor's bytes.
 std::vector<std::byte> cast_tensor(const Caster& caster, io::DType in_dtype, io::DType out_dtype,
                                    std::span<const std::byte> bytes, const std::vector<std::int64_t>& shape,
-                                   const std::string& file, const std::string& name, ErrorStats* stats) {
+                                   const std::string& file, const std::string& name, ErrorStats* stats,
+                                   std::vector<std::pair<std::string, PackedMatrix>>* packed) {
   const std::uint64_t count = io::element_count(shape, name);
   std::vector<float> values(count);
   io::to_float32(in_dtype, bytes, values);
   require_finite(values, file, name);
   const std::vector<float> original = stats ? values : std::vector<float>{};
   const Matrix m = as_matrix(shape, count);
+  if (packed) packed->emplace_back(name, pack(*caster.format, values, m.rows, m.cols, caster.options));
   caster.apply(values, m.rows, m.cols);
   if (stats) stats->add(original, values);
   std::vector<std::byte> out(count * io::dtype_size(out_dtype));
@@ -134,7 +174,10 @@ int cast_npy(const Caster& caster, const CastOptions& o) {
   const io::DType out_dtype = output_dtype(o.out_dtype, in.dtype);
   ErrorStats stats;
   io::NpyArray out{out_dtype, in.shape, {}};
-  out.data = cast_tensor(caster, in.dtype, out_dtype, in.data, in.shape, o.in, "array", o.report ? &stats : nullptr);
+  std::vector<std::pair<std::string, PackedMatrix>> packed;
+  out.data = cast_tensor(caster, in.dtype, out_dtype, in.data, in.shape, o.in, "array", o.report ? &stats : nullptr,
+                         o.codes_out.empty() ? nullptr : &packed);
+  if (!o.codes_out.empty()) write_codes(o.codes_out, packed);
   io::write_npy(o.out, out);
   if (o.report) {
     print_report_header();
@@ -154,6 +197,7 @@ int cast_safetensors(const Caster& caster, const CastOptions& o) {
   metadata["loraq.rounding"] = o.rounding;
   io::SafetensorsWriter writer(o.out, specs, metadata);
   if (o.report) print_report_header();
+  std::vector<std::pair<std::string, PackedMatrix>> packed;
   for (const io::TensorSpec& spec : writer.specs()) {
     const io::TensorInfo& t = in.info(spec.name);
     if (!io::is_float_dtype(t.dtype)) {  // integer and boolean tensors are not weights: copied as they are
@@ -162,9 +206,10 @@ int cast_safetensors(const Caster& caster, const CastOptions& o) {
     }
     ErrorStats stats;
     writer.write(t.name, cast_tensor(caster, t.dtype, spec.dtype, in.bytes(t), t.shape, o.in, t.name,
-                                     o.report ? &stats : nullptr));
+                                     o.report ? &stats : nullptr, o.codes_out.empty() ? nullptr : &packed));
     if (o.report) print_report_row(t.name, t.shape, stats);
   }
+  if (!o.codes_out.empty()) write_codes(o.codes_out, packed);
   writer.finish();
   return 0;
 }
@@ -190,12 +235,18 @@ Command add_cast_command(CLI::App& app) {
   cmd->add_option("--threads", o->threads, "Threads (default: all cores); results never depend on it")
       ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--report", o->report, "Print per-tensor relative error, SQNR and max error");
+  cmd->add_option("--codes-out", o->codes_out,
+                  "Also write the packed codes and scales (safetensors: <name>.codes, <name>.scales) "
+                  "in the byte layout of docs/formats.md; needs --format");
   return {cmd, [o] {
             const Caster caster = make_caster(*o);
             const auto kind = [](const std::string& path) { return fs::path(path).extension().string(); };
             const std::string in_kind = kind(o->in);
             if (in_kind != ".npy" && in_kind != ".safetensors")
               throw Error(o->in + ": unknown file type '" + in_kind + "': expected .npy or .safetensors");
+            if (!o->codes_out.empty() && !caster.format) throw Error("cast: --codes-out needs --format");
+            if (!o->codes_out.empty() && kind(o->codes_out) != ".safetensors")
+              throw Error(o->codes_out + ": --codes-out writes a .safetensors file");
             if (kind(o->out) != in_kind)
               throw Error(o->out + ": the output must be a " + in_kind + " file like the input " + o->in);
             return in_kind == ".npy" ? cast_npy(caster, *o) : cast_safetensors(caster, *o);
