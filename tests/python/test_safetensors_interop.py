@@ -2,7 +2,7 @@
 
 Until the Python bindings exist, the C++ side is reached through tests/cpp/io_roundtrip_tool.cpp:
 `io_roundtrip_tool IN OUT` reads IN with loraq's reader and writes it back with loraq's writer.
-Set LORAQ_IO_TOOL to the built tool, e.g.
+scripts/test.sh builds it and sets LORAQ_IO_TOOL (build/tests/io_roundtrip_tool is the default), e.g.
     LORAQ_IO_TOOL=build/tests/io_roundtrip_tool pytest tests/python/test_safetensors_interop.py
 """
 
@@ -19,7 +19,8 @@ ml_dtypes = pytest.importorskip("ml_dtypes", reason="ml_dtypes is needed for bfl
 safetensors = pytest.importorskip("safetensors", reason="the reference safetensors library is not installed")
 import safetensors.numpy as stnp  # noqa: E402
 
-TOOL = os.environ.get("LORAQ_IO_TOOL")
+_BUILT = Path(__file__).resolve().parents[2] / "build" / "tests" / "io_roundtrip_tool"
+TOOL = os.environ.get("LORAQ_IO_TOOL") or (str(_BUILT) if _BUILT.exists() else None)
 if not TOOL:
     pytest.skip(
         "LORAQ_IO_TOOL IS NOT SET: the safetensors/npy interop tests did NOT run. Build "

@@ -197,6 +197,8 @@ int cast_safetensors(const Caster& caster, const CastOptions& o) {
   metadata["loraq.rounding"] = o.rounding;
   io::SafetensorsWriter writer(o.out, specs, metadata);
   if (o.report) print_report_header();
+  ErrorStats total;
+  std::vector<std::int64_t> total_shape = {0};
   std::vector<std::pair<std::string, PackedMatrix>> packed;
   for (const io::TensorSpec& spec : writer.specs()) {
     const io::TensorInfo& t = in.info(spec.name);
@@ -207,8 +209,13 @@ int cast_safetensors(const Caster& caster, const CastOptions& o) {
     ErrorStats stats;
     writer.write(t.name, cast_tensor(caster, t.dtype, spec.dtype, in.bytes(t), t.shape, o.in, t.name,
                                      o.report ? &stats : nullptr, o.codes_out.empty() ? nullptr : &packed));
-    if (o.report) print_report_row(t.name, t.shape, stats);
+    if (o.report) {
+      print_report_row(t.name, t.shape, stats);
+      total.signal += stats.signal, total.noise += stats.noise, total.max_abs = std::max(total.max_abs, stats.max_abs);
+      total_shape[0] += std::int64_t(io::element_count(t.shape, t.name));
+    }
   }
+  if (o.report) print_report_row("(all float tensors)", total_shape, total);
   if (!o.codes_out.empty()) write_codes(o.codes_out, packed);
   writer.finish();
   return 0;
