@@ -46,7 +46,7 @@ void decode_mx_block(const std::uint32_t* codes, std::uint32_t scale, std::int64
 void encode_sint4_block(const float* x, std::int64_t n, Rounding rounding, std::uint32_t* codes, std::uint32_t& scale) {
   const BlockStats s = block_stats(x, n);
   if (!s.finite) { scale = kFp16Nan; return; }
-  scale = sint4_scale_code(s.amax);
+  scale = FP16::encode(s.amax / 7.0f, Rounding::nearest_even);  // FORMATS.md: fp16_round(amax / 7)
   const float step = fp16_value(static_cast<std::uint16_t>(scale));
   if (step == 0.0f) return;  // zero group, or amax / 7 below fp16's smallest subnormal: all codes 0
   for (std::int64_t i = 0; i < n; ++i) codes[i] = Int4::encode(x[i] / step, rounding);
@@ -57,7 +57,7 @@ void encode_nvfp4_block(const float* x, std::int64_t n, float tensor_scale, Roun
   const BlockStats s = block_stats(x, n);
   if (!s.finite) { scale = kE4m3Nan; return; }
   if (tensor_scale == 0.0f) { scale = 0; return; }
-  scale = nvfp4_block_scale_code(s.amax, tensor_scale);
+  scale = E4M3::encode(s.amax / 6.0f / tensor_scale, Rounding::nearest_even);  // left to right, fp32
   const float denominator = e4m3_value(static_cast<std::uint8_t>(scale)) * tensor_scale;
   if (denominator == 0.0f) return;
   for (std::int64_t i = 0; i < n; ++i) codes[i] = E2M1::encode(x[i] / denominator, rounding);

@@ -1,8 +1,8 @@
 // Per-block scale rules of FORMATS.md, shared by the scalar reference and the vectorized codecs.
 //
-// These are out-of-line functions compiled once, without vector-ISA flags: the vectorized files call
-// them once per block, so the scale of a block is computed by exactly one piece of code, and the
-// element arithmetic (where the speed is) is what the bit-identity tests compare.
+// These are out-of-line functions compiled once, without vector-ISA flags, that the vectorized codecs
+// call once per block. The scalar reference (block_reference.cpp) derives the fp16 and e4m3 scales
+// with the element codec instead, so the bit-identity tests check these fast versions too.
 #pragma once
 
 #include <cstdint>
@@ -17,12 +17,13 @@ int floor_log2(float a);
 // MX shared exponent of a block with largest magnitude `amax` > 0 (finite), clamped to [-127, 127].
 int mx_shared_exponent(float amax, int element_emax);
 
-// sint4: fp16_round(amax / 7) as an fp16 code (saturating at 65504), and its value.
+// sint4: fp16_round(amax / 7) as an fp16 code (saturating at 65504), and its value. amax finite, >= 0.
 std::uint16_t sint4_scale_code(float amax);
 float fp16_value(std::uint16_t code);
 
 // nvfp4: the per-tensor fp32 scale amax_tensor / (448 * 6), and the e4m3 code of a block's scale
 // amax_block / 6 / global (round to nearest even, saturating at 448); e4m3_value decodes it.
+// block_amax finite and >= 0, tensor_scale > 0.
 float nvfp4_tensor_scale(float tensor_amax);
 std::uint8_t nvfp4_block_scale_code(float block_amax, float tensor_scale);
 float e4m3_value(std::uint8_t code);

@@ -1,5 +1,6 @@
 // The public codec entry points: argument checks, the nvfp4 tensor scale, threads over rows, and the
 // choice between the scalar reference and a vectorized kernel table.
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -34,11 +35,21 @@ const detail::VectorKernels* vector_kernels(Format f, const QuantOptions& option
   return kernels && kernels->supports(f) ? kernels : nullptr;
 }
 
-float tensor_scale_of(Format f, std::span<const float> values) {
-  return format_info(f).tensor_scale ? detail::nvfp4_tensor_scale(detail::finite_amax(values)) : 1.0f;
-}
-
 int thread_count(const QuantOptions& options) { return options.threads > 0 ? options.threads : omp_get_max_threads(); }
+
+// nvfp4's per-tensor scale from the largest finite magnitude (max is exact in any order).
+float tensor_scale_of(Format f, std::span<const float> values, const QuantOptions& options) {
+  if (!format_info(f).tensor_scale) return 1.0f;
+  const detail::VectorKernels* kernels = vector_kernels(f, options);
+  if (!kernels) return detail::nvfp4_tensor_scale(detail::finite_amax(values));
+  const auto n = static_cast<std::int64_t>(values.size());
+  const std::int64_t chunk = 1 << 16;
+  float amax = 0.0f;
+#pragma omp parallel for reduction(max : amax) schedule(static) num_threads(thread_count(options))
+  for (std::int64_t start = 0; start < n; start += chunk)
+    amax = std::max(amax, kernels->finite_amax(values.data() + start, std::min(chunk, n - start)));
+  return detail::nvfp4_tensor_scale(amax);
+}
 
 }  // namespace
 
@@ -46,7 +57,7 @@ void fake_quantize(Format f, std::span<const float> in, std::span<float> out, st
                    const QuantOptions& options) {
   check_shape(f, in.size(), rows, cols, "fake_quantize input");
   check_shape(f, out.size(), rows, cols, "fake_quantize output");
-  const float tensor_scale = tensor_scale_of(f, in.first(std::size_t(rows * cols)));
+  const float tensor_scale = tensor_scale_of(f, in.first(std::size_t(rows * cols)), options);
   const detail::VectorKernels* kernels = vector_kernels(f, options);
   const std::int64_t blocks = blocks_per_row(f, cols);
 #pragma omp parallel num_threads(thread_count(options))
@@ -74,7 +85,7 @@ PackedMatrix pack(Format f, std::span<const float> in, std::int64_t rows, std::i
   packed.format = f;
   packed.rows = rows;
   packed.cols = cols;
-  packed.tensor_scale = tensor_scale_of(f, in.first(std::size_t(rows * cols)));
+  packed.tensor_scale = tensor_scale_of(f, in.first(std::size_t(rows * cols)), options);
   const std::int64_t row_bytes = packed_row_bytes(f, cols);
   const std::int64_t blocks = blocks_per_row(f, cols);
   const int scale_width = scale_bytes(f);

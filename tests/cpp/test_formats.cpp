@@ -281,3 +281,35 @@ TEST(BlockFormats, BadShapesAreErrors) {
 
 }  // namespace
 }  // namespace loraq
+
+#include "core/block_scales.hpp"
+#include "core/element_codec.hpp"
+
+namespace loraq {
+namespace {
+
+// The vectorized codecs take their fp16 and e4m3 block scales from fast scalar functions; the
+// reference derives them with the element codec. They agree on every fp16 grid point and midpoint
+// (times 7, the sint4 divisor) and on a million log-uniform magnitudes.
+TEST(FastScales, AgreeWithTheElementCodec) {
+  std::vector<float> amax;
+  for (std::uint32_t code = 1; code < 0x7BFF; ++code) {  // finite neighbours only
+    const float v = detail::FP16::decode(code), next = detail::FP16::decode(code + 1);
+    for (float x : {v, (v + next) / 2, std::nextafter((v + next) / 2, 0.0f), std::nextafter((v + next) / 2, 1e30f)})
+      amax.push_back(x * 7.0f);
+  }
+  std::mt19937 rng(31);
+  std::uniform_real_distribution<float> exponent(-40.0f, 40.0f);
+  for (int i = 0; i < 1000000; ++i) amax.push_back(std::exp2(exponent(rng)));
+  amax.push_back(0.0f);
+  amax.push_back(std::numeric_limits<float>::max());
+  for (float a : amax) {
+    ASSERT_EQ(detail::sint4_scale_code(a), detail::FP16::encode(a / 7.0f, Rounding::nearest_even)) << a;
+    for (float global : {1.0f, 0.37f, 1e-30f, 3e25f})
+      ASSERT_EQ(detail::nvfp4_block_scale_code(a, global), detail::E4M3::encode(a / 6.0f / global, Rounding::nearest_even))
+          << a << " / " << global;
+  }
+}
+
+}  // namespace
+}  // namespace loraq

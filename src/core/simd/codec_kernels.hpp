@@ -374,8 +374,27 @@ void pack_row(Format f, const float* in, std::int64_t cols, float tensor_scale, 
 }
 
 template <class V>
+float finite_amax(const float* x, std::int64_t n) {
+  const typename V::I abs_mask = V::set_i(0x7FFFFFFF), inf_bits = V::set_i(0x7F800000), zero = V::set_i(0);
+  typename V::I m = zero;
+  std::int64_t i = 0;
+  for (; i + V::W <= n; i += V::W) {
+    const typename V::I b = V::and_i(V::bits(V::load(x + i)), abs_mask);
+    m = V::max_i(m, V::select_i(V::gt_i(inf_bits, b), b, zero));  // NaN and Inf count as 0
+  }
+  std::int32_t amax = V::hmax_i(m);
+  for (; i < n; ++i) {
+    std::int32_t b;
+    std::memcpy(&b, x + i, 4);
+    b &= 0x7FFFFFFF;
+    if (b < 0x7F800000 && b > amax) amax = b;
+  }
+  return __builtin_bit_cast(float, amax);
+}
+
+template <class V>
 const detail::VectorKernels* kernel_table() {
-  static const detail::VectorKernels table{&supports<V>, &fake_quantize_row<V>, &pack_row<V>};
+  static const detail::VectorKernels table{&supports<V>, &fake_quantize_row<V>, &pack_row<V>, &finite_amax<V>};
   return &table;
 }
 

@@ -19,6 +19,8 @@ struct VectorKernels {
   // Packed codes (packed_row_bytes) and scale bytes (blocks_per_row * scale_bytes) of one row.
   void (*pack_row)(Format f, const float* in, std::int64_t cols, float tensor_scale, Rounding rounding,
                    std::uint8_t* codes, std::uint8_t* scales);
+  // Largest magnitude over the finite values (0 if none): nvfp4's tensor amax.
+  float (*finite_amax)(const float* values, std::int64_t n);
 };
 
 // nullptr when the build lacks that instruction set.
