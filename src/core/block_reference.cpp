@@ -47,7 +47,7 @@ void encode_sint4_block(const float* x, std::int64_t n, Rounding rounding, std::
   const BlockStats s = block_stats(x, n);
   if (!s.finite) { scale = kFp16Nan; return; }
   scale = FP16::encode(s.amax / 7.0f, Rounding::nearest_even);  // FORMATS.md: fp16_round(amax / 7)
-  const float step = fp16_value(static_cast<std::uint16_t>(scale));
+  const float step = FP16::decode(scale);
   if (step == 0.0f) return;  // zero group, or amax / 7 below fp16's smallest subnormal: all codes 0
   for (std::int64_t i = 0; i < n; ++i) codes[i] = Int4::encode(x[i] / step, rounding);
 }
@@ -58,7 +58,7 @@ void encode_nvfp4_block(const float* x, std::int64_t n, float tensor_scale, Roun
   if (!s.finite) { scale = kE4m3Nan; return; }
   if (tensor_scale == 0.0f) { scale = 0; return; }
   scale = E4M3::encode(s.amax / 6.0f / tensor_scale, Rounding::nearest_even);  // left to right, fp32
-  const float denominator = e4m3_value(static_cast<std::uint8_t>(scale)) * tensor_scale;
+  const float denominator = E4M3::decode(scale) * tensor_scale;
   if (denominator == 0.0f) return;
   for (std::int64_t i = 0; i < n; ++i) codes[i] = E2M1::encode(x[i] / denominator, rounding);
 }
@@ -139,12 +139,12 @@ void reference_decode_row(Format f, const std::uint32_t* codes, const std::uint3
     case Format::mxint4: return decode_mx_row<MxInt4>(codes, scale_codes, cols, out);
     case Format::sint4:
       for (std::int64_t b = 0, start = 0; start < cols; ++b, start += 64)
-        decode_scaled_block<Int4>(codes + start, fp16_value(static_cast<std::uint16_t>(scale_codes[b])),
+        decode_scaled_block<Int4>(codes + start, FP16::decode(scale_codes[b]),
                                   std::min<std::int64_t>(64, cols - start), out + start);
       return;
     case Format::nvfp4:
       for (std::int64_t b = 0, start = 0; start < cols; ++b, start += 16) {
-        const float block_scale = e4m3_value(static_cast<std::uint8_t>(scale_codes[b]));
+        const float block_scale = E4M3::decode(scale_codes[b]);
         const std::int64_t n = std::min<std::int64_t>(16, cols - start);
         for (std::int64_t i = 0; i < n; ++i)  // FORMATS.md: element * block_scale * global, left to right
           out[start + i] = std::isnan(block_scale) ? kNan : E2M1::decode(codes[start + i]) * block_scale * tensor_scale;

@@ -1,6 +1,7 @@
 #include "block_scales.hpp"
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 
@@ -43,7 +44,13 @@ std::uint16_t sint4_scale_code(float amax) {
   return static_cast<std::uint16_t>(fast_code<FP16>(scale, 65504.0f));
 }
 
-float fp16_value(std::uint16_t code) { return FP16::decode(code); }
+float fp16_value(std::uint16_t code) {  // IEEE binary16 by its bits (the codec's exact double path is slower)
+  const std::uint32_t sign = static_cast<std::uint32_t>(code & 0x8000u) << 16;
+  const std::uint32_t exponent = (code >> 10) & 0x1Fu, mantissa = code & 0x3FFu;
+  if (exponent == 0) return std::bit_cast<float>(sign | std::bit_cast<std::uint32_t>(float(mantissa) * 0x1p-24f));
+  if (exponent == 31) return std::bit_cast<float>(sign | 0x7F800000u | (mantissa ? 0x400000u : 0u));
+  return std::bit_cast<float>(sign | ((exponent + 112) << 23) | (mantissa << 13));
+}
 
 float nvfp4_tensor_scale(float tensor_amax) { return tensor_amax / (448.0f * 6.0f); }
 
@@ -52,7 +59,14 @@ std::uint8_t nvfp4_block_scale_code(float block_amax, float tensor_scale) {
   return static_cast<std::uint8_t>(fast_code<E4M3>(ratio, 448.0f));
 }
 
-float e4m3_value(std::uint8_t code) { return E4M3::decode(code); }
+float e4m3_value(std::uint8_t code) {
+  static const auto table = [] {  // all 256 values, from the codec once
+    std::array<float, 256> t{};
+    for (std::uint32_t c = 0; c < 256; ++c) t[c] = E4M3::decode(c);
+    return t;
+  }();
+  return table[code];
+}
 
 float finite_amax(std::span<const float> values) {
   float amax = 0.0f;

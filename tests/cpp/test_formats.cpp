@@ -303,6 +303,11 @@ TEST(FastScales, AgreeWithTheElementCodec) {
   for (int i = 0; i < 1000000; ++i) amax.push_back(std::exp2(exponent(rng)));
   amax.push_back(0.0f);
   amax.push_back(std::numeric_limits<float>::max());
+  for (std::uint32_t code = 0; code < 0x10000; ++code) {
+    const float fast = detail::fp16_value(static_cast<std::uint16_t>(code)), exact = detail::FP16::decode(code);
+    ASSERT_TRUE(std::bit_cast<std::uint32_t>(fast) == std::bit_cast<std::uint32_t>(exact) || (std::isnan(fast) && std::isnan(exact)))
+        << "fp16 code " << code;
+  }
   for (float a : amax) {
     ASSERT_EQ(detail::sint4_scale_code(a), detail::FP16::encode(a / 7.0f, Rounding::nearest_even)) << a;
     for (float global : {1.0f, 0.37f, 1e-30f, 3e25f})
