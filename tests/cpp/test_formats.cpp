@@ -308,6 +308,11 @@ TEST(FastScales, AgreeWithTheElementCodec) {
     ASSERT_TRUE(std::bit_cast<std::uint32_t>(fast) == std::bit_cast<std::uint32_t>(exact) || (std::isnan(fast) && std::isnan(exact)))
         << "fp16 code " << code;
   }
+  for (std::uint32_t code = 0; code < 0x100; ++code) {
+    const float fast = detail::e4m3_value(static_cast<std::uint8_t>(code)), exact = detail::E4M3::decode(code);
+    ASSERT_TRUE(std::bit_cast<std::uint32_t>(fast) == std::bit_cast<std::uint32_t>(exact) || (std::isnan(fast) && std::isnan(exact)))
+        << "e4m3 code " << code;
+  }
   for (float a : amax) {
     ASSERT_EQ(detail::sint4_scale_code(a), detail::FP16::encode(a / 7.0f, Rounding::nearest_even)) << a;
     for (float global : {1.0f, 0.37f, 1e-30f, 3e25f})

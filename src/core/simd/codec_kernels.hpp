@@ -16,6 +16,7 @@
 
 #include "../block_scales.hpp"
 #include "../element_codec.hpp"  // constexpr element parameters only: no codec function is called here
+#include "../fast_scales.hpp"
 #include "vector_kernels.hpp"
 
 namespace {
@@ -32,11 +33,12 @@ struct Grid {
   int bits;        // code width
   float max_value;
   bool is_int;  // two's complement codes (MX int, sint4, int8)
+  int emax;     // exponent of the largest binade (FORMATS.md emax_elem)
 };
 
 template <class C>
 constexpr Grid float_grid(float max_value) {
-  return {C::man_bits, C::emin + 127, C::bias, C::bits, max_value, false};
+  return {C::man_bits, C::emin + 127, C::bias, C::bits, max_value, false, C::emax};
 }
 constexpr Grid kE2M1 = float_grid<detail::E2M1>(6.0f);
 constexpr Grid kE2M3 = float_grid<detail::E2M3>(7.5f);
@@ -44,10 +46,10 @@ constexpr Grid kE3M2 = float_grid<detail::E3M2>(28.0f);
 constexpr Grid kE4M3 = float_grid<detail::E4M3>(448.0f);
 constexpr Grid kE5M2 = float_grid<detail::E5M2>(57344.0f);
 // int grids: step 2^-frac = 2^((emin_field-127) - man_bits). mx_int8: step 2^-6, values < 2 = 2^1.
-constexpr Grid kMxInt8 = {7, 128, 0, 8, 127.0f / 64.0f, true};
-constexpr Grid kMxInt4 = {3, 128, 0, 4, 7.0f / 4.0f, true};
-constexpr Grid kInt4 = {3, 130, 0, 4, 7.0f, true};    // step 1 = 2^(3 - 3), values < 8
-constexpr Grid kInt8 = {7, 134, 0, 8, 127.0f, true};  // step 1 = 2^(7 - 7), values < 128
+constexpr Grid kMxInt8 = {7, 128, 0, 8, 127.0f / 64.0f, true, detail::MxInt8::emax};
+constexpr Grid kMxInt4 = {3, 128, 0, 4, 7.0f / 4.0f, true, detail::MxInt4::emax};
+constexpr Grid kInt4 = {3, 130, 0, 4, 7.0f, true, detail::Int4::emax};    // step 1 = 2^(3 - 3), values < 8
+constexpr Grid kInt8 = {7, 134, 0, 8, 127.0f, true, detail::Int8::emax};  // step 1 = 2^(7 - 7), values < 128
 
 template <class V>
 struct GridRounder {
@@ -196,9 +198,7 @@ float power_of_two(int e) {
   return e == -127 ? __builtin_bit_cast(float, 0x00400000u) : __builtin_bit_cast(float, std::uint32_t(127 + e) << 23);
 }
 
-int grid_emax(const Grid& g) {  // exponent of the grid's largest binade (FORMATS.md emax_elem)
-  return detail::floor_log2(g.max_value);
-}
+int grid_emax(const Grid& g) { return g.emax; }
 
 // The scale of one block (FORMATS.md), computed by block_scales.cpp, then its elements.
 template <class V>
@@ -335,11 +335,189 @@ void quantize_channel_row(Format f, const float* in, float* out, std::int64_t co
   if (scales) std::memcpy(scales, scale_bytes, 4);
 }
 
-template <class V>
+
+// ---------------------------------------------------------------- the fast path
+// Whole blocks whose scale is ordinary (finite, non-zero, not clamped) take this path, with the
+// format, the rounding mode and pack-or-values known at compile time: no branch per vector, shift
+// counts as immediates, the scale computed inline from the amax bits. Every other block (and the
+// partial last one) goes through the general path above, so both paths meet in the bit-identity
+// tests (tests/cpp/test_simd.cpp draws zero, non-finite, tiny and huge blocks on purpose).
+
+template <Format Fmt>
+constexpr Grid grid_for() {
+  if constexpr (Fmt == Format::mxfp8_e4m3) return kE4M3;
+  else if constexpr (Fmt == Format::mxfp8_e5m2) return kE5M2;
+  else if constexpr (Fmt == Format::mxfp6_e2m3) return kE2M3;
+  else if constexpr (Fmt == Format::mxfp6_e3m2) return kE3M2;
+  else if constexpr (Fmt == Format::mxfp4 || Fmt == Format::nvfp4) return kE2M1;
+  else if constexpr (Fmt == Format::mxint8) return kMxInt8;
+  else if constexpr (Fmt == Format::mxint4) return kMxInt4;
+  else return kInt4;  // sint4
+}
+
+constexpr float power_of_two_constant(int e) { return __builtin_bit_cast(float, std::uint32_t(127 + e) << 23); }
+
+template <class V, Grid G, bool Away>
+struct FastRounder {
+  using F = typename V::F;
+  using I = typename V::I;
+
+  static F round(F a) {
+    a = V::min_f(a, V::set_f(2.0f * G.max_value));
+    const I exponent = V::max_i(V::template shr_c<23>(V::bits(a)), V::set_i(G.emin_field));
+    const F magic = V::flt(V::template shl_c<23>(V::add_i(exponent, V::set_i(23 - G.man_bits))));
+    F r = V::sub(V::add(a, magic), magic);
+    if constexpr (Away) {
+      const F half = V::flt(V::template shl_c<23>(V::sub_i(exponent, V::set_i(G.man_bits + 1))));
+      r = V::select_f(V::eq_f(V::sub(a, r), half), V::add(r, V::add(half, half)), r);
+    }
+    return V::min_f(r, V::set_f(G.max_value));
+  }
+
+  static I code(F r, I sign) {
+    const I subnormal = V::cvtt(V::mul(r, V::set_f(power_of_two_constant(G.man_bits - (G.emin_field - 127)))));
+    if constexpr (G.is_int) {
+      const auto negative = V::gt_i(V::set_i(0), sign);
+      return V::select_i(negative, V::and_i(V::sub_i(V::set_i(0), subnormal), V::set_i((1 << G.bits) - 1)), subnormal);
+    } else {
+      const I rb = V::bits(r);
+      const I normal = V::sub_i(V::template shr_c<23 - G.man_bits>(rb), V::set_i((127 - G.bias) << G.man_bits));
+      const I magnitude = V::select_i(V::gt_i(rb, V::set_i((G.emin_field << 23) - 1)), normal, subnormal);
+      return V::or_i(magnitude, V::template shr_c<32 - G.bits>(sign));
+    }
+  }
+
+  static F signed_value(F r, I sign) {
+    const F v = V::flt(V::or_i(V::bits(r), sign));
+    if constexpr (G.is_int) return V::add(v, V::set_f(0.0f));  // integer code 0 decodes to +0
+    else return v;
+  }
+};
+
+// The scale of an ordinary block from its amax bits, or ok = false for the general path.
+struct FastScale {
+  bool ok;
+  float to_grid;      // multiply (MX) or divide (sint4, nvfp4) the values by this
+  float scale;        // multiply the grid values by this
+  float post;         // and then by this (nvfp4's tensor scale; 1 otherwise)
+  std::uint32_t code; // the stored scale code
+};
+
+template <Format Fmt>
+FastScale fast_scale(std::int32_t amax_bits, float tensor_scale) {
+  constexpr Grid G = grid_for<Fmt>();
+  if (amax_bits >= 0x7F800000) return {false, 0, 0, 0, 0};
+  const float amax = __builtin_bit_cast(float, amax_bits);
+  if constexpr (Fmt == Format::sint4) {
+    const std::uint16_t code = fast_fp16_code(amax / 7.0f);
+    const float step = fast_fp16_value(code);
+    return {step != 0.0f, step, step, 1.0f, code};
+  } else if constexpr (Fmt == Format::nvfp4) {
+    if (tensor_scale == 0.0f) return {false, 0, 0, 0, 0};
+    const std::uint8_t code = fast_e4m3_code(amax / 6.0f / tensor_scale);
+    const float block_scale = fast_e4m3_value(code);
+    const float divisor = block_scale * tensor_scale;
+    return {divisor != 0.0f, divisor, block_scale, tensor_scale, code};
+  } else {
+    // shared_exp = floor(log2 amax) - emax within [-126, 126]: both 2^-shared_exp and 2^shared_exp
+    // are normal floats built from their exponent bits.
+    constexpr std::int32_t lowest = (G.emax + 1) << 23, beyond = (254 + G.emax < 255 ? 254 + G.emax : 255) << 23;
+    if (amax_bits < lowest || amax_bits >= beyond) return {false, 0, 0, 0, 0};
+    const int shared_exp = (amax_bits >> 23) - 127 - G.emax;
+    return {true, power_of_two_constant(-shared_exp), power_of_two_constant(shared_exp), 1.0f,
+            std::uint32_t(shared_exp + 127)};
+  }
+}
+
+template <Format Fmt>
+constexpr int block_for() {
+  return Fmt == Format::sint4 ? 64 : Fmt == Format::nvfp4 ? 16 : 32;
+}
+
+template <class V, Format Fmt, bool Away, bool Pack>
+void fast_block_row(const float* in, float* out, std::int64_t cols, float tensor_scale, Rounding rounding,
+                    std::uint8_t* codes, std::uint8_t* scales) {
+  constexpr Grid G = grid_for<Fmt>();
+  constexpr int B = block_for<Fmt>();
+  constexpr int K = B / V::W;
+  constexpr bool divide = Fmt == Format::sint4 || Fmt == Format::nvfp4;
+  constexpr int scale_width = Fmt == Format::sint4 ? 2 : 1;
+  using F = typename V::F;
+  using I = typename V::I;
+  using R = FastRounder<V, G, Away>;
+  const GridRounder<V> general(G, rounding);
+  const I abs_mask = V::set_i(0x7FFFFFFF), sign_mask = V::set_i(static_cast<std::int32_t>(0x80000000u));
+  const std::int64_t whole = cols / B * B;
+  for (std::int64_t start = 0, b = 0; start < whole; start += B, ++b) {
+    F x[K];
+    I m = V::set_i(0);
+    for (int k = 0; k < K; ++k) {
+      x[k] = V::load(in + start + k * V::W);
+      m = V::max_i(m, V::and_i(V::bits(x[k]), abs_mask));
+    }
+    const std::int32_t amax_bits = V::hmax_i(m);
+    const FastScale s = fast_scale<Fmt>(amax_bits, tensor_scale);
+    if (!s.ok) {
+      quantize_scaled<V>(Fmt, general, in + start, B, {__builtin_bit_cast(float, amax_bits), amax_bits < 0x7F800000},
+                         tensor_scale, Pack ? nullptr : out + start, Pack ? codes + start * G.bits / 8 : nullptr,
+                         Pack ? scales + b * scale_width : nullptr);
+      continue;
+    }
+    const F to_grid = V::set_f(s.to_grid), scale = V::set_f(s.scale);
+    I c[K];
+    for (int k = 0; k < K; ++k) {
+      const F t = divide ? V::div(x[k], to_grid) : V::mul(x[k], to_grid);
+      const I sign = V::and_i(V::bits(t), sign_mask);
+      const F r = R::round(V::flt(V::and_i(V::bits(t), abs_mask)));
+      if constexpr (Pack) {
+        c[k] = R::code(r, sign);
+      } else {
+        F v = V::mul(R::signed_value(r, sign), scale);
+        if constexpr (Fmt == Format::nvfp4) v = V::mul(v, V::set_f(s.post));
+        V::store(out + start + k * V::W, v);
+      }
+    }
+    if constexpr (Pack) {
+      std::uint8_t* dst = codes + start * G.bits / 8;
+      if constexpr (G.bits == 6) {
+        for (int k = 0; k < K; ++k) store_code_vector<V>(c[k], 6, dst + k * V::W * 6 / 8);
+      } else {
+        V::template store_codes<G.bits, K>(c, dst);
+      }
+      for (int i = 0; i < scale_width; ++i) scales[b * scale_width + i] = std::uint8_t(s.code >> (8 * i));
+    }
+  }
+  if (whole < cols)  // the partial last block
+    quantize_block_row<V>(Fmt, in + whole, Pack ? nullptr : out + whole, cols - whole, tensor_scale, rounding,
+                          Pack ? codes + whole * G.bits / 8 : nullptr, Pack ? scales + whole / B * scale_width : nullptr);
+}
+
+template <class V, Format Fmt, bool Pack>
+void fast_row(const float* in, float* out, std::int64_t cols, float tensor_scale, Rounding rounding,
+              std::uint8_t* codes, std::uint8_t* scales) {
+  if (rounding == Rounding::nearest_away)
+    fast_block_row<V, Fmt, true, Pack>(in, out, cols, tensor_scale, rounding, codes, scales);
+  else
+    fast_block_row<V, Fmt, false, Pack>(in, out, cols, tensor_scale, rounding, codes, scales);
+}
+
+template <class V, bool Pack>
 void quantize_row(Format f, const float* in, float* out, std::int64_t cols, float tensor_scale, Rounding rounding,
                   std::uint8_t* codes, std::uint8_t* scales) {
-  if (f == Format::int8_channel) quantize_channel_row<V>(f, in, out, cols, rounding, codes, scales);
-  else quantize_block_row<V>(f, in, out, cols, tensor_scale, rounding, codes, scales);
+  switch (f) {
+    case Format::mxfp8_e4m3: return fast_row<V, Format::mxfp8_e4m3, Pack>(in, out, cols, tensor_scale, rounding, codes, scales);
+    case Format::mxfp8_e5m2: return fast_row<V, Format::mxfp8_e5m2, Pack>(in, out, cols, tensor_scale, rounding, codes, scales);
+    case Format::mxfp6_e2m3: return fast_row<V, Format::mxfp6_e2m3, Pack>(in, out, cols, tensor_scale, rounding, codes, scales);
+    case Format::mxfp6_e3m2: return fast_row<V, Format::mxfp6_e3m2, Pack>(in, out, cols, tensor_scale, rounding, codes, scales);
+    case Format::mxfp4: return fast_row<V, Format::mxfp4, Pack>(in, out, cols, tensor_scale, rounding, codes, scales);
+    case Format::mxint8: return fast_row<V, Format::mxint8, Pack>(in, out, cols, tensor_scale, rounding, codes, scales);
+    case Format::mxint4: return fast_row<V, Format::mxint4, Pack>(in, out, cols, tensor_scale, rounding, codes, scales);
+    case Format::sint4: return fast_row<V, Format::sint4, Pack>(in, out, cols, tensor_scale, rounding, codes, scales);
+    case Format::nvfp4: return fast_row<V, Format::nvfp4, Pack>(in, out, cols, tensor_scale, rounding, codes, scales);
+    case Format::int8_channel: return quantize_channel_row<V>(f, in, out, cols, rounding, codes, scales);
+    case Format::fp16: return;  // not vectorized: supports() sends these to the reference
+    case Format::bf16: return;
+  }
 }
 
 template <class V>
@@ -364,13 +542,13 @@ bool supports(Format f) {
 template <class V>
 void fake_quantize_row(Format f, const float* in, float* out, std::int64_t cols, float tensor_scale,
                        Rounding rounding) {
-  quantize_row<V>(f, in, out, cols, tensor_scale, rounding, nullptr, nullptr);
+  quantize_row<V, false>(f, in, out, cols, tensor_scale, rounding, nullptr, nullptr);
 }
 
 template <class V>
 void pack_row(Format f, const float* in, std::int64_t cols, float tensor_scale, Rounding rounding,
               std::uint8_t* codes, std::uint8_t* scales) {
-  quantize_row<V>(f, in, nullptr, cols, tensor_scale, rounding, codes, scales);
+  quantize_row<V, true>(f, in, nullptr, cols, tensor_scale, rounding, codes, scales);
 }
 
 template <class V>

@@ -29,6 +29,10 @@ struct VecAvx2 {
   static I max_i(I a, I b) { return _mm256_max_epi32(a, b); }
   static I shr(I a, int n) { return _mm256_srl_epi32(a, _mm_cvtsi32_si128(n)); }
   static I shl(I a, int n) { return _mm256_sll_epi32(a, _mm_cvtsi32_si128(n)); }
+  template <int N>
+  static I shr_c(I a) { return _mm256_srli_epi32(a, N); }
+  template <int N>
+  static I shl_c(I a) { return _mm256_slli_epi32(a, N); }
 
   static F add(F a, F b) { return _mm256_add_ps(a, b); }
   static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
@@ -62,6 +66,35 @@ struct VecAvx2 {
     const __m256i g = _mm256_shuffle_epi8(codes, gather);
     const __m128i both = _mm_or_si128(_mm256_castsi256_si128(g), _mm256_extracti128_si256(g, 1));
     _mm_storel_epi64(reinterpret_cast<__m128i*>(dst), both);
+  }
+
+  // K code vectors (K = 2, 4 or 8) of one block, packed: 8-bit a byte each, 4-bit two a byte (code
+  // 2i in the low nibble). Lanes hold codes already masked to Bits bits.
+  template <int Bits, int K>
+  static void store_codes(const I* c, std::uint8_t* dst) {
+    if constexpr (K == 2) {
+      store_group<Bits, 16>(c[0], c[1], _mm256_setzero_si256(), _mm256_setzero_si256(), dst);
+    } else {
+      static_assert(K % 4 == 0);
+      for (int g = 0; g < K; g += 4) store_group<Bits, 32>(c[g], c[g + 1], c[g + 2], c[g + 3], dst + g * W * Bits / 8);
+    }
+  }
+
+  // N (16 or 32) codes from up to four vectors, in order.
+  template <int Bits, int N>
+  static void store_group(I c0, I c1, I c2, I c3, std::uint8_t* dst) {
+    const __m256i words = _mm256_packus_epi16(_mm256_packus_epi32(c0, c1), _mm256_packus_epi32(c2, c3));
+    const __m256i bytes = _mm256_permutevar8x32_epi32(words, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    if constexpr (Bits == 8) {
+      if constexpr (N == 32) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), bytes);
+      else _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm256_castsi256_si128(bytes));
+    } else {
+      static_assert(Bits == 4);
+      const __m256i pairs = _mm256_maddubs_epi16(bytes, _mm256_set1_epi16(0x1001));  // c[2i] + 16 c[2i+1]
+      const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi16(pairs, pairs), 0x08);
+      if constexpr (N == 32) _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm256_castsi256_si128(packed));
+      else _mm_storel_epi64(reinterpret_cast<__m128i*>(dst), _mm256_castsi256_si128(packed));
+    }
   }
 
   // 4-bit codes, lane 2i in the low nibble and lane 2i+1 in the high nibble: W/2 bytes.

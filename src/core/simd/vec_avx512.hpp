@@ -28,6 +28,10 @@ struct VecAvx512 {
   static I max_i(I a, I b) { return _mm512_max_epi32(a, b); }
   static I shr(I a, int n) { return _mm512_srl_epi32(a, _mm_cvtsi32_si128(n)); }
   static I shl(I a, int n) { return _mm512_sll_epi32(a, _mm_cvtsi32_si128(n)); }
+  template <int N>
+  static I shr_c(I a) { return _mm512_srli_epi32(a, N); }
+  template <int N>
+  static I shl_c(I a) { return _mm512_slli_epi32(a, N); }
 
   static F add(F a, F b) { return _mm512_add_ps(a, b); }
   static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
@@ -50,6 +54,15 @@ struct VecAvx512 {
   // The low byte of each lane: W bytes.
   static void store_bytes(I codes, std::uint8_t* dst) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm512_cvtepi32_epi8(codes));
+  }
+
+  // K code vectors of one block, packed: 8-bit a byte each, 4-bit two a byte (code 2i low nibble).
+  template <int Bits, int K>
+  static void store_codes(const I* c, std::uint8_t* dst) {
+    for (int k = 0; k < K; ++k) {
+      if constexpr (Bits == 8) store_bytes(c[k], dst + k * W);
+      else store_nibbles(c[k], dst + k * W / 2);
+    }
   }
 
   // 4-bit codes, lane 2i in the low nibble and lane 2i+1 in the high nibble: W/2 bytes.
