@@ -403,14 +403,14 @@ struct FastScale {
   std::uint32_t code; // the stored scale code
 };
 
-template <Format Fmt>
+template <class V, Format Fmt>
 FastScale fast_scale(std::int32_t amax_bits, float tensor_scale) {
   constexpr Grid G = grid_for<Fmt>();
   if (amax_bits >= 0x7F800000) return {false, 0, 0, 0, 0};
   const float amax = __builtin_bit_cast(float, amax_bits);
   if constexpr (Fmt == Format::sint4) {
-    const std::uint16_t code = fast_fp16_code(amax / 7.0f);
-    const float step = fast_fp16_value(code);
+    const std::uint16_t code = V::fp16_code(amax / 7.0f);
+    const float step = V::fp16_value(code);
     return {step != 0.0f, step, step, 1.0f, code};
   } else if constexpr (Fmt == Format::nvfp4) {
     if (tensor_scale == 0.0f) return {false, 0, 0, 0, 0};
@@ -448,25 +448,23 @@ void fast_block_row(const float* in, float* out, std::int64_t cols, float tensor
   const GridRounder<V> general(G, rounding);
   const I abs_mask = V::set_i(0x7FFFFFFF), sign_mask = V::set_i(static_cast<std::int32_t>(0x80000000u));
   const std::int64_t whole = cols / B * B;
-  for (std::int64_t start = 0, b = 0; start < whole; start += B, ++b) {
-    F x[K];
+  const auto block_amax = [&](std::int64_t start) {
     I m = V::set_i(0);
-    for (int k = 0; k < K; ++k) {
-      x[k] = V::load(in + start + k * V::W);
-      m = V::max_i(m, V::and_i(V::bits(x[k]), abs_mask));
-    }
-    const std::int32_t amax_bits = V::hmax_i(m);
-    const FastScale s = fast_scale<Fmt>(amax_bits, tensor_scale);
+    for (int k = 0; k < K; ++k) m = V::max_i(m, V::and_i(V::bits(V::load(in + start + k * V::W)), abs_mask));
+    return V::hmax_i(m);
+  };
+  const auto finish_block = [&](std::int64_t start, std::int64_t b, std::int32_t amax_bits, const FastScale& s) {
     if (!s.ok) {
       quantize_scaled<V>(Fmt, general, in + start, B, {__builtin_bit_cast(float, amax_bits), amax_bits < 0x7F800000},
                          tensor_scale, Pack ? nullptr : out + start, Pack ? codes + start * G.bits / 8 : nullptr,
                          Pack ? scales + b * scale_width : nullptr);
-      continue;
+      return;
     }
     const F to_grid = V::set_f(s.to_grid), scale = V::set_f(s.scale);
     I c[K];
     for (int k = 0; k < K; ++k) {
-      const F t = divide ? V::div(x[k], to_grid) : V::mul(x[k], to_grid);
+      const F x = V::load(in + start + k * V::W);
+      const F t = divide ? V::div(x, to_grid) : V::mul(x, to_grid);
       const I sign = V::and_i(V::bits(t), sign_mask);
       const F r = R::round(V::flt(V::and_i(V::bits(t), abs_mask)));
       if constexpr (Pack) {
@@ -486,6 +484,21 @@ void fast_block_row(const float* in, float* out, std::int64_t cols, float tensor
       }
       for (int i = 0; i < scale_width; ++i) scales[b * scale_width + i] = std::uint8_t(s.code >> (8 * i));
     }
+  };
+  // Two blocks at a time: their scale computations (a serial chain of
+  // scalar operations each) run side by side, and overlap with the vector work.
+  constexpr int group = 2;
+  std::int64_t start = 0, b = 0;
+  for (; start + group * B <= whole; start += group * B, b += group) {
+    std::int32_t amax[group];
+    FastScale scale[group];
+    for (int g = 0; g < group; ++g) amax[g] = block_amax(start + g * B);
+    for (int g = 0; g < group; ++g) scale[g] = fast_scale<V, Fmt>(amax[g], tensor_scale);
+    for (int g = 0; g < group; ++g) finish_block(start + g * B, b + g, amax[g], scale[g]);
+  }
+  for (; start < whole; start += B, ++b) {
+    const std::int32_t a = block_amax(start);
+    finish_block(start, b, a, fast_scale<V, Fmt>(a, tensor_scale));
   }
   if (whole < cols)  // the partial last block
     quantize_block_row<V>(Fmt, in + whole, Pack ? nullptr : out + whole, cols - whole, tensor_scale, rounding,

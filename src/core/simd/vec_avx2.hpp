@@ -47,6 +47,12 @@ struct VecAvx2 {
     return _mm256_blendv_ps(if_false, if_true, _mm256_castsi256_ps(m));
   }
 
+  // fp16 by the F16C instructions, round to nearest even; saturating at 65504 (a >= 0, finite).
+  static std::uint16_t fp16_code(float a) {
+    return static_cast<std::uint16_t>(_cvtss_sh(a < 65504.0f ? a : 65504.0f, _MM_FROUND_TO_NEAREST_INT));
+  }
+  static float fp16_value(std::uint16_t code) { return _cvtsh_ss(code); }
+
   static I cvtt(F a) { return _mm256_cvttps_epi32(a); }
   static F cvt(I a) { return _mm256_cvtepi32_ps(a); }
 

@@ -44,6 +44,12 @@ struct VecAvx512 {
   static I select_i(M m, I if_true, I if_false) { return _mm512_mask_blend_epi32(m, if_false, if_true); }
   static F select_f(M m, F if_true, F if_false) { return _mm512_mask_blend_ps(m, if_false, if_true); }
 
+  // fp16 by the F16C instructions, round to nearest even; saturating at 65504 (a >= 0, finite).
+  static std::uint16_t fp16_code(float a) {
+    return static_cast<std::uint16_t>(_cvtss_sh(a < 65504.0f ? a : 65504.0f, _MM_FROUND_TO_NEAREST_INT));
+  }
+  static float fp16_value(std::uint16_t code) { return _cvtsh_ss(code); }
+
   static I cvtt(F a) { return _mm512_cvttps_epi32(a); }
   static F cvt(I a) { return _mm512_cvtepi32_ps(a); }
 
