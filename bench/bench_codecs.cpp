@@ -12,6 +12,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <new>
 #include <random>
 #include <sstream>
 #include <string>
@@ -39,9 +40,22 @@ std::vector<Shape> load_shapes() {
   return shapes;
 }
 
+// 64-byte aligned storage, as numpy and torch give for large arrays (vector stores stay aligned).
+template <class T>
+struct Aligned64 {
+  using value_type = T;
+  Aligned64() = default;
+  template <class U>
+  Aligned64(const Aligned64<U>&) {}
+  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
+  void deallocate(T* p, std::size_t) { ::operator delete(p, std::align_val_t(64)); }
+  bool operator==(const Aligned64&) const { return true; }
+};
+using FloatBuffer = std::vector<float, Aligned64<float>>;
+
 // Rotating inputs of one shape, and an output buffer per input.
 struct Buffers {
-  std::vector<std::vector<float>> inputs, outputs;
+  std::vector<FloatBuffer> inputs, outputs;
   explicit Buffers(const Shape& s) {
     const std::size_t n = std::size_t(s.rows * s.cols);
     const std::size_t copies = std::max<std::size_t>(2, (64u << 20) / (n * sizeof(float)) + 1);
@@ -109,13 +123,13 @@ void bm_memcpy(benchmark::State& state, Shape s) {
 }
 
 void bm_fake_quantize(benchmark::State& state, loraq::Format f, Shape s) {
-  timed_against_memcpy(state, s, [&](const std::vector<float>& in, std::vector<float>& out) {
+  timed_against_memcpy(state, s, [&](const FloatBuffer& in, FloatBuffer& out) {
     loraq::fake_quantize(f, in, out, s.rows, s.cols);
   });
 }
 
 void bm_pack(benchmark::State& state, loraq::Format f, Shape s) {
-  timed_against_memcpy(state, s, [&](const std::vector<float>& in, std::vector<float>&) {
+  timed_against_memcpy(state, s, [&](const FloatBuffer& in, FloatBuffer&) {
     loraq::PackedMatrix p = loraq::pack(f, in, s.rows, s.cols);
     benchmark::DoNotOptimize(p.codes.data());
   });

@@ -60,6 +60,9 @@ void fake_quantize(Format f, std::span<const float> in, std::span<float> out, st
   const float tensor_scale = tensor_scale_of(f, in.first(std::size_t(rows * cols)), options);
   const detail::VectorKernels* kernels = vector_kernels(f, options);
   const std::int64_t blocks = blocks_per_row(f, cols);
+  // An output larger than the caches is written around them (non-temporal stores): it would be
+  // evicted before anyone reads it, and skipping the read-for-ownership saves a third of the traffic.
+  const bool stream = rows * cols * std::int64_t(sizeof(float)) >= (std::int64_t(8) << 20);
 #pragma omp parallel num_threads(thread_count(options))
   {
     std::vector<std::uint32_t> codes, scales;  // scratch of the scalar path, one per thread
@@ -69,7 +72,7 @@ void fake_quantize(Format f, std::span<const float> in, std::span<float> out, st
       const float* src = in.data() + r * cols;
       float* dst = out.data() + r * cols;
       if (kernels) {
-        kernels->fake_quantize_row(f, src, dst, cols, tensor_scale, options.rounding);
+        kernels->fake_quantize_row(f, src, dst, cols, tensor_scale, options.rounding, stream);
       } else {
         detail::reference_encode_row(f, src, cols, tensor_scale, options.rounding, codes.data(), scales.data());
         detail::reference_decode_row(f, codes.data(), scales.data(), tensor_scale, cols, dst);

@@ -79,6 +79,27 @@ TEST_P(SimdMatchesReference, BitIdentical) {
 INSTANTIATE_TEST_SUITE_P(Isas, SimdMatchesReference, ::testing::Values(Isa::avx2, Isa::avx512),
                          [](const auto& p) { return std::string(isa_name(p.param)); });
 
+// Outputs of 8 MiB and more are written with streaming stores: still the reference's values.
+TEST(SimdLargeOutputs, StreamedStoresMatchReference) {
+  const std::int64_t rows = 2048, cols = 1152;  // 9.4 MB of fp32
+  std::vector<float> x = hostile_input(std::size_t(rows * cols), 77, false);
+  float* aligned = nullptr;  // a 64-byte aligned output, so that the streaming path is taken
+  std::vector<float> storage(std::size_t(rows * cols) + 16);
+  aligned = storage.data() + (16 - (reinterpret_cast<std::uintptr_t>(storage.data()) % 64) / 4) % 16;
+  const std::span<float> got(aligned, std::size_t(rows * cols));
+  for (Isa isa : {Isa::avx2, Isa::avx512}) {
+    if (!isa_available(isa)) continue;
+    for (Format f : {Format::mxfp4, Format::mxint8, Format::sint4, Format::nvfp4}) {
+      std::vector<float> want(x.size());
+      fake_quantize(f, x, want, rows, cols, {Rounding::nearest_even, Isa::scalar, 2});
+      fake_quantize(f, x, got, rows, cols, {Rounding::nearest_even, isa, 2});
+      for (std::size_t i = 0; i < x.size(); ++i)
+        ASSERT_EQ(std::bit_cast<std::uint32_t>(got[i]), std::bit_cast<std::uint32_t>(want[i]))
+            << format_info(f).name << " " << isa_name(isa) << " index " << i << " seed 77";
+    }
+  }
+}
+
 // Results never depend on the number of threads.
 TEST(Threads, SameBytesWhateverTheThreadCount) {
   const std::vector<float> x = hostile_input(37 * 1152, 99, false);

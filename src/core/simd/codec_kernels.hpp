@@ -436,7 +436,7 @@ constexpr int block_for() {
 
 template <class V, Format Fmt, bool Away, bool Pack>
 void fast_block_row(const float* in, float* out, std::int64_t cols, float tensor_scale, Rounding rounding,
-                    std::uint8_t* codes, std::uint8_t* scales) {
+                    std::uint8_t* codes, std::uint8_t* scales, bool stream) {
   constexpr Grid G = grid_for<Fmt>();
   constexpr int B = block_for<Fmt>();
   constexpr int K = B / V::W;
@@ -472,7 +472,8 @@ void fast_block_row(const float* in, float* out, std::int64_t cols, float tensor
       } else {
         F v = V::mul(R::signed_value(r, sign), scale);
         if constexpr (Fmt == Format::nvfp4) v = V::mul(v, V::set_f(s.post));
-        V::store(out + start + k * V::W, v);
+        if (stream) V::stream(out + start + k * V::W, v);
+        else V::store(out + start + k * V::W, v);
       }
     }
     if constexpr (Pack) {
@@ -507,26 +508,26 @@ void fast_block_row(const float* in, float* out, std::int64_t cols, float tensor
 
 template <class V, Format Fmt, bool Pack>
 void fast_row(const float* in, float* out, std::int64_t cols, float tensor_scale, Rounding rounding,
-              std::uint8_t* codes, std::uint8_t* scales) {
+              std::uint8_t* codes, std::uint8_t* scales, bool stream) {
   if (rounding == Rounding::nearest_away)
-    fast_block_row<V, Fmt, true, Pack>(in, out, cols, tensor_scale, rounding, codes, scales);
+    fast_block_row<V, Fmt, true, Pack>(in, out, cols, tensor_scale, rounding, codes, scales, stream);
   else
-    fast_block_row<V, Fmt, false, Pack>(in, out, cols, tensor_scale, rounding, codes, scales);
+    fast_block_row<V, Fmt, false, Pack>(in, out, cols, tensor_scale, rounding, codes, scales, stream);
 }
 
 template <class V, bool Pack>
 void quantize_row(Format f, const float* in, float* out, std::int64_t cols, float tensor_scale, Rounding rounding,
-                  std::uint8_t* codes, std::uint8_t* scales) {
+                  std::uint8_t* codes, std::uint8_t* scales, bool stream) {
   switch (f) {
-    case Format::mxfp8_e4m3: return fast_row<V, Format::mxfp8_e4m3, Pack>(in, out, cols, tensor_scale, rounding, codes, scales);
-    case Format::mxfp8_e5m2: return fast_row<V, Format::mxfp8_e5m2, Pack>(in, out, cols, tensor_scale, rounding, codes, scales);
-    case Format::mxfp6_e2m3: return fast_row<V, Format::mxfp6_e2m3, Pack>(in, out, cols, tensor_scale, rounding, codes, scales);
-    case Format::mxfp6_e3m2: return fast_row<V, Format::mxfp6_e3m2, Pack>(in, out, cols, tensor_scale, rounding, codes, scales);
-    case Format::mxfp4: return fast_row<V, Format::mxfp4, Pack>(in, out, cols, tensor_scale, rounding, codes, scales);
-    case Format::mxint8: return fast_row<V, Format::mxint8, Pack>(in, out, cols, tensor_scale, rounding, codes, scales);
-    case Format::mxint4: return fast_row<V, Format::mxint4, Pack>(in, out, cols, tensor_scale, rounding, codes, scales);
-    case Format::sint4: return fast_row<V, Format::sint4, Pack>(in, out, cols, tensor_scale, rounding, codes, scales);
-    case Format::nvfp4: return fast_row<V, Format::nvfp4, Pack>(in, out, cols, tensor_scale, rounding, codes, scales);
+    case Format::mxfp8_e4m3: return fast_row<V, Format::mxfp8_e4m3, Pack>(in, out, cols, tensor_scale, rounding, codes, scales, stream);
+    case Format::mxfp8_e5m2: return fast_row<V, Format::mxfp8_e5m2, Pack>(in, out, cols, tensor_scale, rounding, codes, scales, stream);
+    case Format::mxfp6_e2m3: return fast_row<V, Format::mxfp6_e2m3, Pack>(in, out, cols, tensor_scale, rounding, codes, scales, stream);
+    case Format::mxfp6_e3m2: return fast_row<V, Format::mxfp6_e3m2, Pack>(in, out, cols, tensor_scale, rounding, codes, scales, stream);
+    case Format::mxfp4: return fast_row<V, Format::mxfp4, Pack>(in, out, cols, tensor_scale, rounding, codes, scales, stream);
+    case Format::mxint8: return fast_row<V, Format::mxint8, Pack>(in, out, cols, tensor_scale, rounding, codes, scales, stream);
+    case Format::mxint4: return fast_row<V, Format::mxint4, Pack>(in, out, cols, tensor_scale, rounding, codes, scales, stream);
+    case Format::sint4: return fast_row<V, Format::sint4, Pack>(in, out, cols, tensor_scale, rounding, codes, scales, stream);
+    case Format::nvfp4: return fast_row<V, Format::nvfp4, Pack>(in, out, cols, tensor_scale, rounding, codes, scales, stream);
     case Format::int8_channel: return quantize_channel_row<V>(f, in, out, cols, rounding, codes, scales);
     case Format::fp16: return;  // not vectorized: supports() sends these to the reference
     case Format::bf16: return;
@@ -554,14 +555,18 @@ bool supports(Format f) {
 
 template <class V>
 void fake_quantize_row(Format f, const float* in, float* out, std::int64_t cols, float tensor_scale,
-                       Rounding rounding) {
-  quantize_row<V, false>(f, in, out, cols, tensor_scale, rounding, nullptr, nullptr);
+                       Rounding rounding, bool stream) {
+  // Streaming (non-temporal) stores skip reading the destination into cache first; they need
+  // vector-aligned rows, and a fence so that other threads see the values after the join.
+  stream = stream && reinterpret_cast<std::uintptr_t>(out) % (V::W * sizeof(float)) == 0;
+  quantize_row<V, false>(f, in, out, cols, tensor_scale, rounding, nullptr, nullptr, stream);
+  if (stream) V::fence();
 }
 
 template <class V>
 void pack_row(Format f, const float* in, std::int64_t cols, float tensor_scale, Rounding rounding,
               std::uint8_t* codes, std::uint8_t* scales) {
-  quantize_row<V, true>(f, in, nullptr, cols, tensor_scale, rounding, codes, scales);
+  quantize_row<V, true>(f, in, nullptr, cols, tensor_scale, rounding, codes, scales, false);
 }
 
 template <class V>

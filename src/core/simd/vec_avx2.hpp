@@ -17,6 +17,8 @@ struct VecAvx2 {
 
   static F load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+  static void stream(float* p, F v) { _mm256_stream_ps(p, v); }  // p aligned to the vector
+  static void fence() { _mm_sfence(); }
   static I bits(F v) { return _mm256_castps_si256(v); }
   static F flt(I v) { return _mm256_castsi256_ps(v); }
   static I set_i(std::int32_t x) { return _mm256_set1_epi32(x); }

@@ -16,6 +16,8 @@ struct VecAvx512 {
 
   static F load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
+  static void stream(float* p, F v) { _mm512_stream_ps(p, v); }  // p aligned to the vector
+  static void fence() { _mm_sfence(); }
   static I bits(F v) { return _mm512_castps_si512(v); }
   static F flt(I v) { return _mm512_castsi512_ps(v); }
   static I set_i(std::int32_t x) { return _mm512_set1_epi32(x); }
