@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   cmake ninja-build g++ pkg-config git
   libgtest-dev libgmock-dev libbenchmark-dev
-  libcli11-dev nlohmann-json3-dev libfmt-dev
+  libcli11-dev nlohmann-json3-dev libfmt-dev libyaml-cpp-dev
+  clang libclang-rt-14-dev
   libopenblas-dev libopenmpi-dev openmpi-bin
   python3 python3-venv python3-dev
 )

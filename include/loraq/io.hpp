@@ -64,6 +64,9 @@ struct NpyArray {
 };
 // Reads version 1.0/2.0/3.0 files of little-endian float32, float16 or bfloat16, C order.
 NpyArray read_npy(const std::filesystem::path& path);
+// The same checks on a whole .npy file given as bytes (read_npy shares the header parser); errors
+// name `what`. The fuzz target tests/fuzz/fuzz_npy_header.cpp drives it.
+NpyArray parse_npy(std::span<const std::byte> file_bytes, std::string_view what);
 void write_npy(const std::filesystem::path& path, const NpyArray& array);  // atomic
 
 // ---------------------------------------------------------------- safetensors
@@ -75,10 +78,26 @@ struct TensorInfo {
   std::uint64_t size;    // bytes
 };
 
+// The header of a safetensors file, validated: what SafetensorsFile holds besides the mapping.
+struct ParsedHeader {
+  std::uint64_t data_start = 0;       // 8 + header length: where the data section begins
+  std::vector<TensorInfo> tensors;    // sorted by name; byte ranges checked against the data section
+  std::map<std::string, std::string> metadata;
+};
+inline constexpr std::uint64_t kMaxSafetensorsHeaderBytes = 100'000'000;  // the reference's MAX_HEADER_SIZE
+
+// Parses and checks the header of a safetensors file given as bytes: `head` starts at the 8-byte
+// length prefix and holds at least the whole header (the whole file will do); `file_size` is the size
+// of the whole file, which bounds every tensor's byte range. This is the one parser SafetensorsFile
+// uses, so every check it applies is here (and the fuzz target tests/fuzz/fuzz_safetensors_header.cpp
+// drives it). Throws Error naming `what` (and the tensor).
+ParsedHeader parse_safetensors_header(std::span<const std::byte> head, std::uint64_t file_size,
+                                      std::string_view what);
+
 // A memory-mapped safetensors file. Tensors are described by where they live, not copied.
 class SafetensorsFile {
  public:
-  static constexpr std::uint64_t kMaxHeaderBytes = 100'000'000;  // the reference's MAX_HEADER_SIZE
+  static constexpr std::uint64_t kMaxHeaderBytes = kMaxSafetensorsHeaderBytes;
 
   explicit SafetensorsFile(const std::filesystem::path& path);
   ~SafetensorsFile();

@@ -14,6 +14,7 @@
 #include "loraq/element.hpp"
 #include "loraq/error.hpp"
 #include "loraq/io.hpp"
+#include "core/fast_scales.hpp"
 
 namespace loraq::io {
 namespace {
@@ -109,9 +110,30 @@ void decode16(Element e, std::span<const std::byte> bytes, std::span<float> out)
   }
 }
 
+// The element codec's fp16 / bf16 encoding (round to nearest even, saturating, NaN to the canonical
+// quiet NaN) by bit arithmetic: the codec's exact double path is too slow for whole checkpoints.
+// tests/cpp/test_io.cpp (FastHalfConversions) checks both against the codec.
+std::uint16_t bf16_bits(float x) {
+  const std::uint32_t b = std::bit_cast<std::uint32_t>(x);
+  const std::uint32_t sign = (b >> 16) & 0x8000u;
+  if ((b & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;   // NaN
+  if ((b & 0x7FFFFFFFu) == 0x7F800000u) return static_cast<std::uint16_t>(sign | 0x7F80u);  // Inf
+  const std::uint32_t rounded = (b + 0x7FFFu + ((b >> 16) & 1u)) >> 16;  // ties to even on the kept bits
+  if ((rounded & 0x7F80u) == 0x7F80u) return static_cast<std::uint16_t>(sign | 0x7F7Fu);  // overflow: saturate
+  return static_cast<std::uint16_t>(rounded);
+}
+
+std::uint16_t fp16_bits(float x) {
+  const std::uint32_t b = std::bit_cast<std::uint32_t>(x);
+  const auto sign = static_cast<std::uint16_t>((b >> 16) & 0x8000u);
+  if ((b & 0x7FFFFFFFu) > 0x7F800000u) return 0x7E00;   // NaN
+  if ((b & 0x7FFFFFFFu) == 0x7F800000u) return static_cast<std::uint16_t>(sign | 0x7C00u);  // Inf
+  return static_cast<std::uint16_t>(sign | fast_fp16_code(std::fabs(x)));
+}
+
 void encode16(Element e, std::span<const float> in, std::span<std::byte> out) {
   for (std::size_t i = 0; i < in.size(); ++i) {
-    const auto code = static_cast<std::uint16_t>(encode(e, in[i], Rounding::nearest_even));
+    const std::uint16_t code = e == Element::bf16 ? bf16_bits(in[i]) : fp16_bits(in[i]);
     std::memcpy(out.data() + 2 * i, &code, 2);
   }
 }

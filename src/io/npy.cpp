@@ -4,6 +4,7 @@
 // three keys numpy writes, with a quoted string, True/False and a tuple of integers as values, and
 // everything else is an Error naming the file. write_npy produces the bytes np.save produces for the
 // same array (same header text, growth padding and 64-byte alignment).
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <limits>
@@ -32,8 +33,8 @@ constexpr std::size_t kArrayAlign = 64;          // numpy.lib.format.ARRAY_ALIGN
 constexpr std::size_t kGrowthAxisMaxDigits = 21;  // numpy.lib.format.GROWTH_AXIS_MAX_DIGITS
 constexpr std::size_t kMaxDims = 64;               // numpy 2's NPY_MAXDIMS
 
-[[noreturn]] void fail(const std::filesystem::path& path, std::string_view message) {
-  throw Error(fmt::format("{}: {}", path.string(), message));
+[[noreturn]] void fail(std::string_view what, std::string_view message) {
+  throw Error(fmt::format("{}: {}", what, message));
 }
 
 // The descr numpy writes for each dtype. ml_dtypes' bfloat16 has no type code of its own, so numpy
@@ -62,10 +63,10 @@ class ReadOnlyFile {
  public:
   explicit ReadOnlyFile(const std::filesystem::path& path) : path_(path) {
     fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd_ < 0) fail(path, fmt::format("cannot open for reading: {}", std::strerror(errno)));
+    if (fd_ < 0) fail(path.string(), fmt::format("cannot open for reading: {}", std::strerror(errno)));
     struct stat st {};
-    if (::fstat(fd_, &st) != 0) fail(path, fmt::format("cannot stat: {}", std::strerror(errno)));
-    if (!S_ISREG(st.st_mode)) fail(path, "not a regular file");
+    if (::fstat(fd_, &st) != 0) fail(path.string(), fmt::format("cannot stat: {}", std::strerror(errno)));
+    if (!S_ISREG(st.st_mode)) fail(path.string(), "not a regular file");
     size_ = static_cast<std::uint64_t>(st.st_size);
   }
   ~ReadOnlyFile() { (void)::close(fd_); }
@@ -83,9 +84,9 @@ class ReadOnlyFile {
                                   static_cast<off_t>(offset));
       if (got < 0) {
         if (errno == EINTR) continue;
-        fail(path_, fmt::format("read error at byte {}: {}", offset, std::strerror(errno)));
+        fail(path_.string(), fmt::format("read error at byte {}: {}", offset, std::strerror(errno)));
       }
-      if (got == 0) fail(path_, fmt::format("file ended at byte {} while reading (truncated while open?)", offset));
+      if (got == 0) fail(path_.string(), fmt::format("file ended at byte {} while reading (truncated while open?)", offset));
       p += got;
       offset += static_cast<std::uint64_t>(got);
       n -= static_cast<std::size_t>(got);
@@ -108,7 +109,7 @@ struct Header {
 // trailing comma, then only whitespace to the end of the header.
 class HeaderParser {
  public:
-  HeaderParser(std::string_view text, const std::filesystem::path& path) : text_(text), path_(path) {}
+  HeaderParser(std::string_view text, std::string_view what) : text_(text), what_(what) {}
 
   Header parse() {
     Header header;
@@ -146,13 +147,13 @@ class HeaderParser {
     skip_space();
     if (pos_ != text_.size()) fail_here("unexpected bytes after the dict (expected only padding spaces)");
     if (!header.descr || !header.fortran_order || !header.shape)
-      fail(path_, "npy header lacks one of the keys 'descr', 'fortran_order', 'shape'");
+      fail(what_, "npy header lacks one of the keys 'descr', 'fortran_order', 'shape'");
     return header;
   }
 
  private:
   [[noreturn]] void fail_here(std::string_view message) const {
-    fail(path_, fmt::format("invalid npy header at byte {} of the header: {}", pos_, message));
+    fail(what_, fmt::format("invalid npy header at byte {} of the header: {}", pos_, message));
   }
   char peek() const { return pos_ < text_.size() ? text_[pos_] : '\0'; }
   bool consume(char c) {
@@ -215,90 +216,131 @@ class HeaderParser {
   }
 
   std::string_view text_;
-  const std::filesystem::path& path_;
+  std::string_view what_;
   std::size_t pos_ = 0;
 };
 
-DType dtype_of_descr(const std::string& descr, const std::filesystem::path& path) {
+DType dtype_of_descr(const std::string& descr, std::string_view what) {
   if (descr == "<f4") return DType::f32;
   if (descr == "<f2") return DType::f16;
   if (descr == "<V2" || descr == "|V2") return DType::bf16;
   if (!descr.empty() && descr[0] == '>')
-    fail(path, fmt::format("descr '{}' is big-endian; expected little-endian '<f4', '<f2' or '<V2' (bfloat16)",
+    fail(what, fmt::format("descr '{}' is big-endian; expected little-endian '<f4', '<f2' or '<V2' (bfloat16)",
                            descr));
-  fail(path, fmt::format("unsupported descr '{}'; expected '<f4' (float32), '<f2' (float16) or '<V2'/'|V2' "
+  fail(what, fmt::format("unsupported descr '{}'; expected '<f4' (float32), '<f2' (float16) or '<V2'/'|V2' "
                          "(bfloat16 as ml_dtypes saves it)", descr));
 }
 
-std::uint32_t read_le(const unsigned char* p, int bytes) {
+std::uint32_t read_le(const std::byte* p, int bytes) {
   std::uint32_t v = 0;
-  for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | p[i];
+  for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | std::to_integer<std::uint32_t>(p[i]);
   return v;
+}
+
+constexpr std::size_t kShortPrefix = kMagicLength + 2 + 2;  // magic, version, uint16 header length
+constexpr std::size_t kLongPrefix = kMagicLength + 2 + 4;   // versions 2.0 and 3.0: uint32 length
+
+// Checks the magic string, the version and the header length; returns where the header ends (where
+// the data begins). Needs the first min(file_size, 12) bytes of the file in `prefix`.
+std::uint64_t header_end(std::span<const std::byte> prefix, std::uint64_t file_size, std::string_view what) {
+  if (file_size < kShortPrefix)
+    fail(what, fmt::format("{} bytes is too short for an npy file (expected at least {})", file_size, kShortPrefix));
+  if (prefix.size() < kShortPrefix || prefix.size() > file_size)
+    fail(what, fmt::format("given {} bytes of the npy prefix of a {}-byte file", prefix.size(), file_size));
+  if (std::memcmp(prefix.data(), kMagic, kMagicLength) != 0)
+    fail(what, "not an npy file: expected the magic string \\x93NUMPY at the start");
+  const auto major = std::to_integer<int>(prefix[6]);
+  const auto minor = std::to_integer<int>(prefix[7]);
+  if ((major != 1 && major != 2 && major != 3) || minor != 0)
+    fail(what, fmt::format("unsupported npy format version {}.{} (expected 1.0, 2.0 or 3.0)", major, minor));
+  // Version 1.0 stores the header length in 2 bytes; 2.0 and 3.0 (UTF-8 header) in 4.
+  const std::size_t data_start_min = major == 1 ? kShortPrefix : kLongPrefix;
+  if (file_size < data_start_min)
+    fail(what, fmt::format("{} bytes is too short for an npy {}.0 file (expected at least {})", file_size, major,
+                           data_start_min));
+  if (prefix.size() < data_start_min)
+    fail(what, fmt::format("given {} bytes of the {}-byte npy prefix", prefix.size(), data_start_min));
+  const std::uint64_t header_length = read_le(prefix.data() + 8, static_cast<int>(data_start_min - 8));
+  if (header_length > kMaxHeaderBytes)
+    fail(what, fmt::format("npy header claims {} bytes, more than the {}-byte limit", header_length,
+                           kMaxHeaderBytes));
+  const std::uint64_t data_start = data_start_min + header_length;
+  if (data_start > file_size)
+    fail(what, fmt::format("truncated npy header: it claims {} bytes but the file ends {} bytes after its prefix",
+                           header_length, file_size - data_start_min));
+  return data_start;
+}
+
+struct Layout {
+  DType dtype;
+  std::vector<std::int64_t> shape;
+  std::uint64_t data_start;
+  std::uint64_t data_bytes;
+};
+
+// Every check of an npy file but reading its data: `head` holds the file from its start to at least
+// the end of the header, `file_size` is the size of the whole file.
+Layout parse_layout(std::span<const std::byte> head, std::uint64_t file_size, std::string_view what) {
+  const std::uint64_t data_start = header_end(head.first(std::min<std::size_t>(head.size(), kLongPrefix)),
+                                              file_size, what);
+  if (head.size() < data_start)
+    fail(what, fmt::format("given {} bytes of an npy header that ends at byte {}", head.size(), data_start));
+  const std::size_t text_start = std::to_integer<int>(head[6]) == 1 ? kShortPrefix : kLongPrefix;
+  const std::string_view text(reinterpret_cast<const char*>(head.data()) + text_start,
+                              static_cast<std::size_t>(data_start) - text_start);
+  const Header header = HeaderParser(text, what).parse();
+  Layout layout;
+  layout.dtype = dtype_of_descr(*header.descr, what);
+  if (*header.fortran_order)
+    fail(what, "fortran_order is True: only C-order arrays are supported (save np.ascontiguousarray(a))");
+  layout.shape = *header.shape;
+  layout.data_start = data_start;
+  const std::string shape_what = fmt::format("{}: shape {}", what, shape_repr(layout.shape));
+  layout.data_bytes = byte_size(layout.dtype, element_count(layout.shape, shape_what), shape_what);
+  const std::uint64_t actual = file_size - data_start;
+  if (actual != layout.data_bytes)
+    fail(what, fmt::format("{}: expected {} data bytes for descr '{}' shape {} after the {}-byte header, the file "
+                           "holds {}",
+                           actual < layout.data_bytes ? "truncated npy data" : "trailing bytes after the npy data",
+                           layout.data_bytes, *header.descr, shape_repr(layout.shape), data_start, actual));
+  return layout;
 }
 
 }  // namespace
 
+NpyArray parse_npy(std::span<const std::byte> file_bytes, std::string_view what) {
+  Layout layout = parse_layout(file_bytes, file_bytes.size(), what);
+  const auto data = file_bytes.subspan(static_cast<std::size_t>(layout.data_start));
+  return NpyArray{layout.dtype, std::move(layout.shape), std::vector<std::byte>(data.begin(), data.end())};
+}
+
 NpyArray read_npy(const std::filesystem::path& path) {
   const ReadOnlyFile file(path);
-  unsigned char prefix[12] = {};
-  constexpr std::size_t kShortPrefix = kMagicLength + 2 + 2;  // magic, version, uint16 header length
-  if (file.size() < kShortPrefix)
-    fail(path, fmt::format("{} bytes is too short for an npy file (expected at least {})", file.size(),
-                           kShortPrefix));
-  file.read(0, prefix, file.size() < sizeof prefix ? kShortPrefix : sizeof prefix);
-  if (std::memcmp(prefix, kMagic, kMagicLength) != 0)
-    fail(path, "not an npy file: expected the magic string \\x93NUMPY at the start");
-  const int major = prefix[6];
-  const int minor = prefix[7];
-  if ((major != 1 && major != 2 && major != 3) || minor != 0)
-    fail(path, fmt::format("unsupported npy format version {}.{} (expected 1.0, 2.0 or 3.0)", major, minor));
-  // Version 1.0 stores the header length in 2 bytes; 2.0 and 3.0 (UTF-8 header) in 4.
-  const std::size_t length_bytes = major == 1 ? 2 : 4;
-  const std::uint64_t data_start_min = kMagicLength + 2 + length_bytes;
-  if (file.size() < data_start_min)
-    fail(path, fmt::format("{} bytes is too short for an npy {}.0 file (expected at least {})", file.size(), major,
-                           data_start_min));
-  const std::uint64_t header_length = read_le(prefix + 8, static_cast<int>(length_bytes));
-  if (header_length > kMaxHeaderBytes)
-    fail(path, fmt::format("npy header claims {} bytes, more than the {}-byte limit", header_length,
-                           kMaxHeaderBytes));
-  const std::uint64_t data_start = data_start_min + header_length;
-  if (data_start > file.size())
-    fail(path, fmt::format("truncated npy header: it claims {} bytes but the file ends {} bytes after its prefix",
-                           header_length, file.size() - data_start_min));
-  std::string text(header_length, '\0');
-  file.read(data_start_min, text.data(), text.size());
-
-  const Header header = HeaderParser(text, path).parse();
-  NpyArray array;
-  array.dtype = dtype_of_descr(*header.descr, path);
-  if (*header.fortran_order)
-    fail(path, "fortran_order is True: only C-order arrays are supported (save np.ascontiguousarray(a))");
-  array.shape = *header.shape;
-  const std::string what = fmt::format("{}: shape {}", path.string(), shape_repr(array.shape));
-  const std::uint64_t bytes = byte_size(array.dtype, element_count(array.shape, what), what);
-  const std::uint64_t actual = file.size() - data_start;
-  if (actual != bytes)
-    fail(path, fmt::format("{}: expected {} data bytes for descr '{}' shape {} after the {}-byte header, the file "
-                           "holds {}",
-                           actual < bytes ? "truncated npy data" : "trailing bytes after the npy data", bytes,
-                           *header.descr, shape_repr(array.shape), data_start, actual));
-  array.data.resize(static_cast<std::size_t>(bytes));
-  file.read(data_start, array.data.data(), array.data.size());
+  const std::string what = path.string();
+  // Two reads: the prefix says how long the header is; the header is parsed by the same code as
+  // parse_npy's, and the data is read straight into the array (no second copy of a large file).
+  std::vector<std::byte> head(static_cast<std::size_t>(std::min<std::uint64_t>(file.size(), kLongPrefix)));
+  file.read(0, head.data(), head.size());
+  head.resize(static_cast<std::size_t>(header_end(head, file.size(), what)));
+  if (head.size() > kLongPrefix) file.read(kLongPrefix, head.data() + kLongPrefix, head.size() - kLongPrefix);
+  Layout layout = parse_layout(head, file.size(), what);
+  NpyArray array{layout.dtype, std::move(layout.shape), {}};
+  array.data.resize(static_cast<std::size_t>(layout.data_bytes));
+  file.read(layout.data_start, array.data.data(), array.data.size());
   return array;
 }
 
 void write_npy(const std::filesystem::path& path, const NpyArray& array) {
   const std::string_view descr = descr_of(array.dtype);
   if (descr.empty())
-    fail(path, fmt::format("write_npy: dtype {} cannot be saved (expected F32, F16 or BF16)",
+    fail(path.string(), fmt::format("write_npy: dtype {} cannot be saved (expected F32, F16 or BF16)",
                            dtype_name(array.dtype)));
   if (array.shape.size() > kMaxDims)
-    fail(path, fmt::format("write_npy: {} dimensions, numpy allows at most {}", array.shape.size(), kMaxDims));
+    fail(path.string(), fmt::format("write_npy: {} dimensions, numpy allows at most {}", array.shape.size(), kMaxDims));
   const std::string what = fmt::format("{}: shape {}", path.string(), shape_repr(array.shape));
   const std::uint64_t bytes = byte_size(array.dtype, element_count(array.shape, what), what);
   if (array.data.size() != bytes)
-    fail(path, fmt::format("write_npy: {} {} needs {} data bytes, got {}", dtype_name(array.dtype),
+    fail(path.string(), fmt::format("write_npy: {} {} needs {} data bytes, got {}", dtype_name(array.dtype),
                            shape_repr(array.shape), bytes, array.data.size()));
 
   // numpy.lib.format._write_array_header: sorted keys, spare spaces for the first dimension to grow

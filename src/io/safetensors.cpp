@@ -34,22 +34,26 @@ using nlohmann::json;
   throw Error(fmt::format("{}: {}", path.string(), message));
 }
 
+[[noreturn]] void fail_what(std::string_view what, std::string_view message) {
+  throw Error(fmt::format("{}: {}", what, message));
+}
+
 // A header nests at most {"name": {"shape": [d, ...]}}: deeper JSON is hostile, and refusing it in
 // the parse callback bounds the work before a 100 MB header of "[[[[..." is ever built.
 constexpr int kMaxJsonDepth = 4;
 
 // nlohmann keeps the last of two equal keys without a word; a checkpoint whose header names one
 // tensor twice is ambiguous, so the parse callback refuses it (in every object, at every depth).
-json parse_header(std::string_view text, const std::filesystem::path& path) {
+json parse_header_json(std::string_view text, std::string_view what) {
   std::vector<std::set<std::string>> keys;  // one set per open object
   const json::parser_callback_t check = [&](int depth, json::parse_event_t event, json& parsed) {
-    if (depth > kMaxJsonDepth) fail(path, fmt::format("header JSON nests deeper than {} levels", kMaxJsonDepth));
+    if (depth > kMaxJsonDepth) fail_what(what, fmt::format("header JSON nests deeper than {} levels", kMaxJsonDepth));
     switch (event) {
       case json::parse_event_t::object_start: keys.emplace_back(); break;
       case json::parse_event_t::object_end: keys.pop_back(); break;
       case json::parse_event_t::key: {
         const std::string& key = parsed.get_ref<const std::string&>();
-        if (!keys.back().insert(key).second) fail(path, fmt::format("header JSON repeats the key \"{}\"", key));
+        if (!keys.back().insert(key).second) fail_what(what, fmt::format("header JSON repeats the key \"{}\"", key));
         break;
       }
       case json::parse_event_t::array_start:
@@ -62,15 +66,14 @@ json parse_header(std::string_view text, const std::filesystem::path& path) {
   try {
     return json::parse(text.begin(), text.end(), check);
   } catch (const json::exception& e) {
-    fail(path, fmt::format("header is not valid JSON: {}", e.what()));
+    fail_what(what, fmt::format("header is not valid JSON: {}", e.what()));
   }
 }
 
 std::string_view json_type(const json& value) { return value.type_name(); }
 
-TensorInfo parse_tensor(const std::string& name, const json& entry, std::uint64_t data_size,
-                        const std::filesystem::path& path) {
-  const std::string what = fmt::format("{}: tensor '{}'", path.string(), name);
+TensorInfo parse_tensor(const std::string& name, const json& entry, std::uint64_t data_size, std::string_view file) {
+  const std::string what = fmt::format("{}: tensor '{}'", file, name);
   const auto bad = [&](std::string_view message) -> Error { return Error(fmt::format("{}: {}", what, message)); };
   if (!entry.is_object())
     throw bad(fmt::format("entry is a JSON {}, expected an object with dtype, shape and data_offsets",
@@ -123,6 +126,71 @@ bool name_less(const std::string& a, const std::string& b) { return a < b; }  //
 
 }  // namespace
 
+// ---------------------------------------------------------------- header
+
+ParsedHeader parse_safetensors_header(std::span<const std::byte> head, std::uint64_t file_size,
+                                      std::string_view what) {
+  if (file_size < 8)
+    fail_what(what, fmt::format("{} bytes is too short for a safetensors file (expected an 8-byte header length)",
+                                file_size));
+  if (head.size() > file_size)
+    fail_what(what, fmt::format("given {} header bytes of a file of only {} bytes", head.size(), file_size));
+  if (head.size() < 8) fail_what(what, fmt::format("given {} header bytes, fewer than the 8-byte length", head.size()));
+  std::uint64_t header_length = 0;
+  std::memcpy(&header_length, head.data(), 8);  // little-endian host, checked in dtype.cpp
+  if (header_length > kMaxSafetensorsHeaderBytes)
+    fail_what(what, fmt::format("header length {} exceeds the {}-byte limit of the format", header_length,
+                                kMaxSafetensorsHeaderBytes));
+  if (header_length > file_size - 8)
+    fail_what(what, fmt::format("header length {} is larger than the {} bytes that follow it", header_length,
+                                file_size - 8));
+  if (header_length > head.size() - 8)
+    fail_what(what, fmt::format("given {} of the header's {} bytes", head.size() - 8, header_length));
+  const std::string_view text(reinterpret_cast<const char*>(head.data()) + 8, header_length);
+  // The reference refuses headers that do not open with '{' (no leading whitespace or BOM).
+  if (text.empty() || text.front() != '{') fail_what(what, "header is not a JSON object: expected it to start with '{'");
+  const json header = parse_header_json(text, what);
+  if (!header.is_object()) fail_what(what, fmt::format("header is a JSON {}, expected an object", json_type(header)));
+
+  ParsedHeader parsed;
+  parsed.data_start = 8 + header_length;
+  const std::uint64_t data_size = file_size - parsed.data_start;
+  for (const auto& [key, value] : header.items()) {
+    if (key != "__metadata__") {
+      parsed.tensors.push_back(parse_tensor(key, value, data_size, what));
+      continue;
+    }
+    if (!value.is_object())
+      fail_what(what, fmt::format("__metadata__ is a JSON {}, expected an object of strings", json_type(value)));
+    for (const auto& [meta_key, meta_value] : value.items()) {
+      if (!meta_value.is_string())
+        fail_what(what, fmt::format("__metadata__ must map strings to strings; \"{}\" holds a JSON {}", meta_key,
+                                    json_type(meta_value)));
+      parsed.metadata.emplace(meta_key, meta_value.get<std::string>());
+    }
+  }
+
+  // No two tensors may share a byte: sort the non-empty ones by offset and compare neighbours.
+  // (Zero-size tensors occupy no bytes and may sit anywhere inside the data section.)
+  std::vector<const TensorInfo*> by_offset;
+  for (const TensorInfo& t : parsed.tensors)
+    if (t.size > 0) by_offset.push_back(&t);
+  std::sort(by_offset.begin(), by_offset.end(), [](const TensorInfo* a, const TensorInfo* b) {
+    return a->offset != b->offset ? a->offset < b->offset : a->size < b->size;
+  });
+  for (std::size_t i = 1; i < by_offset.size(); ++i) {
+    const TensorInfo& prev = *by_offset[i - 1];
+    const TensorInfo& next = *by_offset[i];
+    if (next.offset < prev.offset + prev.size)
+      fail_what(what, fmt::format("tensors '{}' (bytes {}..{}) and '{}' (bytes {}..{}) overlap", prev.name,
+                                  prev.offset, prev.offset + prev.size, next.name, next.offset,
+                                  next.offset + next.size));
+  }
+  std::sort(parsed.tensors.begin(), parsed.tensors.end(),
+            [](const TensorInfo& a, const TensorInfo& b) { return name_less(a.name, b.name); });
+  return parsed;
+}
+
 // ---------------------------------------------------------------- reader
 
 SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path) {
@@ -137,69 +205,26 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
     fail(path_, "not a regular file");
   }
   const auto file_size = static_cast<std::uint64_t>(st.st_size);
-  if (file_size < 8) {
+  // mmap refuses an empty file; parse_safetensors_header reports it (and every other size problem).
+  if (file_size > 0) {
+    void* map = ::mmap(nullptr, file_size, PROT_READ, MAP_SHARED, fd, 0);
+    const int map_error = errno;
+    (void)::close(fd);  // the mapping keeps the file open
+    if (map == MAP_FAILED) fail(path_, fmt::format("cannot mmap {} bytes: {}", file_size, std::strerror(map_error)));
+    map_ = static_cast<const std::byte*>(map);
+    map_size_ = file_size;
+  } else {
     (void)::close(fd);
-    fail(path_, fmt::format("{} bytes is too short for a safetensors file (expected an 8-byte header length)",
-                            file_size));
   }
-  void* map = ::mmap(nullptr, file_size, PROT_READ, MAP_SHARED, fd, 0);
-  const int map_error = errno;
-  (void)::close(fd);  // the mapping keeps the file open
-  if (map == MAP_FAILED) fail(path_, fmt::format("cannot mmap {} bytes: {}", file_size, std::strerror(map_error)));
-  map_ = static_cast<const std::byte*>(map);
-  map_size_ = file_size;
 
   try {
-    std::uint64_t header_length = 0;
-    std::memcpy(&header_length, map_, 8);  // little-endian host, checked in dtype.cpp
-    if (header_length > kMaxHeaderBytes)
-      fail(path_, fmt::format("header length {} exceeds the {}-byte limit of the format", header_length,
-                              kMaxHeaderBytes));
-    if (header_length > file_size - 8)
-      fail(path_, fmt::format("header length {} is larger than the {} bytes that follow it", header_length,
-                              file_size - 8));
-    const std::string_view text(reinterpret_cast<const char*>(map_) + 8, header_length);
-    // The reference refuses headers that do not open with '{' (no leading whitespace or BOM).
-    if (text.empty() || text.front() != '{') fail(path_, "header is not a JSON object: expected it to start with '{'");
-    const json header = parse_header(text, path_);
-    if (!header.is_object()) fail(path_, fmt::format("header is a JSON {}, expected an object", json_type(header)));
-
-    data_start_ = 8 + header_length;
-    const std::uint64_t data_size = file_size - data_start_;
-    for (const auto& [key, value] : header.items()) {
-      if (key != "__metadata__") {
-        tensors_.push_back(parse_tensor(key, value, data_size, path_));
-        continue;
-      }
-      if (!value.is_object())
-        fail(path_, fmt::format("__metadata__ is a JSON {}, expected an object of strings", json_type(value)));
-      for (const auto& [meta_key, meta_value] : value.items()) {
-        if (!meta_value.is_string())
-          fail(path_, fmt::format("__metadata__ must map strings to strings; \"{}\" holds a JSON {}", meta_key,
-                                  json_type(meta_value)));
-        metadata_.emplace(meta_key, meta_value.get<std::string>());
-      }
-    }
-
-    // No two tensors may share a byte: sort the non-empty ones by offset and compare neighbours.
-    // (Zero-size tensors occupy no bytes and may sit anywhere inside the data section.)
-    std::vector<const TensorInfo*> by_offset;
-    for (const TensorInfo& t : tensors_)
-      if (t.size > 0) by_offset.push_back(&t);
-    std::sort(by_offset.begin(), by_offset.end(), [](const TensorInfo* a, const TensorInfo* b) {
-      return a->offset != b->offset ? a->offset < b->offset : a->size < b->size;
-    });
-    for (std::size_t i = 1; i < by_offset.size(); ++i) {
-      const TensorInfo& prev = *by_offset[i - 1];
-      const TensorInfo& next = *by_offset[i];
-      if (next.offset < prev.offset + prev.size)
-        fail(path_, fmt::format("tensors '{}' (bytes {}..{}) and '{}' (bytes {}..{}) overlap", prev.name, prev.offset,
-                                prev.offset + prev.size, next.name, next.offset, next.offset + next.size));
-    }
-    std::sort(tensors_.begin(), tensors_.end(),
-              [](const TensorInfo& a, const TensorInfo& b) { return name_less(a.name, b.name); });
+    ParsedHeader parsed = parse_safetensors_header({map_, map_size_}, file_size, path_.string());
+    data_start_ = parsed.data_start;
+    tensors_ = std::move(parsed.tensors);
+    metadata_ = std::move(parsed.metadata);
   } catch (...) {
-    ::munmap(const_cast<std::byte*>(map_), map_size_);
+    if (map_ != nullptr) ::munmap(const_cast<std::byte*>(map_), map_size_);
+    map_ = nullptr;
     throw;
   }
 }

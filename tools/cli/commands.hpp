@@ -15,5 +15,9 @@ struct Command {
 
 Command add_formats_command(CLI::App& app);
 Command add_cast_command(CLI::App& app);
+Command add_quantize_command(CLI::App& app);
+Command add_export_command(CLI::App& app);
+Command add_eval_command(CLI::App& app);
+Command add_inspect_command(CLI::App& app);
 
 }  // namespace loraq::cli

@@ -14,6 +14,10 @@ int main(int argc, char** argv) {
   const std::vector<loraq::cli::Command> commands = {
       loraq::cli::add_formats_command(app),
       loraq::cli::add_cast_command(app),
+      loraq::cli::add_quantize_command(app),
+      loraq::cli::add_export_command(app),
+      loraq::cli::add_eval_command(app),
+      loraq::cli::add_inspect_command(app),
   };
   try {
     app.parse(argc, argv);

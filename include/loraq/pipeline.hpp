@@ -1,0 +1,63 @@
+// Whole-model operations: quantize a checkpoint with a recipe, export the effective weights back,
+// and compare a quantized checkpoint with its original.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "loraq/format.hpp"
+#include "loraq/quantized_layer.hpp"
+#include "loraq/recipe.hpp"
+
+namespace loraq {
+
+struct QuantizeOptions {
+  std::filesystem::path input;   // file, index or diffusers folder
+  std::filesystem::path output;  // folder (diffusers layout, sharded when large) or .safetensors file
+  Recipe recipe;
+  int threads = 0;               // 0: every core; the output bytes never depend on it
+  bool resume = false;           // continue the run whose work folder "<output>.partial" exists
+  std::optional<bool> progress;  // a bar on a terminal, plain lines otherwise; nullopt: detect
+  std::uint64_t max_shard_bytes = 5'000'000'000;
+  std::optional<Isa> isa;
+};
+
+// One row of the per-layer report.
+struct LayerReport {
+  std::string name;
+  std::int64_t out_features = 0, in_features = 0;
+  std::string method, residual_format, branch_format;
+  int rank = 0;
+  LayerMetrics metrics;
+  bool resumed = false;  // done by an earlier, interrupted run
+};
+
+struct QuantizeSummary {
+  std::vector<LayerReport> layers;
+  std::uint64_t parameters = 0;  // quantized parameters
+  double seconds = 0;
+  std::vector<std::filesystem::path> reports;  // the report files written
+};
+
+// Streams the model layer by layer (peak memory bounded by the layers in flight), writes the
+// quantized checkpoint (docs/checkpoint.md), the reports (JSON, CSV, Markdown) beside it, and keeps
+// finished layers in "<output>.partial" until the end so that an interrupted run can resume.
+QuantizeSummary quantize_model(const QuantizeOptions& options);
+
+// Writes the effective weights of a quantized checkpoint under their original names and dtype
+// (or `dtype` when given: "F32", "F16", "BF16"), every other tensor as it is: what a diffusers user
+// loads to evaluate with fake quantization.
+void export_dequantized(const std::filesystem::path& quantized, const std::filesystem::path& output,
+                        const std::string& dtype = "same", std::uint64_t max_shard_bytes = 5'000'000'000);
+
+// Per-layer relative weight error of a quantized checkpoint against its original.
+std::vector<LayerReport> evaluate_quantized(const std::filesystem::path& quantized, const std::filesystem::path& original);
+
+// The report files: "<stem>.json", "<stem>.csv", "<stem>.md".
+std::vector<std::filesystem::path> write_reports(const std::vector<LayerReport>& layers, const std::filesystem::path& stem,
+                                                 const std::string& title);
+
+}  // namespace loraq

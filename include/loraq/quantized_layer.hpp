@@ -1,0 +1,55 @@
+// One quantized linear layer: W ~ Q1 residual + (Q2 up)(Q2 down), with what it cost and lost.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "loraq/format.hpp"
+#include "loraq/recipe.hpp"
+
+namespace loraq {
+
+// The low-rank branch B = up @ down, each factor stored in the branch format Q2 (fp16 and bf16 are
+// formats too: their packed codes are the 16-bit values). Blocks run along the matmul's reduction
+// dimension (FORMATS.md): along in_features for down [rank, in], along rank for up [out, rank].
+struct LowRankBranch {
+  PackedMatrix down;  // [rank, in_features]
+  PackedMatrix up;    // [out_features, rank]
+};
+
+struct LayerMetrics {
+  double relative_error = 0;         // ||W_eff - W||_F / ||W||_F
+  double branch_quant_error = 0;     // ||Q2(B) - B||_F / ||W||_F (0 without a branch or in 16 bits)
+  double bits_per_value = 0;         // stored bits (residual + branch + scales) / (out x in)
+  double seconds = 0;
+};
+
+struct QuantizedLayer {
+  std::int64_t out_features = 0;
+  std::int64_t in_features = 0;
+  PackedMatrix residual;                  // Q1 codes and scales, [out, in]
+  std::optional<LowRankBranch> branch;
+  std::vector<float> smooth;              // per input channel, empty when not smoothed
+  LayerMetrics metrics;
+};
+
+// What a method is given for one layer.
+struct LayerInput {
+  std::string_view name;                  // the weight tensor's name
+  std::span<const float> weight;          // [out, in], row-major
+  std::int64_t out_features = 0;
+  std::int64_t in_features = 0;
+  const LayerRecipe* recipe = nullptr;
+  QuantOptions codec;                     // rounding, ISA and threads for the codecs
+};
+
+// Runs the recipe's method on one layer (the method table's entry) and fills the metrics.
+QuantizedLayer quantize_layer(const LayerInput& input);
+
+// The weight the layer stands for: unpack(Q1) + up @ down, then un-smoothed, in fp32 [out, in].
+std::vector<float> effective_weight(const QuantizedLayer& layer);
+
+}  // namespace loraq

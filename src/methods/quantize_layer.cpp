@@ -1,0 +1,71 @@
+// Running a method on one layer, and the weight a quantized layer stands for.
+#include <chrono>
+#include <cmath>
+
+#include "loraq/error.hpp"
+#include "loraq/methods.hpp"
+#include "loraq/quantized_layer.hpp"
+
+namespace loraq {
+namespace {
+
+std::vector<float> unpacked(const PackedMatrix& p) {
+  std::vector<float> values(std::size_t(p.rows * p.cols));
+  unpack(p, values);
+  return values;
+}
+
+std::size_t stored_bytes(const PackedMatrix& p) {
+  return p.codes.size() + p.scales.size() + (format_info(p.format).tensor_scale ? sizeof(float) : 0);
+}
+
+}  // namespace
+
+std::vector<float> effective_weight(const QuantizedLayer& layer) {
+  std::vector<float> w = unpacked(layer.residual);
+  const std::int64_t out = layer.out_features, in = layer.in_features;
+  if (layer.branch) {
+    const std::vector<float> down = unpacked(layer.branch->down), up = unpacked(layer.branch->up);
+    const std::int64_t rank = layer.branch->down.rows;
+#pragma omp parallel for schedule(static)
+    for (std::int64_t o = 0; o < out; ++o) {
+      float* row = w.data() + o * in;
+      for (std::int64_t k = 0; k < rank; ++k) {  // fixed order: the same bytes whatever the threads
+        const float a = up[std::size_t(o * rank + k)];
+        const float* d = down.data() + k * in;
+        for (std::int64_t j = 0; j < in; ++j) row[j] += a * d[j];
+      }
+    }
+  }
+  if (!layer.smooth.empty()) {  // W' = W diag(s) was quantized; the original space divides s back out
+    for (std::int64_t o = 0; o < out; ++o)
+      for (std::int64_t j = 0; j < in; ++j) w[std::size_t(o * in + j)] /= layer.smooth[std::size_t(j)];
+  }
+  return w;
+}
+
+QuantizedLayer quantize_layer(const LayerInput& input) {
+  if (!input.recipe) throw Error(std::string(input.name) + ": no recipe");
+  if (input.weight.size() != std::size_t(input.out_features * input.in_features))
+    throw Error(std::string(input.name) + ": weight holds " + std::to_string(input.weight.size()) + " values, shape says " +
+                std::to_string(input.out_features) + " x " + std::to_string(input.in_features));
+  const MethodInfo& method = method_info(input.recipe->method);
+  const auto start = std::chrono::steady_clock::now();
+  QuantizedLayer layer = method.run(input);
+  layer.metrics.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+  const std::vector<float> w_eff = effective_weight(layer);
+  double signal = 0, noise = 0;
+  for (std::size_t i = 0; i < w_eff.size(); ++i) {
+    const double d = double(w_eff[i]) - double(input.weight[i]);
+    signal += double(input.weight[i]) * double(input.weight[i]);
+    noise += d * d;
+  }
+  layer.metrics.relative_error = signal > 0 ? std::sqrt(noise / signal) : std::sqrt(noise);
+  std::size_t bytes = stored_bytes(layer.residual) + layer.smooth.size() * sizeof(float);
+  if (layer.branch) bytes += stored_bytes(layer.branch->down) + stored_bytes(layer.branch->up);
+  layer.metrics.bits_per_value = 8.0 * double(bytes) / double(input.out_features * input.in_features);
+  return layer;
+}
+
+}  // namespace loraq

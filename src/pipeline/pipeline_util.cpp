@@ -1,0 +1,64 @@
+#include "pipeline_util.hpp"
+
+#include <fmt/format.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "loraq/error.hpp"
+#include "loraq/io.hpp"
+
+namespace loraq {
+
+namespace fs = std::filesystem;
+
+std::vector<float> read_weight(const io::Checkpoint& checkpoint, const std::string& name) {
+  const io::TensorInfo& t = checkpoint.info(name);
+  const std::span<const std::byte> bytes = checkpoint.bytes(name);
+  std::vector<float> values(io::element_count(t.shape, name));
+  io::to_float32(t.dtype, bytes, values);
+  release_pages(bytes);
+  for (std::size_t i = 0; i < values.size(); ++i)
+    if (!std::isfinite(values[i]))
+      throw Error(fmt::format("{}: tensor '{}' holds {} at flat index {}: loraq refuses non-finite weights",
+                              checkpoint.file_of(name).string(), name, std::isnan(values[i]) ? "NaN" : "Inf", i));
+  return values;
+}
+
+void release_pages(std::span<const std::byte> bytes) {
+  static const auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<std::uintptr_t>(bytes.data());
+  const std::uintptr_t first = (begin + page - 1) / page * page;  // whole pages inside the range only
+  const std::uintptr_t last = (begin + bytes.size()) / page * page;
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
+std::string read_text_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "";
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+void write_text_file_atomic(const fs::path& path, const std::string& text) {
+  io::AtomicFile file(path);
+  file.write(std::as_bytes(std::span<const char>(text.data(), text.size())));
+  file.commit();
+}
+
+void copy_model_config(const fs::path& input, const fs::path& output) {
+  if (!fs::is_directory(input) || output.extension() == ".safetensors") return;
+  const fs::path config = input / "config.json";
+  if (fs::exists(config)) write_text_file_atomic(output / "config.json", read_text_file(config));
+}
+
+fs::path report_stem(const fs::path& output, const std::string& name) {
+  if (output.extension() == ".safetensors") return fs::path(output).replace_extension("").string() + "." + name;
+  return output / name;
+}
+
+}  // namespace loraq

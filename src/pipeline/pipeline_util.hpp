@@ -1,0 +1,29 @@
+// Small pieces the whole-model operations share.
+#pragma once
+
+#include <filesystem>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "loraq/checkpoint.hpp"
+
+namespace loraq {
+
+// A weight as fp32, refusing NaN and Inf (the message names the file and tensor); the mapped pages
+// of the tensor are released afterwards, so reading a model does not grow the resident set.
+std::vector<float> read_weight(const io::Checkpoint& checkpoint, const std::string& name);
+
+// Tells the kernel the pages of a mapped range are no longer needed (they stay in the page cache).
+void release_pages(std::span<const std::byte> bytes);
+
+std::string read_text_file(const std::filesystem::path& path);  // "" when missing
+void write_text_file_atomic(const std::filesystem::path& path, const std::string& text);
+
+// Copies a diffusers folder's config.json next to a folder output (so diffusers can load it).
+void copy_model_config(const std::filesystem::path& input, const std::filesystem::path& output);
+
+// Where reports go: "<output folder>/<name>" or "<output file without .safetensors>.<name>".
+std::filesystem::path report_stem(const std::filesystem::path& output, const std::string& name);
+
+}  // namespace loraq

@@ -1,0 +1,34 @@
+// Progress of a long run on stderr: a redrawn bar with layer name, rate and ETA on a terminal,
+// one plain line per layer otherwise (logs, CI).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <string>
+
+namespace loraq {
+
+class Progress {
+ public:
+  // `done_layers`/`done_params`: what an earlier run already finished (resume).
+  Progress(std::string what, std::size_t total_layers, std::uint64_t total_params, std::size_t done_layers,
+           std::uint64_t done_params, bool terminal);
+  // Thread-safe: one layer finished.
+  void layer_done(const std::string& name, std::uint64_t params, const std::string& detail);
+  void finish();
+
+  static bool stderr_is_terminal();
+
+ private:
+  void draw(const std::string& name);
+
+  std::string what_;
+  std::size_t total_layers_, done_layers_;
+  std::uint64_t total_params_, done_params_, resumed_params_;
+  bool terminal_;
+  std::chrono::steady_clock::time_point start_, last_draw_;
+  std::mutex mutex_;
+};
+
+}  // namespace loraq

@@ -1,0 +1,235 @@
+// `loraq quantize`: a checkpoint in, a quantized checkpoint out, layer by layer.
+//
+// Finished layers go to "<output>.partial/layer-NNNNN.safetensors" (each written atomically), so a
+// killed run resumes where it stopped. The final checkpoint is assembled from those files and the
+// untouched tensors only when every layer is done; it depends on nothing but the input, the recipe
+// and the seed, so a resumed run writes the same bytes as an uninterrupted one.
+#include <fmt/format.h>
+#include <omp.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "loraq/checkpoint.hpp"
+#include "loraq/error.hpp"
+#include "loraq/layers.hpp"
+#include "loraq/pipeline.hpp"
+#include "loraq/quantized_checkpoint.hpp"
+#include "pipeline_util.hpp"
+#include "progress.hpp"
+
+namespace loraq {
+namespace {
+
+namespace fs = std::filesystem;
+
+fs::path work_dir_of(const fs::path& output) {
+  fs::path out = output;
+  if (!out.has_filename()) out = out.parent_path();  // "model/" -> "model"
+  return fs::path(out.string() + ".partial");
+}
+
+fs::path layer_file(const fs::path& work, std::size_t index) {
+  return work / fmt::format("layer-{:05}.safetensors", index);
+}
+
+// What a resumed run must agree with: the recipe, the input's tensors, the selected layers.
+std::string plan_text(const Recipe& recipe, const io::Checkpoint& in, const std::vector<QuantizedLayerInfo>& layers) {
+  nlohmann::ordered_json plan;
+  plan["loraq"] = LORAQ_VERSION;
+  plan["recipe"] = nlohmann::ordered_json::parse(recipe.to_json());
+  nlohmann::ordered_json tensors = nlohmann::ordered_json::array();
+  for (const io::TensorInfo& t : in.tensors())
+    tensors.push_back({t.name, io::dtype_name(t.dtype), t.shape, t.size});
+  plan["input"] = tensors;
+  plan["layers"] = nlohmann::ordered_json::parse(encode_layer_table(layers));
+  return plan.dump(1);
+}
+
+// Opens or creates the work folder; an existing one is only reused with --resume and the same plan.
+void prepare_work_dir(const fs::path& work, const std::string& plan, bool resume) {
+  const fs::path plan_file = work / "plan.json";
+  if (fs::exists(work)) {
+    if (!resume)
+      throw Error(work.string() + " holds an interrupted run: pass --resume to continue it, or remove the folder");
+    if (read_text_file(plan_file) != plan)
+      throw Error(work.string() + ": the interrupted run used another recipe, input or loraq version; remove the "
+                                  "folder to start again");
+    return;
+  }
+  fs::create_directories(work);
+  write_text_file_atomic(plan_file, plan);
+}
+
+void write_layer_file(const fs::path& path, const std::vector<StoredTensor>& tensors, const LayerMetrics& m) {
+  std::vector<io::TensorSpec> specs;
+  for (const StoredTensor& t : tensors) specs.push_back(t.spec);
+  const nlohmann::json metrics = {{"relative_error", m.relative_error},
+                                  {"branch_quant_error", m.branch_quant_error},
+                                  {"bits_per_value", m.bits_per_value},
+                                  {"seconds", m.seconds}};
+  io::SafetensorsWriter writer(path, specs, {{"loraq.metrics", metrics.dump()}});
+  for (const io::TensorSpec& spec : writer.specs())
+    for (const StoredTensor& t : tensors)
+      if (t.spec.name == spec.name) writer.write(spec.name, t.bytes);
+  writer.finish();
+}
+
+LayerMetrics read_layer_metrics(const io::SafetensorsFile& file) {
+  const auto it = file.metadata().find("loraq.metrics");
+  if (it == file.metadata().end()) throw Error(file.path().string() + ": no loraq.metrics metadata");
+  const nlohmann::json j = nlohmann::json::parse(it->second);
+  return {j.at("relative_error").get<double>(), j.at("branch_quant_error").get<double>(),
+          j.at("bits_per_value").get<double>(), j.at("seconds").get<double>()};
+}
+
+// Test hook: a pause after each layer, so that the resume test can kill a run midway.
+int debug_layer_delay_ms() {
+  const char* v = std::getenv("LORAQ_DEBUG_LAYER_DELAY_MS");
+  return v ? std::atoi(v) : 0;
+}
+
+}  // namespace
+
+QuantizeSummary quantize_model(const QuantizeOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  const io::Checkpoint in(options.input);
+  std::vector<TensorShape> shapes;
+  for (const io::TensorInfo& t : in.tensors()) shapes.push_back({t.name, t.shape, io::is_float_dtype(t.dtype)});
+  const std::vector<std::string> selected = select_layers(shapes, options.recipe.layers);
+  if (selected.empty())
+    throw Error(options.input.string() + ": the recipe's layer selection (preset '" + options.recipe.layers.preset +
+                "') matches no tensor; `loraq inspect` lists the names");
+
+  std::vector<QuantizedLayerInfo> layers;
+  for (const std::string& name : selected) {
+    const io::TensorInfo& t = in.info(name);
+    const LayerRecipe& r = options.recipe.for_layer(name);
+    QuantizedLayerInfo info;
+    info.weight_name = name;
+    info.shape = t.shape;
+    info.out_features = t.shape[0];
+    info.in_features = t.shape[1];
+    info.dtype = t.dtype;
+    info.method = r.method;
+    info.residual_format = r.residual_format;
+    if (method_info(r.method).uses_branch) {
+      info.branch_format = r.branch_format;
+      info.rank = r.branch_rank(info.in_features);
+    }
+    layers.push_back(std::move(info));
+  }
+
+  const fs::path work = work_dir_of(options.output);
+  const std::string plan = plan_text(options.recipe, in, layers);
+  prepare_work_dir(work, plan, options.resume);
+
+  // Layers still to do, and what earlier runs finished.
+  std::vector<std::size_t> pending;
+  std::size_t done_layers = 0;
+  std::uint64_t done_params = 0, total_params = 0;
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    const auto params = std::uint64_t(layers[i].out_features * layers[i].in_features);
+    total_params += params;
+    if (fs::exists(layer_file(work, i))) ++done_layers, done_params += params;
+    else pending.push_back(i);
+  }
+
+  Progress progress("quantize", layers.size(), total_params, done_layers, done_params,
+                    options.progress.value_or(Progress::stderr_is_terminal()));
+  const int threads = options.threads > 0 ? options.threads : omp_get_max_threads();
+  const int delay_ms = debug_layer_delay_ms();
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;
+  std::mutex error_mutex;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (std::size_t k = 0; k < pending.size(); ++k) {
+    if (failed.load()) continue;
+    try {
+      const QuantizedLayerInfo& info = layers[pending[k]];
+      const std::vector<float> weight = read_weight(in, info.weight_name);
+      LayerInput input;
+      input.name = info.weight_name;
+      input.weight = weight;
+      input.out_features = info.out_features;
+      input.in_features = info.in_features;
+      input.recipe = &options.recipe.for_layer(info.weight_name);
+      input.codec = {input.recipe->rounding, options.isa, 1};
+      const QuantizedLayer q = quantize_layer(input);
+      write_layer_file(layer_file(work, pending[k]), layer_tensors(info, q), q.metrics);
+      progress.layer_done(info.weight_name, std::uint64_t(info.out_features * info.in_features),
+                          fmt::format("{}x{} rel.err {:.3e} {:.3f}s", info.out_features, info.in_features,
+                                      q.metrics.relative_error, q.metrics.seconds));
+      if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mutex);
+      if (!error) error = std::current_exception();
+      failed = true;
+    }
+  }
+  if (error) std::rethrow_exception(error);
+  progress.finish();
+
+  // Assemble: every untouched tensor as it was, every layer from its file.
+  std::vector<std::unique_ptr<io::SafetensorsFile>> layer_files;
+  std::map<std::string, std::size_t> layer_of_tensor;
+  std::vector<io::TensorSpec> specs;
+  QuantizeSummary summary;
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    layer_files.push_back(std::make_unique<io::SafetensorsFile>(layer_file(work, i)));
+    for (const io::TensorSpec& spec : layer_tensor_specs(layers[i])) {
+      layer_of_tensor[spec.name] = i;
+      specs.push_back(spec);
+    }
+    LayerReport row{layers[i].weight_name, layers[i].out_features, layers[i].in_features, layers[i].method,
+                    std::string(format_info(layers[i].residual_format).name),
+                    layers[i].branch_format ? std::string(format_info(*layers[i].branch_format).name) : "",
+                    layers[i].rank, read_layer_metrics(*layer_files.back()), false};
+    row.resumed = std::find(pending.begin(), pending.end(), i) == pending.end();
+    summary.layers.push_back(std::move(row));
+    summary.parameters += std::uint64_t(layers[i].out_features * layers[i].in_features);
+  }
+  std::map<std::string, bool> is_layer_weight;
+  for (const QuantizedLayerInfo& l : layers) is_layer_weight[l.weight_name] = true;
+  for (const io::TensorInfo& t : in.tensors()) {
+    if (is_layer_weight.count(t.name)) continue;
+    if (layer_of_tensor.count(t.name))
+      throw Error(options.input.string() + ": tensor '" + t.name + "' collides with a name of the quantized layout");
+    specs.push_back({t.name, t.dtype, t.shape});
+  }
+
+  std::map<std::string, std::string> metadata = in.metadata();
+  metadata[kFormatVersionKey] = "1";
+  metadata[kVersionKey] = LORAQ_VERSION;
+  metadata[kRecipeKey] = options.recipe.to_json();
+  metadata[kLayersKey] = encode_layer_table(layers);
+  io::CheckpointWriter writer(options.output, specs, metadata, {options.max_shard_bytes, "diffusion_pytorch_model"});
+  for (const io::TensorSpec& spec : writer.order()) {
+    if (const auto it = layer_of_tensor.find(spec.name); it != layer_of_tensor.end()) {
+      const io::SafetensorsFile& f = *layer_files[it->second];
+      writer.write(spec.name, f.bytes(f.info(spec.name)));
+    } else {
+      const std::span<const std::byte> bytes = in.bytes(spec.name);
+      writer.write(spec.name, bytes);
+      release_pages(bytes);
+    }
+  }
+  writer.finish();
+  copy_model_config(options.input, options.output);
+
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  summary.reports = write_reports(summary.layers, report_stem(options.output, "quantize_report"),
+                                  "loraq quantize: " + options.recipe.name);
+  layer_files.clear();
+  fs::remove_all(work);
+  return summary;
+}
+
+}  // namespace loraq

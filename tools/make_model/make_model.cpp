@@ -1,0 +1,152 @@
+// loraq-make-model: writes a synthetic checkpoint with a real architecture's tensor names and shapes
+// (today PixArt-Sigma, diffusers' PixArtTransformer2DModel), at any width. It is the default model of
+// the README's main command until a trained one ships, and the input of tests and benchmarks.
+// Values are deterministic (seeded, our own generator: the same bytes on every machine) and shaped
+// like trained weights where it matters for quantization: Laplace tails, outlier input channels,
+// rows of different scale.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "loraq/checkpoint.hpp"
+#include "loraq/error.hpp"
+#include "loraq/io.hpp"
+
+namespace {
+
+struct Arch {
+  int hidden = 1152, blocks = 28, mlp_ratio = 4, caption_channels = 4096, in_channels = 4, out_channels = 8, patch = 2;
+};
+
+std::vector<loraq::io::TensorSpec> pixart_sigma_tensors(const Arch& a, loraq::io::DType dtype) {
+  const std::int64_t h = a.hidden, mlp = std::int64_t(a.mlp_ratio) * h;
+  std::vector<loraq::io::TensorSpec> t;
+  auto linear = [&](const std::string& name, std::int64_t out, std::int64_t in) {
+    t.push_back({name + ".weight", dtype, {out, in}});
+    t.push_back({name + ".bias", dtype, {out}});
+  };
+  t.push_back({"pos_embed.proj.weight", dtype, {h, a.in_channels, a.patch, a.patch}});
+  t.push_back({"pos_embed.proj.bias", dtype, {h}});
+  linear("adaln_single.emb.timestep_embedder.linear_1", h, 256);
+  linear("adaln_single.emb.timestep_embedder.linear_2", h, h);
+  linear("adaln_single.linear", 6 * h, h);
+  linear("caption_projection.linear_1", h, a.caption_channels);
+  linear("caption_projection.linear_2", h, h);
+  for (int b = 0; b < a.blocks; ++b) {
+    const std::string p = fmt::format("transformer_blocks.{}.", b);
+    t.push_back({p + "scale_shift_table", dtype, {6, h}});
+    for (const char* attn : {"attn1", "attn2"})
+      for (const char* proj : {"to_q", "to_k", "to_v", "to_out.0"}) linear(p + attn + "." + proj, h, h);
+    linear(p + "ff.net.0.proj", mlp, h);
+    linear(p + "ff.net.2", h, mlp);
+  }
+  linear("proj_out", std::int64_t(a.patch) * a.patch * a.out_channels, h);
+  t.push_back({"scale_shift_table", dtype, {2, h}});
+  return t;
+}
+
+// splitmix64, and normal deviates by Box-Muller: fully specified, unlike std::normal_distribution.
+struct Random {
+  std::uint64_t state;
+  std::uint64_t next() {
+    std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  double uniform() { return double(next() >> 11) * 0x1p-53; }
+  double normal() {
+    const double u = uniform() + 0x1p-54, v = uniform();
+    return std::sqrt(-2.0 * std::log(u)) * std::cos(6.283185307179586 * v);
+  }
+};
+
+std::uint64_t name_seed(const std::string& name, std::uint64_t seed) {
+  std::uint64_t hash = 1469598103934665603ull ^ seed;  // FNV-1a: each tensor's values depend on its name only
+  for (unsigned char c : name) hash = (hash ^ c) * 1099511628211ull;
+  return hash;
+}
+
+std::vector<float> values_of(const loraq::io::TensorSpec& spec, std::uint64_t seed) {
+  std::uint64_t count = 1;
+  for (std::int64_t d : spec.shape) count *= std::uint64_t(d);
+  std::vector<float> v(count);
+  Random rng{name_seed(spec.name, seed)};
+  const bool weight = spec.shape.size() >= 2 && spec.name.ends_with(".weight");
+  if (!weight) {  // biases, tables: small values
+    for (float& x : v) x = float(0.02 * rng.normal());
+    return v;
+  }
+  const std::int64_t rows = spec.shape[0];
+  const std::int64_t cols = std::int64_t(count) / rows;
+  std::vector<float> column_scale(std::size_t(cols), 1.0f);
+  for (float& s : column_scale) s = rng.uniform() < 1.0 / 64 ? 8.0f : 1.0f;  // outlier input channels
+  const double base = 1.0 / std::sqrt(double(cols));
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const double row_scale = base * std::exp(0.3 * rng.normal());
+    for (std::int64_t c = 0; c < cols; ++c) {
+      // Laplace deviates (unit variance): heavier tails than normal, one log per value.
+      const std::uint64_t bits = rng.next();
+      const double magnitude = -std::log((double(bits >> 12) + 0.5) * 0x1p-52) * 0.7071067811865476;
+      v[std::size_t(r * cols + c)] = float(row_scale * column_scale[std::size_t(c)] * ((bits & 1) ? -magnitude : magnitude));
+    }
+  }
+  return v;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Write a synthetic PixArt-Sigma-shaped checkpoint (diffusers names) for tests, benchmarks and demos"};
+  Arch arch;
+  std::string output, dtype_name = "BF16";
+  std::uint64_t seed = 0;
+  double max_shard_gb = 5.0;
+  app.add_option("-o,--output", output, "Output folder (diffusers layout) or .safetensors file")->required();
+  app.add_option("--hidden", arch.hidden, "Hidden width (PixArt-Sigma: 1152)")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--blocks", arch.blocks, "Transformer blocks (PixArt-Sigma: 28)")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--caption-channels", arch.caption_channels, "Text encoder width (T5-XXL: 4096)")->capture_default_str();
+  app.add_option("--dtype", dtype_name, "F32, F16 or BF16")->check(CLI::IsMember({"F32", "F16", "BF16"}))->capture_default_str();
+  app.add_option("--seed", seed, "Seed")->capture_default_str();
+  app.add_option("--max-shard-gb", max_shard_gb, "Largest shard in GB")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  try {
+    const loraq::io::DType dtype = loraq::io::parse_dtype(dtype_name);
+    const std::vector<loraq::io::TensorSpec> specs = pixart_sigma_tensors(arch, dtype);
+    loraq::io::CheckpointWriter writer(output, specs, {{"generator", "loraq-make-model"}, {"seed", std::to_string(seed)}},
+                                       {static_cast<std::uint64_t>(max_shard_gb * 1e9), "diffusion_pytorch_model"});
+    for (const loraq::io::TensorSpec& spec : writer.order()) {
+      const std::vector<float> v = values_of(spec, seed);
+      std::vector<std::byte> bytes(v.size() * loraq::io::dtype_size(dtype));
+      loraq::io::from_float32(dtype, v, bytes);
+      writer.write(spec.name, bytes);
+    }
+    writer.finish();
+    if (!output.ends_with(".safetensors")) {
+      const nlohmann::ordered_json config = {
+          {"_class_name", "PixArtTransformer2DModel"}, {"_loraq_synthetic", true},
+          {"num_attention_heads", arch.hidden % 72 == 0 ? arch.hidden / 72 : 1},
+          {"attention_head_dim", arch.hidden % 72 == 0 ? 72 : arch.hidden},
+          {"in_channels", arch.in_channels}, {"out_channels", arch.out_channels}, {"num_layers", arch.blocks},
+          {"cross_attention_dim", arch.hidden}, {"caption_channels", arch.caption_channels},
+          {"patch_size", arch.patch}, {"sample_size", 128}, {"norm_type", "ada_norm_single"},
+          {"use_additional_conditions", false}};
+      std::FILE* f = std::fopen((output + "/config.json").c_str(), "wb");
+      if (!f) throw loraq::Error(output + "/config.json: cannot write");
+      const std::string text = config.dump(2) + "\n";
+      std::fwrite(text.data(), 1, text.size(), f);
+      std::fclose(f);
+    }
+    std::printf("wrote %s (%zu tensors)\n", output.c_str(), specs.size());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "loraq-make-model: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
