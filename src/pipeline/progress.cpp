@@ -68,4 +68,9 @@ void Progress::finish() {
                double(done_params_) / 1e6, clock_text(elapsed).c_str());
 }
 
+void Progress::abandon() {
+  // End the redrawn bar's line so that the error message that follows starts on its own line.
+  if (terminal_) std::fprintf(stderr, "\n");
+}
+
 }  // namespace loraq

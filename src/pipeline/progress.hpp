@@ -17,6 +17,7 @@ class Progress {
   // Thread-safe: one layer finished.
   void layer_done(const std::string& name, std::uint64_t params, const std::string& detail);
   void finish();
+  void abandon();  // the run failed: leave the terminal clean for the error message
 
   static bool stderr_is_terminal();
 

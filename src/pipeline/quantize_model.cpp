@@ -90,6 +90,12 @@ LayerMetrics read_layer_metrics(const io::SafetensorsFile& file) {
           j.at("bits_per_value").get<double>(), j.at("seconds").get<double>()};
 }
 
+std::size_t count_layer_files(const fs::path& work, std::size_t layer_count) {
+  std::size_t n = 0;
+  for (std::size_t i = 0; i < layer_count; ++i) n += fs::exists(layer_file(work, i)) ? 1 : 0;
+  return n;
+}
+
 // Test hook: a pause after each layer, so that the resume test can kill a run midway.
 int debug_layer_delay_ms() {
   const char* v = std::getenv("LORAQ_DEBUG_LAYER_DELAY_MS");
@@ -174,7 +180,20 @@ QuantizeSummary quantize_model(const QuantizeOptions& options) {
       failed = true;
     }
   }
-  if (error) std::rethrow_exception(error);
+  if (error) {
+    progress.abandon();
+    // A run that finished nothing leaves nothing behind; one that did keeps its layers (hours of work
+    // for the slower methods) for --resume, and says so.
+    const std::size_t kept = count_layer_files(work, layers.size());
+    if (kept == 0) fs::remove_all(work);
+    try {
+      std::rethrow_exception(error);
+    } catch (const Error& e) {
+      if (kept == 0) throw;
+      throw Error(fmt::format("{}\n{} finished layers are kept in {}: fix the cause and run again with --resume",
+                              e.what(), kept, work.string()));
+    }
+  }
   progress.finish();
 
   // Assemble: every untouched tensor as it was, every layer from its file.
@@ -214,7 +233,9 @@ QuantizeSummary quantize_model(const QuantizeOptions& options) {
   for (const io::TensorSpec& spec : writer.order()) {
     if (const auto it = layer_of_tensor.find(spec.name); it != layer_of_tensor.end()) {
       const io::SafetensorsFile& f = *layer_files[it->second];
-      writer.write(spec.name, f.bytes(f.info(spec.name)));
+      const std::span<const std::byte> bytes = f.bytes(f.info(spec.name));
+      writer.write(spec.name, bytes);
+      release_pages(bytes);
     } else {
       const std::span<const std::byte> bytes = in.bytes(spec.name);
       writer.write(spec.name, bytes);

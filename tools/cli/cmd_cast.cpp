@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "commands.hpp"
+#include "loraq/checkpoint.hpp"
 #include "loraq/error.hpp"
 #include "loraq/format.hpp"
 #include "loraq/io.hpp"
@@ -186,8 +187,9 @@ int cast_npy(const Caster& caster, const CastOptions& o) {
   return 0;
 }
 
-int cast_safetensors(const Caster& caster, const CastOptions& o) {
-  const io::SafetensorsFile in(o.in);
+// A safetensors file, a shard index or a diffusers folder in; one file or a (sharded) folder out.
+int cast_checkpoint(const Caster& caster, const CastOptions& o) {
+  const io::Checkpoint in(o.in);
   std::vector<io::TensorSpec> specs;
   for (const io::TensorInfo& t : in.tensors())
     specs.push_back({t.name, io::is_float_dtype(t.dtype) ? output_dtype(o.out_dtype, t.dtype) : t.dtype, t.shape});
@@ -195,19 +197,19 @@ int cast_safetensors(const Caster& caster, const CastOptions& o) {
   metadata["loraq.cast"] = caster.format ? std::string(format_info(*caster.format).name)
                                          : "element " + std::string(element_info(*caster.element).name);
   metadata["loraq.rounding"] = o.rounding;
-  io::SafetensorsWriter writer(o.out, specs, metadata);
+  io::CheckpointWriter writer(o.out, specs, metadata);
   if (o.report) print_report_header();
   ErrorStats total;
   std::vector<std::int64_t> total_shape = {0};
   std::vector<std::pair<std::string, PackedMatrix>> packed;
-  for (const io::TensorSpec& spec : writer.specs()) {
+  for (const io::TensorSpec& spec : writer.order()) {
     const io::TensorInfo& t = in.info(spec.name);
     if (!io::is_float_dtype(t.dtype)) {  // integer and boolean tensors are not weights: copied as they are
-      writer.write(t.name, in.bytes(t));
+      writer.write(t.name, in.bytes(t.name));
       continue;
     }
     ErrorStats stats;
-    writer.write(t.name, cast_tensor(caster, t.dtype, spec.dtype, in.bytes(t), t.shape, o.in, t.name,
+    writer.write(t.name, cast_tensor(caster, t.dtype, spec.dtype, in.bytes(t.name), t.shape, in.file_of(t.name).string(), t.name,
                                      o.report ? &stats : nullptr, o.codes_out.empty() ? nullptr : &packed));
     if (o.report) {
       print_report_row(t.name, t.shape, stats);
@@ -226,17 +228,19 @@ int cast_safetensors(const Caster& caster, const CastOptions& o) {
 Command add_cast_command(CLI::App& app) {
   auto o = std::make_shared<CastOptions>();
   CLI::App* cmd = app.add_subcommand(
-      "cast", "Fake-quantize every float tensor of a .npy or .safetensors file along its last axis");
+      "cast", "Fake-quantize every float tensor of a .npy file or a safetensors checkpoint along its last axis");
   cmd->add_option("--format", o->format, "Block format (see `loraq formats`)");
   cmd->add_option("--element", o->element, "Round each value to an element encoding instead (e2m1, e4m3, ...)");
   cmd->add_option("--rounding", o->rounding, "Ties rounding")
       ->check(CLI::IsMember({"ties-even", "ties-away"}))
       ->capture_default_str();
-  cmd->add_option("--in", o->in, "Input: .npy (float32, float16, bfloat16) or .safetensors")->required();
-  cmd->add_option("--out", o->out, "Output, same kind as the input; written to a temporary name, then renamed")
+  cmd->add_option("--in", o->in, "Input: .npy (float32, float16, bfloat16), or a .safetensors file, shard index or "
+                                 "diffusers folder")->required();
+  cmd->add_option("--out", o->out, "Output: .npy for a .npy input; else a .safetensors file or a folder (sharded as "
+                                   "diffusers does). Written to temporary names, then renamed")
       ->required();
   cmd->add_option("--out-dtype", o->out_dtype, "Output dtype of float tensors: same, F32, F16 or BF16")
-      ->check(CLI::IsMember({"same", "F32", "F16", "BF16"}))
+      ->transform(CLI::IsMember({"same", "F32", "F16", "BF16"}, CLI::ignore_case))
       ->capture_default_str();
   cmd->add_option("--isa", o->isa, "Force a code path: scalar, avx2 or avx512 (default: the best this CPU has)");
   cmd->add_option("--threads", o->threads, "Threads (default: all cores); results never depend on it")
@@ -248,15 +252,17 @@ Command add_cast_command(CLI::App& app) {
   return {cmd, [o] {
             const Caster caster = make_caster(*o);
             const auto kind = [](const std::string& path) { return fs::path(path).extension().string(); };
-            const std::string in_kind = kind(o->in);
-            if (in_kind != ".npy" && in_kind != ".safetensors")
-              throw Error(o->in + ": unknown file type '" + in_kind + "': expected .npy or .safetensors");
+            const bool npy = kind(o->in) == ".npy";
+            if (!npy && !fs::is_directory(o->in) && kind(o->in) != ".safetensors" && !o->in.ends_with(".index.json"))
+              throw Error(o->in + ": unknown file type '" + kind(o->in) +
+                          "': expected .npy, .safetensors, a shard index (.index.json) or a folder");
             if (!o->codes_out.empty() && !caster.format) throw Error("cast: --codes-out needs --format");
             if (!o->codes_out.empty() && kind(o->codes_out) != ".safetensors")
               throw Error(o->codes_out + ": --codes-out writes a .safetensors file");
-            if (kind(o->out) != in_kind)
-              throw Error(o->out + ": the output must be a " + in_kind + " file like the input " + o->in);
-            return in_kind == ".npy" ? cast_npy(caster, *o) : cast_safetensors(caster, *o);
+            if (npy != (kind(o->out) == ".npy"))
+              throw Error(o->out + ": the output of a " + (npy ? ".npy input is a .npy file" : "checkpoint is a "
+                          ".safetensors file or a folder") + " (input " + o->in + ")");
+            return npy ? cast_npy(caster, *o) : cast_checkpoint(caster, *o);
           }};
 }
 

@@ -67,7 +67,7 @@ Command add_export_command(CLI::App& app) {
   cmd->add_flag("--dequantized", o->dequantized, "Effective weights W = Q1 + up @ down, in the original dtype")
       ->required();
   cmd->add_option("--dtype", o->dtype, "Dtype of the exported weights: same, F32, F16 or BF16")
-      ->check(CLI::IsMember({"same", "F32", "F16", "BF16"}))
+      ->transform(CLI::IsMember({"same", "F32", "F16", "BF16"}, CLI::ignore_case))
       ->capture_default_str();
   cmd->add_option("--max-shard-gb", o->max_shard_gb, "Largest output shard, in GB")->check(CLI::PositiveNumber);
   return {cmd, [o] {

@@ -112,7 +112,7 @@ int main(int argc, char** argv) {
   app.add_option("--hidden", arch.hidden, "Hidden width (PixArt-Sigma: 1152)")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--blocks", arch.blocks, "Transformer blocks (PixArt-Sigma: 28)")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--caption-channels", arch.caption_channels, "Text encoder width (T5-XXL: 4096)")->capture_default_str();
-  app.add_option("--dtype", dtype_name, "F32, F16 or BF16")->check(CLI::IsMember({"F32", "F16", "BF16"}))->capture_default_str();
+  app.add_option("--dtype", dtype_name, "F32, F16 or BF16")->transform(CLI::IsMember({"F32", "F16", "BF16"}, CLI::ignore_case))->capture_default_str();
   app.add_option("--seed", seed, "Seed")->capture_default_str();
   app.add_option("--max-shard-gb", max_shard_gb, "Largest shard in GB")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
