@@ -9,6 +9,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
@@ -150,12 +151,18 @@ QuantizeSummary quantize_model(const QuantizeOptions& options) {
 
   Progress progress("quantize", layers.size(), total_params, done_layers, done_params,
                     options.progress.value_or(Progress::stderr_is_terminal()));
+  // A few layers in flight, every thread busy inside them: peak memory stays a few layers whatever
+  // the core count, and the codecs and GEMMs parallelize within a layer (their results never depend
+  // on their thread count, so neither do the output bytes).
   const int threads = options.threads > 0 ? options.threads : omp_get_max_threads();
+  const int in_flight = std::max(1, std::min({threads, options.layers_in_flight, int(pending.size())}));
+  const int threads_per_layer = std::max(1, threads / in_flight);
+  omp_set_max_active_levels(2);
   const int delay_ms = debug_layer_delay_ms();
   std::atomic<bool> failed{false};
   std::exception_ptr error;
   std::mutex error_mutex;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(in_flight)
   for (std::size_t k = 0; k < pending.size(); ++k) {
     if (failed.load()) continue;
     try {
@@ -167,7 +174,7 @@ QuantizeSummary quantize_model(const QuantizeOptions& options) {
       input.out_features = info.out_features;
       input.in_features = info.in_features;
       input.recipe = &options.recipe.for_layer(info.weight_name);
-      input.codec = {input.recipe->rounding, options.isa, 1};
+      input.codec = {input.recipe->rounding, options.isa, threads_per_layer};
       const QuantizedLayer q = quantize_layer(input);
       write_layer_file(layer_file(work, pending[k]), layer_tensors(info, q), q.metrics);
       progress.layer_done(info.weight_name, std::uint64_t(info.out_features * info.in_features),

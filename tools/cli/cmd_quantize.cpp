@@ -11,7 +11,7 @@ namespace loraq::cli {
 Command add_quantize_command(CLI::App& app) {
   struct Options {
     std::string input, recipe, output, isa;
-    int threads = 0;
+    int threads = 0, layers_in_flight = 2;
     bool resume = false, no_progress = false;
     double max_shard_gb = 5.0;
   };
@@ -24,6 +24,10 @@ Command add_quantize_command(CLI::App& app) {
       ->required();
   cmd->add_option("--threads", o->threads, "Threads (default: every core); the output bytes never depend on it")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--layers-in-flight", o->layers_in_flight,
+                  "Layers quantized at once, sharing the threads; peak memory grows with it")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   cmd->add_flag("--resume", o->resume, "Continue an interrupted run from <output>.partial");
   cmd->add_flag("--no-progress", o->no_progress, "No progress output");
   cmd->add_option("--max-shard-gb", o->max_shard_gb, "Largest output shard, in GB")->check(CLI::PositiveNumber)
@@ -35,6 +39,7 @@ Command add_quantize_command(CLI::App& app) {
             q.output = o->output;
             q.recipe = load_recipe(o->recipe);
             q.threads = o->threads;
+            q.layers_in_flight = o->layers_in_flight;
             q.resume = o->resume;
             if (o->no_progress) q.progress = false;
             q.max_shard_bytes = static_cast<std::uint64_t>(o->max_shard_gb * 1e9);

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Whole-checkpoint benchmark of `loraq quantize`: a PixArt-Sigma-shaped checkpoint (0.6 B
+parameters by default, generated once and kept under build/bench-data/) quantized with a recipe,
+as parameters per second and as a ratio to reading the checkpoint file once (the anchor, timed in
+the same run), with the peak resident memory of the run against its bound of
+3 x the largest tensor + 200 MB. Medians of --repeat runs; the machines are shared and noisy.
+
+  python3 bench/bench_quantize.py [--recipe recipes/rtn-sint4.yaml] [--hidden 1152] [--repeat 3]
+"""
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def read_once(files):
+    """Seconds to read every byte of the files (16 MiB reads into one buffer)."""
+    buf = bytearray(16 << 20)
+    view = memoryview(buf)
+    start = time.perf_counter()
+    for f in files:
+        with open(f, "rb", buffering=0) as h:
+            while h.readinto(view):
+                pass
+    return time.perf_counter() - start
+
+
+def largest_tensor_bytes(files):
+    largest, params = 0, 0
+    for f in files:
+        with open(f, "rb") as h:
+            (n,) = struct.unpack("<Q", h.read(8))
+            header = json.loads(h.read(n))
+        for name, t in header.items():
+            if name == "__metadata__":
+                continue
+            size = t["data_offsets"][1] - t["data_offsets"][0]
+            largest = max(largest, size)
+            count = 1
+            for d in t["shape"]:
+                count *= d
+            params += count
+    return largest, params
+
+
+def run_measured(cmd):
+    """Wall seconds and peak RSS (bytes) of a child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    out, err = proc.stdout.read(), proc.stderr.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{err}")
+    return seconds, usage.ru_maxrss * 1024, out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build", default=str(ROOT / "build"))
+    ap.add_argument("--recipe", default=str(ROOT / "recipes" / "rtn-sint4.yaml"))
+    ap.add_argument("--hidden", type=int, default=1152)
+    ap.add_argument("--blocks", type=int, default=28)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+
+    loraq = pathlib.Path(args.build) / "tools" / "cli" / "loraq"
+    make_model = loraq.parent / "loraq-make-model"
+    data = pathlib.Path(args.build) / "bench-data"
+    model = data / f"pixart-h{args.hidden}-b{args.blocks}"
+    if not model.exists():
+        subprocess.run([str(make_model), "-o", str(model), "--hidden", str(args.hidden), "--blocks", str(args.blocks)],
+                       check=True)
+    files = sorted(model.glob("*.safetensors"))
+    largest, params = largest_tensor_bytes(files)
+    file_bytes = sum(f.stat().st_size for f in files)
+
+    read_once(files)  # warm the page cache so that both sides read from memory, not from the disk
+    reads, runs, rss = [], [], []
+    out = data / "quantized"
+    for _ in range(args.repeat):
+        reads.append(read_once(files))
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = [str(loraq), "quantize", str(model), "--recipe", args.recipe, "-o", str(out), "--no-progress"]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        seconds, peak, _ = run_measured(cmd)
+        runs.append(seconds)
+        rss.append(peak)
+    shutil.rmtree(out, ignore_errors=True)
+
+    read_s, run_s = statistics.median(reads), statistics.median(runs)
+    bound = 3 * largest + 200e6
+    result = {
+        "model": model.name, "parameters": params, "file_bytes": file_bytes, "largest_tensor_bytes": largest,
+        "recipe": pathlib.Path(args.recipe).name, "threads": args.threads or os.cpu_count(),
+        "read_seconds_median": read_s, "quantize_seconds_median": run_s,
+        "read_params_per_s": params / read_s, "quantize_params_per_s": params / run_s,
+        "ratio_to_file_read": read_s / run_s,
+        "peak_rss_bytes_max": max(rss), "peak_rss_bound_bytes": bound, "within_bound": max(rss) < bound,
+    }
+    print(f"{model.name}: {params / 1e6:.1f} M parameters, {file_bytes / 1e9:.2f} GB, largest tensor "
+          f"{largest / 1e6:.1f} MB; recipe {result['recipe']}, {result['threads']} threads, median of {args.repeat}")
+    print(f"  read the file once     {read_s:8.3f} s  {params / read_s / 1e6:10.1f} M params/s  (anchor)")
+    print(f"  loraq quantize         {run_s:8.3f} s  {params / run_s / 1e6:10.1f} M params/s  "
+          f"ratio to read {result['ratio_to_file_read']:.3f}")
+    print(f"  peak RSS {max(rss) / 1e6:.0f} MB, bound 3 x largest tensor + 200 MB = {bound / 1e6:.0f} MB: "
+          f"{'within' if result['within_bound'] else 'OVER'}")
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return 0 if result["within_bound"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
