@@ -1,23 +1,38 @@
 #!/usr/bin/env bash
-# The main job: install, build, then quantize the embedded default weights (data/demo-weights) with
-# every format of the table and print what each costs (bits per value, scales included) and loses
-# (relative Frobenius error and SQNR over all tensors).
+# The main job: install, build, make the embedded default model (PixArt-Sigma's tensor names, 28
+# blocks at reduced width: tools/make_model), then quantize it with every shipped recipe
+# (recipes/*.yaml), data-free, and print what each costs (bits per value, scales included) and
+# loses (parameter-weighted relative weight error), with the dequantized export of the last one.
+#   LORAQ_RUN_HIDDEN=1152 scripts/run.sh    # the real PixArt-Sigma width (0.6 B parameters)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/build.sh
-loraq=build/tools/cli/loraq
-model=data/demo-weights/demo.safetensors
+bin=build/tools/cli
+hidden="${LORAQ_RUN_HIDDEN:-256}"
+model="build/default-model/pixart-sigma-h${hidden}"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
-$loraq formats
+[ -d "$model" ] || "$bin/loraq-make-model" -o "$model" --hidden "$hidden" --blocks 28 --seed 0
+"$bin/loraq" inspect "$model" --preset pixart-sigma | sed -n 1,3p
 echo
-echo "Fake quantization of $model (every float tensor, blocks along rows):"
-printf '%-13s %9s %12s %9s\n' format bits/val rel.error SQNR_dB
-for fmt in $($loraq formats --json | python3 -c 'import json,sys; print(" ".join(f["name"] for f in json.load(sys.stdin)))'); do
-  bits=$($loraq formats --json --row-length 1152 | python3 -c "import json,sys; print([f for f in json.load(sys.stdin) if f['name']=='$fmt'][0]['bits_per_value_at_row_length'])")
-  total=$($loraq cast --format "$fmt" --in "$model" --out "$out/q.safetensors" --report | tail -1)
-  read -r _ _ _ _ rel sqnr _ <<<"$total"
-  printf '%-13s %9.3f %12s %9s\n' "$fmt" "$bits" "$rel" "$sqnr"
+printf '%-28s %-14s %-12s %6s %9s %12s %8s\n' recipe method "Q1 / Q2" rank bits/val rel.error seconds
+for recipe in recipes/*.yaml; do
+  name=$(basename "$recipe" .yaml)
+  "$bin/loraq" quantize "$model" --recipe "$recipe" -o "$out/$name" --no-progress > /dev/null
+  python3 - "$out/$name/quantize_report.json" "$name" <<'PY'
+import json, sys
+rows = json.load(open(sys.argv[1]))
+n = sum(r["shape"][0] * r["shape"][1] for r in rows)
+mean = lambda key: sum(r[key] * r["shape"][0] * r["shape"][1] for r in rows) / n
+r0 = rows[0]
+formats = r0["residual"] + (" / " + r0["branch"] if r0["branch"] else "")
+print(f"{sys.argv[2]:<28} {r0['method']:<14} {formats:<12} {r0['rank'] or '-':>6} {mean('bits_per_value'):9.3f} "
+      f"{mean('relative_error'):12.4e} {sum(r['seconds'] for r in rows):8.2f}")
+PY
+  last="$name"
 done
+echo
+"$bin/loraq" export "$out/$last" -o "$out/dequantized" --dequantized
+echo "(every quantized model: $out, removed on exit; per-layer reports in each quantize_report.md)"

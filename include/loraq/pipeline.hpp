@@ -21,7 +21,7 @@ struct QuantizeOptions {
   int threads = 0;               // 0: every core; the output bytes never depend on it
   int layers_in_flight = 2;      // layers quantized at once (threads are shared among them): bounds memory
   bool resume = false;           // continue the run whose work folder "<output>.partial" exists
-  std::optional<bool> progress;  // a bar on a terminal, plain lines otherwise; nullopt: detect
+  std::optional<bool> progress;  // true: a redrawn bar; false: silent; nullopt: a bar on a terminal, else a line per layer
   std::uint64_t max_shard_bytes = 5'000'000'000;
   std::optional<Isa> isa;
 };

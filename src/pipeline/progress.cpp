@@ -16,14 +16,14 @@ std::string clock_text(double seconds) {
 }  // namespace
 
 Progress::Progress(std::string what, std::size_t total_layers, std::uint64_t total_params, std::size_t done_layers,
-                   std::uint64_t done_params, bool terminal)
+                   std::uint64_t done_params, Style style)
     : what_(std::move(what)),
       total_layers_(total_layers),
       done_layers_(done_layers),
       total_params_(total_params),
       done_params_(done_params),
       resumed_params_(done_params),
-      terminal_(terminal),
+      style_(style),
       start_(std::chrono::steady_clock::now()),
       last_draw_(start_ - std::chrono::seconds(1)) {
   if (done_layers > 0)
@@ -36,12 +36,12 @@ void Progress::layer_done(const std::string& name, std::uint64_t params, const s
   std::lock_guard<std::mutex> lock(mutex_);
   ++done_layers_;
   done_params_ += params;
-  if (terminal_) {
+  if (style_ == Style::bar) {
     const auto now = std::chrono::steady_clock::now();
     if (now - last_draw_ < std::chrono::milliseconds(100) && done_layers_ < total_layers_) return;
     last_draw_ = now;
     draw(name);
-  } else {
+  } else if (style_ == Style::lines) {
     std::fprintf(stderr, "%s: [%zu/%zu] %s %s\n", what_.c_str(), done_layers_, total_layers_, name.c_str(), detail.c_str());
   }
 }
@@ -63,14 +63,15 @@ void Progress::draw(const std::string& name) {
 
 void Progress::finish() {
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  if (terminal_) std::fprintf(stderr, "\n");
+  if (style_ == Style::quiet) return;
+  if (style_ == Style::bar) std::fprintf(stderr, "\n");
   std::fprintf(stderr, "%s: %zu layers, %.1f M parameters in %s\n", what_.c_str(), done_layers_,
                double(done_params_) / 1e6, clock_text(elapsed).c_str());
 }
 
 void Progress::abandon() {
   // End the redrawn bar's line so that the error message that follows starts on its own line.
-  if (terminal_) std::fprintf(stderr, "\n");
+  if (style_ == Style::bar) std::fprintf(stderr, "\n");
 }
 
 }  // namespace loraq

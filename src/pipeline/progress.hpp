@@ -11,9 +11,10 @@ namespace loraq {
 
 class Progress {
  public:
+  enum class Style { bar, lines, quiet };  // quiet still says when a run resumes
   // `done_layers`/`done_params`: what an earlier run already finished (resume).
   Progress(std::string what, std::size_t total_layers, std::uint64_t total_params, std::size_t done_layers,
-           std::uint64_t done_params, bool terminal);
+           std::uint64_t done_params, Style style);
   // Thread-safe: one layer finished.
   void layer_done(const std::string& name, std::uint64_t params, const std::string& detail);
   void finish();
@@ -27,7 +28,7 @@ class Progress {
   std::string what_;
   std::size_t total_layers_, done_layers_;
   std::uint64_t total_params_, done_params_, resumed_params_;
-  bool terminal_;
+  Style style_;
   std::chrono::steady_clock::time_point start_, last_draw_;
   std::mutex mutex_;
 };

@@ -150,7 +150,8 @@ QuantizeSummary quantize_model(const QuantizeOptions& options) {
   }
 
   Progress progress("quantize", layers.size(), total_params, done_layers, done_params,
-                    options.progress.value_or(Progress::stderr_is_terminal()));
+                    !options.progress ? (Progress::stderr_is_terminal() ? Progress::Style::bar : Progress::Style::lines)
+                    : *options.progress ? Progress::Style::bar : Progress::Style::quiet);
   // A few layers in flight, every thread busy inside them: peak memory stays a few layers whatever
   // the core count, and the codecs and GEMMs parallelize within a layer (their results never depend
   // on their thread count, so neither do the output bytes).
