@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what loraq needs on Debian 12: the build toolchain and libraries (apt-get), and with
-# --python a virtual environment holding the test references (pip: numpy, ml_dtypes, torch, torchao,
-# safetensors, pytest). Safe to run again: it only installs what is missing.
+# --python a virtual environment holding the test references (pip, requirements-test.txt: numpy,
+# ml_dtypes, torch, torchao, safetensors, huggingface_hub, diffusers, pytest). Safe to run again: it
+# only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,7 +10,7 @@ APT_PACKAGES=(
   cmake ninja-build g++ pkg-config git
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev nlohmann-json3-dev libfmt-dev libyaml-cpp-dev
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev libomp-dev   # scripts/fuzz.sh: libFuzzer, and OpenMP for clang's configure
   libopenblas-dev libopenmpi-dev openmpi-bin
   python3 python3-venv python3-dev
 )

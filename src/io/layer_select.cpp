@@ -77,9 +77,9 @@ constexpr std::array<LayerPreset, 5> kPresets = {{
      "(norm*.linear), embedders and the final proj_out stay in 16 bits",
      kFluxInclude, {}, false},
     {"generic",
-     "every 2-D floating-point tensor whose name ends in '.weight', except names containing "
-     "'embed' (embedding tables) or 'norm' (norm weights): those are not linear layers; tensors of "
-     "other shapes are passed over",
+     "every floating-point linear weight (2-D, or a [out, in, 1, 1] pointwise convolution) whose "
+     "name ends in '.weight', except names containing 'embed' (embedders) or 'norm' (norms and "
+     "adaLN modulations); tensors of other shapes are passed over",
      kGenericInclude, kGenericExclude, true},
     {"none", "nothing: the recipe's layers.include patterns alone choose the layers", {}, {}, false},
 }};

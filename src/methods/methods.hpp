@@ -7,5 +7,11 @@
 namespace loraq::methods {
 
 QuantizedLayer rtn(const LayerInput& input);
+// The SVD-based baselines, one file each (their shared steps: low_rank_branch.hpp).
+QuantizedLayer svd_lowrank(const LayerInput& input);
+QuantizedLayer lorc(const LayerInput& input);
+QuantizedLayer loftq(const LayerInput& input);
+// The paper's method: loraq.cpp (its pieces: loraq_impl.hpp).
+QuantizedLayer loraq(const LayerInput& input);
 
 }  // namespace loraq::methods

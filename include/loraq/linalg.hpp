@@ -1,0 +1,58 @@
+// Dense linear algebra for the methods: GEMM and truncated SVD over row-major fp32 matrices,
+// on OpenBLAS/LAPACK (src/linalg). Every routine is deterministic: the same inputs and seed give
+// the same bits, whatever the OpenMP or BLAS thread count.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace loraq::linalg {
+
+// C[m, n] = alpha * op(A) op(B) + beta * C, row-major, op(X) = X or X^T (cblas_sgemm).
+// lda/ldb/ldc are the row strides of A, B and C as stored. Throws Error on a negative size or a
+// stride below the stored row length.
+void gemm(bool transpose_a, bool transpose_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha,
+          const float* a, std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc);
+
+// A ~ U diag(S) V^T with the `rank` largest singular values, in descending order.
+struct Svd {
+  std::int64_t rows = 0, cols = 0, rank = 0;
+  std::vector<float> u;   // [rows, rank]
+  std::vector<float> s;   // [rank]
+  std::vector<float> vt;  // [rank, cols]
+};
+
+enum class SvdAlgorithm : std::uint8_t {
+  automatic,   // randomized when rank + oversampling <= min(rows, cols) / 4, else full (see svd.cpp)
+  full,        // LAPACK gesdd of the whole matrix, truncated
+  randomized,  // Halko, Martinsson & Tropp: range finder with oversampling and power iterations
+};
+// Randomized is about 4.5x (rank 128) to 15x (rank 32) faster than full on PixArt-Sigma's
+// 1152 x 4608 on one thread, and its truncation error stays within about 1% of the optimum, but on
+// weight-like (slowly decaying) spectra the singular values near `rank` come out several percent
+// low: use full where the values themselves matter (bench/bench_svd.cpp measures both).
+
+struct SvdOptions {
+  SvdAlgorithm algorithm = SvdAlgorithm::automatic;
+  int oversampling = 10;       // extra columns of the random sketch
+  int power_iterations = 2;    // subspace iterations (each re-orthonormalized)
+  std::uint64_t seed = 0;      // of the Gaussian sketch
+};
+
+// Throws Error when rank is not in [1, min(rows, cols)] or the matrix holds NaN or Inf.
+Svd truncated_svd(std::span<const float> a, std::int64_t rows, std::int64_t cols, std::int64_t rank,
+                  const SvdOptions& options = {});
+
+// Threads for this thread's later linalg calls (thread-local; unset, OpenMP's default). linalg
+// splits its GEMMs into panels fixed by the shape and runs them on this many OpenMP threads;
+// OpenBLAS itself is held at one thread for the whole process, because its threaded kernels round
+// differently from its serial ones. So results never depend on this count (tested), and calling
+// linalg from several threads at once is safe. The quantize pipeline runs a few layers at once,
+// each with its share of the cores (QuantOptions::threads); the SVD methods set this count to that
+// share for their duration. LAPACK steps (QR, the SVD of the small or full matrix) run serially.
+// Throws Error when threads < 1.
+void set_blas_threads(int threads);
+int blas_threads();  // the count this thread's calls use
+
+}  // namespace loraq::linalg
