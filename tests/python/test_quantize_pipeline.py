@@ -4,6 +4,7 @@ library and an independent decoder of the layout), the dequantized export, deter
 threads, kill-and-resume, and hostile input."""
 import json
 import os
+import re
 import pathlib
 import signal
 import subprocess
@@ -21,7 +22,7 @@ safe_open = pytest.importorskip("safetensors").safe_open
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 BLOCKS = 28
-HIDDEN = 64
+HIDDEN = 128  # the shipped recipes go up to rank 128, which needs in_features >= 128
 
 # diffusers' PixArtTransformer2DModel: the linear layers of each BasicTransformerBlock that SVDQuant
 # quantizes; embedders, adaLN, caption projection, norms and proj_out stay in 16 bits.
@@ -40,11 +41,22 @@ def make_model_bin(loraq_bin):
 
 @pytest.fixture(scope="session")
 def pixart_model(tmp_path_factory, make_model_bin):
-    """A sharded bf16 diffusers folder (about 4.4 MB over 3 shards)."""
+    """A sharded bf16 diffusers folder (about 17 MB over 9 shards)."""
     folder = tmp_path_factory.mktemp("pixart") / "transformer"
     subprocess.run([make_model_bin, "-o", str(folder), "--hidden", str(HIDDEN), "--blocks", str(BLOCKS),
                     "--dtype", "bf16", "--max-shard-gb", "0.002", "--seed", "7"], check=True, capture_output=True)
     return folder
+
+
+def fast_recipe(recipe, folder):
+    """The recipe with its optimizer steps cut to a few (1000 + 500 per layer would take minutes
+    over 280 layers); everything else, formats and ranks included, as shipped."""
+    text = recipe.read_text()
+    text = re.sub(r"\brotation_steps: *\d+", "rotation_steps: 3", text)
+    text = re.sub(r"\bsteps: *\d+", "steps: 3", text)
+    path = folder / recipe.name
+    path.write_text(text)
+    return path
 
 
 def load_folder(folder):
@@ -72,12 +84,13 @@ def checkpoint_bytes(folder):
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_each_recipe_quantizes_exactly_the_block_linears(recipe, pixart_model, tmp_path, run_loraq):
     out = tmp_path / "q"
-    run_loraq("quantize", pixart_model, "--recipe", recipe, "-o", out, "--max-shard-gb", "0.001", "--no-progress")
+    run_loraq("quantize", pixart_model, "--recipe", fast_recipe(recipe, tmp_path), "-o", out, "--max-shard-gb", "0.004",
+              "--no-progress")
     original, _ = load_folder(pixart_model)
     quantized, metadata = load_folder(out)
     layers = layer_table(metadata)
     assert sorted(l["name"] for l in layers) == EXPECTED_LAYERS
-    assert len(list(out.glob("*.safetensors"))) > 1, "a 0.001 GB shard limit must give several shards"
+    assert len(list(out.glob("*.safetensors"))) > 1, "a 0.004 GB shard limit must give several shards"
     index = json.loads((out / "diffusion_pytorch_model.safetensors.index.json").read_text())
     assert set(index["weight_map"]) == set(quantized)
     assert index["metadata"]["total_size"] == sum(t.nbytes for t in quantized.values())
@@ -140,7 +153,7 @@ def test_eval_and_report_agree_with_an_independent_error(pixart_model, tmp_path,
         rel = np.linalg.norm(e - w) / np.linalg.norm(w)
         assert report[layer["name"]]["relative_error"] == pytest.approx(rel, rel=1e-9)
         assert evaluated[layer["name"]]["relative_error"] == pytest.approx(rel, rel=1e-9)
-        assert report[layer["name"]]["bits_per_value"] == pytest.approx(4 + 16 / 64)  # sint4, in = 64 or 256
+        assert report[layer["name"]]["bits_per_value"] == pytest.approx(4 + 16 / 64)  # sint4: whole blocks of 64
     csv_lines = (out / "quantize_report.csv").read_text().splitlines()
     assert len(csv_lines) == 1 + len(EXPECTED_LAYERS)
     assert "transformer_blocks.0.attn1.to_q.weight" in (out / "quantize_report.md").read_text()
