@@ -14,6 +14,7 @@
 //   1000 + 500 steps, one run per shape.
 #include <benchmark/benchmark.h>
 #include <omp.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -157,6 +158,12 @@ void bm_method_full(benchmark::State& state, loraq::Format q, Shape s) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // OpenBLAS (its pthreads build, which linalg links) and libgomp keep separate thread pools. With
+  // libgomp's default active wait, its idle threads spin through the GEMMs that follow each parallel
+  // loop and take the cores from OpenBLAS's workers (measured at 4608 x 1152 on 2 cores: each GEMM
+  // 24 ms instead of 16). We time the method, not that contention: unless the caller chose a policy,
+  // re-run this program with OMP_WAIT_POLICY=passive (libgomp reads it once, when it loads).
+  if (!std::getenv("OMP_WAIT_POLICY") && setenv("OMP_WAIT_POLICY", "passive", 1) == 0) execv("/proc/self/exe", argv);
   loraq::linalg::set_blas_threads(omp_get_max_threads());
   const bool full = std::getenv("LORAQ_BENCH_FULL") && std::string(std::getenv("LORAQ_BENCH_FULL")) == "1";
   for (const Shape& s : load_shapes()) {
@@ -182,6 +189,8 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("threads", std::to_string(omp_get_max_threads()) + " (OpenMP and BLAS)");
+  const char* policy = std::getenv("OMP_WAIT_POLICY");
+  benchmark::AddCustomContext("OMP_WAIT_POLICY", policy ? policy : "(libgomp default)");
   benchmark::AddCustomContext(
       "rank", std::to_string(kRank) + ", Q2 = Q1, weights with DiT statistics (tests/cpp/dit_weights.hpp)");
   benchmark::RunSpecifiedBenchmarks();

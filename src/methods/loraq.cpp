@@ -3,11 +3,14 @@
 //
 //   1. SVD initialization: B = U S V^T at the branch rank (the paper's L = -L0, R = R0).
 //   2. Adam on eq. 4, f = ||Q1(W - B) + B - W||^2, with Q1's derivative zero (A.3.2); 1000 steps,
-//      rate 1e-4 for an integer Q1 and 1e-3 for a float one (A.2).
+//      rate 1e-4 for an integer Q1 and 1e-3 for a float one (A.2), on W brought to a reference
+//      scale by a power of 4 so that the rates mean the same on every layer.
 //   3. When Q2 is below 16 bits: a rotation Omega trained by Cayley SGD on eq. 7 (500 steps, rate
 //      0.1), so that up Omega and Omega^T down quantize better; the branch up down is unchanged.
 //   4. Branch = Q2(up Omega), Q2(Omega^T down); residual = Q1(W - Q2(up Omega) Q2(Omega^T down)).
-// Choices the paper leaves open are documented where they are made (loraq_impl.hpp).
+// Options beyond the paper: straight_through (Q2 inside step 2, the rotation then learned before
+// it), keep_best (each optimization returns its best iterate; the paper does not say). The choices
+// the paper leaves open are documented where they are made (loraq_impl.hpp).
 #include <omp.h>
 
 #include <algorithm>
@@ -202,9 +205,10 @@ QuantizedLayer run(const LayerInput& input, const Options& options, Report* repo
     rep.branch_error = branch_quant_error(f, q2, codec) * to_relative;
   };
   // Eq. 7 needs the factors it rotates. The paper learns it on L*, R* after Adam. With Q2 inside
-  // the loop, Adam fits the factors to Q2's grid in their own basis and a later rotation would undo
-  // that fit (measured at 1152 x 1152: 0.0749 against 0.0710 without rotation, sint4), so there the
-  // rotation is learned on the SVD start and Adam trains in the rotated basis (0.0708).
+  // the loop, Adam fits the factors to Q2's grid in their own basis and a later rotation undoes that
+  // fit (1152 x 1152 DiT-like, sint4: 0.0703 weight error before such a rotation, 0.0749 after; mxfp4:
+  // 0.0588, 0.0630), so there the rotation is learned on the SVD start and Adam trains in the rotated
+  // basis (sint4 0.0701, mxfp4 0.0584).
   if (options.straight_through) learn_rotation();
   {
     BranchObjective objective(w, out, in, rank, q1, options.straight_through ? std::optional<Format>(q2) : std::nullopt,

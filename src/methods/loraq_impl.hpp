@@ -48,10 +48,10 @@ inline constexpr double kStraightThroughLr = 3e-5;
 // entry by about lr per step whatever the gradient's scale, and the factors scale as sqrt(W), so on
 // weights 10x smaller a raw rate acts 3x larger. Measured on 1152 x 1152 DiT-like weights with a
 // sint4 residual: rate 1e-3 gives the best weight error, 3e-3 diverges (eq. 4 ends 10^5 times above
-// its start). Raw rates are not safe across layers and checkpoints. We therefore run both optimizations on
-// W * 4^k, the power of 4 that brings rms(W) nearest kReferenceRms = 1/sqrt(1152) (the RMS of a
-// [1152, 1152] layer at initialization scale, and of tests/cpp/dit_weights.hpp), and scale the
-// factors back by 2^-k. Powers of two keep every format's rounding exactly scale-equivariant, so W
+// its start). Raw rates are not safe across layers and checkpoints. We therefore run both
+// optimizations on W * 4^k, the power of 4 that brings rms(W) nearest kReferenceRms = 1/sqrt(1152)
+// (the RMS of a [1152, 1152] layer at initialization scale, and of tests/cpp/dit_weights.hpp), and
+// scale the factors back by 2^-k. Powers of two keep every format's rounding exactly scale-equivariant, so W
 // and 4W give the same layer up to the factor (test LearningRateIsScaleFree).
 inline constexpr double kReferenceRms = 0.029462782549439480;  // 1 / sqrt(1152)
 

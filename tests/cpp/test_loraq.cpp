@@ -114,8 +114,18 @@ loraq::LayerRecipe loraq_recipe(Format q1, Format q2, double budget) {
   return r;
 }
 
+// Codec options for one thread, with this thread's BLAS calls set to one thread too (see layer_input).
+loraq::QuantOptions one_thread() {
+  loraq::linalg::set_blas_threads(1);
+  loraq::QuantOptions options;
+  options.threads = 1;
+  return options;
+}
+
+// One thread unless a test asks for more: SameBytesWithOneAndTwoThreads is the test of threads, and
+// elsewhere OpenMP's and OpenBLAS's pools would only compete for the cores under ctest -j.
 loraq::LayerInput layer_input(const std::vector<float>& w, std::int64_t out, std::int64_t in,
-                              const loraq::LayerRecipe& recipe, int threads = 0) {
+                              const loraq::LayerRecipe& recipe, int threads = 1) {
   loraq::LayerInput input;
   input.name = "test.weight";
   input.weight = w;
@@ -154,7 +164,7 @@ TEST(Loraq, BranchGradientMatchesFiniteDifferences) {
   const std::vector<float> down = gaussian(std::size_t(rank * in), 0.1, kSeed + 2);
   for (Format q1 : {Format::sint4, Format::mxfp4, Format::nvfp4}) {
     const std::string name(loraq::format_info(q1).name);
-    impl::BranchObjective objective(w, out, in, rank, q1, std::nullopt, {});
+    impl::BranchObjective objective(w, out, in, rank, q1, std::nullopt, one_thread());
     std::vector<float> grad_up(up.size()), grad_down(down.size());
     const double loss = objective.evaluate(up.data(), down.data(), grad_up.data(), grad_down.data());
 
@@ -176,7 +186,7 @@ TEST(Loraq, StraightThroughGradientMatchesFiniteDifferences) {
   const std::vector<float> w = loraq::testing::dit_weight(out, in, kSeed);
   const std::vector<float> up = gaussian(std::size_t(out * rank), 0.1, kSeed + 3);
   const std::vector<float> down = gaussian(std::size_t(rank * in), 0.1, kSeed + 4);
-  impl::BranchObjective objective(w, out, in, rank, Format::mxint4, Format::mxfp6_e2m3, {});
+  impl::BranchObjective objective(w, out, in, rank, Format::mxint4, Format::mxfp6_e2m3, one_thread());
   std::vector<float> grad_up(up.size()), grad_down(down.size());
   objective.evaluate(up.data(), down.data(), grad_up.data(), grad_down.data());
 
@@ -207,7 +217,7 @@ TEST(Loraq, RotationGradientMatchesFiniteDifferences) {
 
   for (Format q2 : {Format::mxfp4, Format::mxint8, Format::sint4}) {
     const std::string name(loraq::format_info(q2).name);
-    impl::RotationObjective objective(f, q2, {});
+    impl::RotationObjective objective(f, q2, one_thread());
     std::vector<double> grad(omega.size());
     const double loss = objective.evaluate(omega, grad.data());
 
@@ -243,7 +253,7 @@ TEST(Loraq, CayleyKeepsOmegaOrthogonal) {
   const std::int64_t out = 192, in = 256, rank = 64;
   const std::vector<float> w = loraq::testing::dit_weight(out, in, kSeed);
   const impl::Factors f = impl::svd_init(w, out, in, rank, kSeed);
-  impl::RotationObjective objective(f, Format::mxfp4, {});
+  impl::RotationObjective objective(f, Format::mxfp4, one_thread());
   impl::Trace trace;
   const std::vector<double> omega = impl::optimize_rotation(objective, rank, 500, 0.1, false, &trace);
   EXPECT_LT(impl::orthogonality_error(omega, rank), 1e-5);
