@@ -18,27 +18,10 @@
 #include <string>
 #include <vector>
 
+#include "bench_shapes.hpp"
 #include "loraq/format.hpp"
 
 namespace {
-
-struct Shape {
-  std::int64_t rows, cols;
-};
-
-std::vector<Shape> load_shapes() {
-  std::ifstream in(std::string(LORAQ_BENCH_SHAPES) + "/pixart_sigma.txt");
-  std::vector<Shape> shapes;
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    std::istringstream fields(line);
-    Shape s{};
-    if (fields >> s.rows >> s.cols) shapes.push_back(s);
-  }
-  if (shapes.empty()) shapes = {{1152, 1152}, {4608, 1152}, {1152, 4608}};
-  return shapes;
-}
 
 // 64-byte aligned storage, as numpy and torch give for large arrays (vector stores stay aligned).
 template <class T>

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "dit_weights.hpp"
+#include "bench_shapes.hpp"
 #include "loraq/format.hpp"
 #include "loraq/linalg.hpp"
 #include "loraq/quantized_layer.hpp"
@@ -36,24 +37,6 @@ namespace impl = loraq::methods::loraq_impl;
 namespace {
 
 constexpr std::int64_t kRank = 128;
-
-struct Shape {
-  std::int64_t rows, cols;
-};
-
-std::vector<Shape> load_shapes() {
-  std::ifstream in(std::string(LORAQ_BENCH_SHAPES) + "/pixart_sigma.txt");
-  std::vector<Shape> shapes;
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    std::istringstream fields(line);
-    Shape s{};
-    if (fields >> s.rows >> s.cols) shapes.push_back(s);
-  }
-  if (shapes.empty()) shapes = {{1152, 1152}, {4608, 1152}, {1152, 4608}};
-  return shapes;
-}
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -30,29 +30,12 @@
 #include <vector>
 
 #include "dit_weights.hpp"
+#include "bench_shapes.hpp"
 #include "loraq/linalg.hpp"
 
 namespace {
 
 namespace la = loraq::linalg;
-
-struct Shape {
-  std::int64_t rows, cols;
-};
-
-std::vector<Shape> load_shapes() {
-  std::ifstream in(std::string(LORAQ_BENCH_SHAPES) + "/pixart_sigma.txt");
-  std::vector<Shape> shapes;
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    std::istringstream fields(line);
-    Shape s{};
-    if (fields >> s.rows >> s.cols) shapes.push_back(s);
-  }
-  if (shapes.empty()) shapes = {{1152, 1152}, {4608, 1152}, {1152, 4608}};
-  return shapes;
-}
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

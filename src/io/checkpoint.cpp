@@ -26,6 +26,7 @@
 
 #include "loraq/checkpoint.hpp"
 #include "loraq/error.hpp"
+#include "strict_json.hpp"
 
 namespace loraq::io {
 namespace {
@@ -78,32 +79,8 @@ std::string read_index_text(const fs::path& path) {
   return text;
 }
 
-// As for safetensors headers: nlohmann silently keeps the last of two equal keys, and an index that
-// maps one tensor twice is ambiguous, so repeated keys (and deep nesting) are refused while parsing.
 json parse_index_json(std::string_view text, const fs::path& path) {
-  std::vector<std::set<std::string>> keys;  // one set per open object
-  const json::parser_callback_t check = [&](int depth, json::parse_event_t event, json& parsed) {
-    if (depth > kMaxIndexDepth) fail(path, fmt::format("index JSON nests deeper than {} levels", kMaxIndexDepth));
-    switch (event) {
-      case json::parse_event_t::object_start: keys.emplace_back(); break;
-      case json::parse_event_t::object_end: keys.pop_back(); break;
-      case json::parse_event_t::key: {
-        const std::string& key = parsed.get_ref<const std::string&>();
-        if (!keys.back().insert(key).second) fail(path, fmt::format("index JSON repeats the key \"{}\"", key));
-        break;
-      }
-      case json::parse_event_t::array_start:
-      case json::parse_event_t::array_end:
-      case json::parse_event_t::value:
-        break;
-    }
-    return true;
-  };
-  try {
-    return json::parse(text.begin(), text.end(), check);
-  } catch (const json::exception& e) {
-    fail(path, fmt::format("index is not valid JSON: {}", e.what()));
-  }
+  return parse_strict_json(text, kMaxIndexDepth, "index", [&](const std::string& m) { fail(path, m); });
 }
 
 // A shard must sit beside its index: a name with a separator or a dot-dot could reach any file.

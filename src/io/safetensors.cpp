@@ -24,6 +24,7 @@
 
 #include "loraq/error.hpp"
 #include "loraq/io.hpp"
+#include "strict_json.hpp"
 
 namespace loraq::io {
 namespace {
@@ -42,32 +43,8 @@ using nlohmann::json;
 // the parse callback bounds the work before a 100 MB header of "[[[[..." is ever built.
 constexpr int kMaxJsonDepth = 4;
 
-// nlohmann keeps the last of two equal keys without a word; a checkpoint whose header names one
-// tensor twice is ambiguous, so the parse callback refuses it (in every object, at every depth).
 json parse_header_json(std::string_view text, std::string_view what) {
-  std::vector<std::set<std::string>> keys;  // one set per open object
-  const json::parser_callback_t check = [&](int depth, json::parse_event_t event, json& parsed) {
-    if (depth > kMaxJsonDepth) fail_what(what, fmt::format("header JSON nests deeper than {} levels", kMaxJsonDepth));
-    switch (event) {
-      case json::parse_event_t::object_start: keys.emplace_back(); break;
-      case json::parse_event_t::object_end: keys.pop_back(); break;
-      case json::parse_event_t::key: {
-        const std::string& key = parsed.get_ref<const std::string&>();
-        if (!keys.back().insert(key).second) fail_what(what, fmt::format("header JSON repeats the key \"{}\"", key));
-        break;
-      }
-      case json::parse_event_t::array_start:
-      case json::parse_event_t::array_end:
-      case json::parse_event_t::value:
-        break;
-    }
-    return true;
-  };
-  try {
-    return json::parse(text.begin(), text.end(), check);
-  } catch (const json::exception& e) {
-    fail_what(what, fmt::format("header is not valid JSON: {}", e.what()));
-  }
+  return parse_strict_json(text, kMaxJsonDepth, "header", [&](const std::string& m) { fail_what(what, m); });
 }
 
 std::string_view json_type(const json& value) { return value.type_name(); }

@@ -1,0 +1,27 @@
+// The weight shapes the benchmarks run on: bench/shapes/pixart_sigma.txt ("rows cols" per line,
+// '#' comments), so that every benchmark measures the same real model shapes.
+#pragma once
+
+#include <cstdint>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+struct Shape {
+  std::int64_t rows, cols;
+};
+
+inline std::vector<Shape> load_shapes() {
+  std::ifstream in(std::string(LORAQ_BENCH_SHAPES) + "/pixart_sigma.txt");
+  std::vector<Shape> shapes;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::istringstream fields(line);
+    Shape s{};
+    if (fields >> s.rows >> s.cols) shapes.push_back(s);
+  }
+  if (shapes.empty()) shapes = {{1152, 1152}, {4608, 1152}, {1152, 4608}};
+  return shapes;
+}
