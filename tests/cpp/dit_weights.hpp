@@ -1,7 +1,7 @@
 // Synthetic weights with the statistics of trained DiT linear layers where quantization cares:
 // Laplace tails, 1 input channel in 64 eight times larger (the outliers SVDQuant's branch absorbs),
-// rows of log-normal scale, RMS about 1/sqrt(in). The same recipe as tools/make_model, so tests and
-// benchmarks see what `loraq quantize` sees on the generated PixArt-Sigma checkpoint. splitmix64
+// rows of log-normal scale, RMS about 1/sqrt(in). tools/make_model fills its checkpoints' weights with
+// dit_weight too, so tests and benchmarks see what `loraq quantize` sees on generated checkpoints. splitmix64
 // throughout: fully specified, the same values on every platform.
 #pragma once
 

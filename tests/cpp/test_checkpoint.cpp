@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "test_support.hpp"
 #include "loraq/checkpoint.hpp"
 #include "loraq/error.hpp"
 #include "loraq/io.hpp"
@@ -25,15 +26,7 @@ using namespace loraq::io;
 
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const loraq::Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a loraq::Error";
-  return {};
-}
+using loraq::testing::error_of;
 
 // The message must name the path and say what went wrong (needle).
 #define EXPECT_PATH_ERROR(statement, where, needle)                                            \

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "test_support.hpp"
 #include "loraq/element.hpp"
 #include "loraq/error.hpp"
 #include "loraq/io.hpp"
@@ -26,15 +27,7 @@ using namespace loraq::io;
 
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const loraq::Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a loraq::Error";
-  return {};
-}
+using loraq::testing::error_of;
 
 // The message must name the file and say what went wrong (needle).
 #define EXPECT_IO_ERROR(statement, file, needle)                                          \

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "test_support.hpp"
 #include "loraq/error.hpp"
 #include "loraq/layers.hpp"
 
@@ -23,15 +24,7 @@ using loraq::TensorShape;
 
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const loraq::Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a loraq::Error";
-  return {};
-}
+using loraq::testing::error_of;
 
 bool contains(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
 

@@ -14,8 +14,10 @@
 #include <string>
 #include <vector>
 
+#include "dit_weights.hpp"
 #include "loraq/checkpoint.hpp"
 #include "loraq/error.hpp"
+#include "dit_weights.hpp"
 #include "loraq/io.hpp"
 
 namespace {
@@ -51,22 +53,6 @@ std::vector<loraq::io::TensorSpec> pixart_sigma_tensors(const Arch& a, loraq::io
   return t;
 }
 
-// splitmix64, and normal deviates by Box-Muller: fully specified, unlike std::normal_distribution.
-struct Random {
-  std::uint64_t state;
-  std::uint64_t next() {
-    std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return double(next() >> 11) * 0x1p-53; }
-  double normal() {
-    const double u = uniform() + 0x1p-54, v = uniform();
-    return std::sqrt(-2.0 * std::log(u)) * std::cos(6.283185307179586 * v);
-  }
-};
-
 std::uint64_t name_seed(const std::string& name, std::uint64_t seed) {
   std::uint64_t hash = 1469598103934665603ull ^ seed;  // FNV-1a: each tensor's values depend on its name only
   for (unsigned char c : name) hash = (hash ^ c) * 1099511628211ull;
@@ -77,26 +63,14 @@ std::vector<float> values_of(const loraq::io::TensorSpec& spec, std::uint64_t se
   std::uint64_t count = 1;
   for (std::int64_t d : spec.shape) count *= std::uint64_t(d);
   std::vector<float> v(count);
-  Random rng{name_seed(spec.name, seed)};
+  const std::uint64_t tensor_seed = name_seed(spec.name, seed);
   const bool weight = spec.shape.size() >= 2 && spec.name.ends_with(".weight");
-  if (!weight) {  // biases, tables: small values
-    for (float& x : v) x = float(0.02 * rng.normal());
-    return v;
+  if (weight) {  // the statistics of trained DiT layers, as the tests and benchmarks see them
+    const std::int64_t rows = spec.shape[0];
+    return loraq::testing::dit_weight(rows, std::int64_t(count) / rows, tensor_seed);
   }
-  const std::int64_t rows = spec.shape[0];
-  const std::int64_t cols = std::int64_t(count) / rows;
-  std::vector<float> column_scale(std::size_t(cols), 1.0f);
-  for (float& s : column_scale) s = rng.uniform() < 1.0 / 64 ? 8.0f : 1.0f;  // outlier input channels
-  const double base = 1.0 / std::sqrt(double(cols));
-  for (std::int64_t r = 0; r < rows; ++r) {
-    const double row_scale = base * std::exp(0.3 * rng.normal());
-    for (std::int64_t c = 0; c < cols; ++c) {
-      // Laplace deviates (unit variance): heavier tails than normal, one log per value.
-      const std::uint64_t bits = rng.next();
-      const double magnitude = -std::log((double(bits >> 12) + 0.5) * 0x1p-52) * 0.7071067811865476;
-      v[std::size_t(r * cols + c)] = float(row_scale * column_scale[std::size_t(c)] * ((bits & 1) ? -magnitude : magnitude));
-    }
-  }
+  loraq::testing::SplitMix64 rng{tensor_seed};
+  for (float& x : v) x = float(0.02 * rng.normal());  // biases, tables: small values
   return v;
 }
 
