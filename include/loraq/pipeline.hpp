@@ -24,6 +24,9 @@ struct QuantizeOptions {
   std::optional<bool> progress;  // true: a redrawn bar; false: silent; nullopt: a bar on a terminal, else a line per layer
   std::uint64_t max_shard_bytes = 5'000'000'000;
   std::optional<Isa> isa;
+  // Captured activations (loraq/activations.hpp): every selected layer's input rows, for the
+  // output SQNR in the reports. Empty: none.
+  std::filesystem::path activations;
 };
 
 // One row of the per-layer report.

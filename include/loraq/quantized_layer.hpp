@@ -25,6 +25,9 @@ struct LayerMetrics {
   double branch_quant_error = 0;     // ||Q2(B) - B||_F / ||W||_F (0 without a branch or in 16 bits)
   double bits_per_value = 0;         // stored bits (residual + branch + scales) / (out x in)
   double seconds = 0;
+  // With activation rows X [n, in]: 10 log10(||X W^T||^2 / ||X (W_eff - W)^T||^2), the output's
+  // signal-to-quantization-noise ratio in dB (weights only; the activation formats play no part).
+  std::optional<double> output_sqnr_db;
 };
 
 struct QuantizedLayer {
@@ -44,6 +47,10 @@ struct LayerInput {
   std::int64_t in_features = 0;
   const LayerRecipe* recipe = nullptr;
   QuantOptions codec;                     // rounding, ISA and threads for the codecs
+  // Optional input rows of the layer, [activation_rows, in_features] (captured activations): when
+  // given, the metrics include the output SQNR on them.
+  std::span<const float> activations;
+  std::int64_t activation_rows = 0;
 };
 
 // Runs the recipe's method on one layer (the method table's entry) and fills the metrics.

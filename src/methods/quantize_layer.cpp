@@ -1,10 +1,14 @@
 // Running a method on one layer, and the weight a quantized layer stands for.
 #include <chrono>
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "loraq/error.hpp"
+#include "loraq/linalg.hpp"
 #include "loraq/methods.hpp"
 #include "loraq/quantized_layer.hpp"
+#include "methods/low_rank_branch.hpp"
 
 namespace loraq {
 namespace {
@@ -17,6 +21,22 @@ std::vector<float> unpacked(const PackedMatrix& p) {
 
 std::size_t stored_bytes(const PackedMatrix& p) {
   return p.codes.size() + p.scales.size() + (format_info(p.format).tensor_scale ? sizeof(float) : 0);
+}
+
+// 10 log10(||X W^T||^2 / ||X (W_eff - W)^T||^2) over the activation rows X. The difference is taken
+// on the weights first (one GEMM, and no cancellation between two large outputs).
+double output_sqnr_db(const LayerInput& input, std::span<const float> w_eff) {
+  const std::int64_t n = input.activation_rows, out = input.out_features, in = input.in_features;
+  std::vector<float> delta(w_eff.size());
+  for (std::size_t i = 0; i < delta.size(); ++i) delta[i] = w_eff[i] - input.weight[i];
+  std::vector<float> y(std::size_t(n * out)), e(std::size_t(n * out));
+  const methods::low_rank::LinalgThreads threads(input.codec);
+  linalg::gemm(false, true, n, out, in, 1.0f, input.activations.data(), in, input.weight.data(), in, 0.0f, y.data(), out);
+  linalg::gemm(false, true, n, out, in, 1.0f, input.activations.data(), in, delta.data(), in, 0.0f, e.data(), out);
+  double signal = 0, noise = 0;
+  for (std::size_t i = 0; i < y.size(); ++i) signal += double(y[i]) * y[i], noise += double(e[i]) * e[i];
+  if (noise == 0) return std::numeric_limits<double>::infinity();
+  return 10.0 * std::log10(signal / noise);
 }
 
 }  // namespace
@@ -77,6 +97,7 @@ QuantizedLayer quantize_layer(const LayerInput& input) {
   std::size_t bytes = stored_bytes(layer.residual) + layer.smooth.size() * sizeof(float);
   if (layer.branch) bytes += stored_bytes(layer.branch->down) + stored_bytes(layer.branch->up);
   layer.metrics.bits_per_value = 8.0 * double(bytes) / double(input.out_features * input.in_features);
+  if (input.activation_rows > 0) layer.metrics.output_sqnr_db = output_sqnr_db(input, w_eff);
   return layer;
 }
 

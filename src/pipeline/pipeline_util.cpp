@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "loraq/error.hpp"
@@ -34,6 +35,26 @@ std::vector<float> read_weight(const io::Checkpoint& checkpoint, const std::stri
       throw Error(fmt::format("{}: tensor '{}' holds {} at flat index {}: loraq refuses non-finite weights",
                               checkpoint.file_of(name).string(), name, std::isnan(values[i]) ? "NaN" : "Inf", i));
   return values;
+}
+
+nlohmann::ordered_json metrics_to_json(const LayerMetrics& m) {
+  nlohmann::ordered_json j = {{"relative_error", m.relative_error},
+                              {"branch_quant_error", m.branch_quant_error},
+                              {"bits_per_value", m.bits_per_value},
+                              {"seconds", m.seconds}};
+  if (m.output_sqnr_db) {
+    if (std::isfinite(*m.output_sqnr_db)) j["output_sqnr_db"] = *m.output_sqnr_db;
+    else j["output_sqnr_db"] = "inf";  // a lossless layer; JSON has no infinity
+  }
+  return j;
+}
+
+LayerMetrics metrics_from_json(const nlohmann::json& j) {
+  LayerMetrics m{j.at("relative_error").get<double>(), j.at("branch_quant_error").get<double>(),
+                 j.at("bits_per_value").get<double>(), j.at("seconds").get<double>(), std::nullopt};
+  if (const auto it = j.find("output_sqnr_db"); it != j.end())
+    m.output_sqnr_db = it->is_string() ? std::numeric_limits<double>::infinity() : it->get<double>();
+  return m;
 }
 
 void release_pages(std::span<const std::byte> bytes) {

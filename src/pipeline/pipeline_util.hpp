@@ -6,13 +6,20 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "loraq/checkpoint.hpp"
+#include "loraq/quantized_layer.hpp"
 
 namespace loraq {
 
 // A weight as fp32, refusing NaN and Inf (the message names the file and tensor); the mapped pages
 // of the tensor are released afterwards, so reading a model does not grow the resident set.
 std::vector<float> read_weight(const io::Checkpoint& checkpoint, const std::string& name);
+
+// A layer's metrics as JSON (output_sqnr_db only when measured; +inf as the string "inf"), and back.
+nlohmann::ordered_json metrics_to_json(const LayerMetrics& m);
+LayerMetrics metrics_from_json(const nlohmann::json& j);
 
 // Tells the kernel the pages of a mapped range are no longer needed (they stay in the page cache).
 void release_pages(std::span<const std::byte> bytes);

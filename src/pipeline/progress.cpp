@@ -16,8 +16,9 @@ std::string clock_text(double seconds) {
 }  // namespace
 
 Progress::Progress(std::string what, std::size_t total_layers, std::uint64_t total_params, std::size_t done_layers,
-                   std::uint64_t done_params, Style style)
+                   std::uint64_t done_params, Style style, std::string unit)
     : what_(std::move(what)),
+      unit_(std::move(unit)),
       total_layers_(total_layers),
       done_layers_(done_layers),
       total_params_(total_params),
@@ -27,7 +28,7 @@ Progress::Progress(std::string what, std::size_t total_layers, std::uint64_t tot
       start_(std::chrono::steady_clock::now()),
       last_draw_(start_ - std::chrono::seconds(1)) {
   if (done_layers > 0)
-    std::fprintf(stderr, "%s: resuming: %zu of %zu layers already done\n", what_.c_str(), done_layers, total_layers);
+    std::fprintf(stderr, "%s: resuming: %zu of %zu %s already done\n", what_.c_str(), done_layers, total_layers, unit_.c_str());
 }
 
 bool Progress::stderr_is_terminal() { return isatty(STDERR_FILENO) == 1; }
@@ -65,7 +66,7 @@ void Progress::finish() {
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   if (style_ == Style::quiet) return;
   if (style_ == Style::bar) std::fprintf(stderr, "\n");
-  std::fprintf(stderr, "%s: %zu layers, %.1f M parameters in %s\n", what_.c_str(), done_layers_,
+  std::fprintf(stderr, "%s: %zu %s, %.1f M parameters in %s\n", what_.c_str(), done_layers_, unit_.c_str(),
                double(done_params_) / 1e6, clock_text(elapsed).c_str());
 }
 

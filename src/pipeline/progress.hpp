@@ -12,9 +12,10 @@ namespace loraq {
 class Progress {
  public:
   enum class Style { bar, lines, quiet };  // quiet still says when a run resumes
-  // `done_layers`/`done_params`: what an earlier run already finished (resume).
+  // `done_layers`/`done_params`: what an earlier run already finished (resume). `unit`: what the
+  // counted items are called in messages.
   Progress(std::string what, std::size_t total_layers, std::uint64_t total_params, std::size_t done_layers,
-           std::uint64_t done_params, Style style);
+           std::uint64_t done_params, Style style, std::string unit = "layers");
   // Thread-safe: one layer finished.
   void layer_done(const std::string& name, std::uint64_t params, const std::string& detail);
   void finish();
@@ -25,7 +26,7 @@ class Progress {
  private:
   void draw(const std::string& name);
 
-  std::string what_;
+  std::string what_, unit_;
   std::size_t total_layers_, done_layers_;
   std::uint64_t total_params_, done_params_, resumed_params_;
   Style style_;

@@ -15,9 +15,11 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "loraq/activations.hpp"
 #include "loraq/checkpoint.hpp"
 #include "loraq/error.hpp"
 #include "loraq/layers.hpp"
@@ -42,10 +44,12 @@ fs::path layer_file(const fs::path& work, std::size_t index) {
 }
 
 // What a resumed run must agree with: the recipe, the input's tensors, the selected layers.
-std::string plan_text(const Recipe& recipe, const io::Checkpoint& in, const std::vector<QuantizedLayerInfo>& layers) {
+std::string plan_text(const Recipe& recipe, const io::Checkpoint& in, const std::vector<QuantizedLayerInfo>& layers,
+                      const ActivationFile* activations) {
   nlohmann::ordered_json plan;
   plan["loraq"] = LORAQ_VERSION;
   plan["recipe"] = nlohmann::ordered_json::parse(recipe.to_json());
+  if (activations) plan["activations"] = fs::absolute(activations->path()).string();
   nlohmann::ordered_json tensors = nlohmann::ordered_json::array();
   for (const io::TensorInfo& t : in.tensors())
     tensors.push_back({t.name, io::dtype_name(t.dtype), t.shape, t.size});
@@ -72,11 +76,7 @@ void prepare_work_dir(const fs::path& work, const std::string& plan, bool resume
 void write_layer_file(const fs::path& path, const std::vector<StoredTensor>& tensors, const LayerMetrics& m) {
   std::vector<io::TensorSpec> specs;
   for (const StoredTensor& t : tensors) specs.push_back(t.spec);
-  const nlohmann::json metrics = {{"relative_error", m.relative_error},
-                                  {"branch_quant_error", m.branch_quant_error},
-                                  {"bits_per_value", m.bits_per_value},
-                                  {"seconds", m.seconds}};
-  io::SafetensorsWriter writer(path, specs, {{"loraq.metrics", metrics.dump()}});
+  io::SafetensorsWriter writer(path, specs, {{"loraq.metrics", metrics_to_json(m).dump()}});
   for (const io::TensorSpec& spec : writer.specs())
     for (const StoredTensor& t : tensors)
       if (t.spec.name == spec.name) writer.write(spec.name, t.bytes);
@@ -86,9 +86,7 @@ void write_layer_file(const fs::path& path, const std::vector<StoredTensor>& ten
 LayerMetrics read_layer_metrics(const io::SafetensorsFile& file) {
   const auto it = file.metadata().find("loraq.metrics");
   if (it == file.metadata().end()) throw Error(file.path().string() + ": no loraq.metrics metadata");
-  const nlohmann::json j = nlohmann::json::parse(it->second);
-  return {j.at("relative_error").get<double>(), j.at("branch_quant_error").get<double>(),
-          j.at("bits_per_value").get<double>(), j.at("seconds").get<double>()};
+  return metrics_from_json(nlohmann::json::parse(it->second));
 }
 
 std::size_t count_layer_files(const fs::path& work, std::size_t layer_count) {
@@ -135,7 +133,12 @@ QuantizeSummary quantize_model(const QuantizeOptions& options) {
   }
 
   const fs::path work = work_dir_of(options.output);
-  const std::string plan = plan_text(options.recipe, in, layers);
+  std::optional<ActivationFile> activations;
+  if (!options.activations.empty()) {
+    activations.emplace(options.activations);
+    for (const QuantizedLayerInfo& l : layers) activations->check_rows(l.weight_name, l.in_features);
+  }
+  const std::string plan = plan_text(options.recipe, in, layers, activations ? &*activations : nullptr);
   prepare_work_dir(work, plan, options.resume);
 
   // Layers still to do, and what earlier runs finished.
@@ -176,6 +179,12 @@ QuantizeSummary quantize_model(const QuantizeOptions& options) {
       input.in_features = info.in_features;
       input.recipe = &options.recipe.for_layer(info.weight_name);
       input.codec = {input.recipe->rounding, options.isa, threads_per_layer};
+      ActivationRows rows;
+      if (activations) {
+        rows = activations->rows(info.weight_name, info.in_features);
+        input.activations = rows.values;
+        input.activation_rows = rows.rows;
+      }
       const QuantizedLayer q = quantize_layer(input);
       write_layer_file(layer_file(work, pending[k]), layer_tensors(info, q), q.metrics);
       progress.layer_done(info.weight_name, std::uint64_t(info.out_features * info.in_features),

@@ -10,7 +10,7 @@ namespace loraq::cli {
 
 Command add_quantize_command(CLI::App& app) {
   struct Options {
-    std::string input, recipe, output, isa;
+    std::string input, recipe, output, isa, activations;
     int threads = 0, layers_in_flight = 2;
     bool resume = false, no_progress = false;
     double max_shard_gb = 5.0;
@@ -33,6 +33,8 @@ Command add_quantize_command(CLI::App& app) {
   cmd->add_option("--max-shard-gb", o->max_shard_gb, "Largest output shard, in GB")->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->add_option("--isa", o->isa, "Force a codec path: scalar, avx2 or avx512");
+  cmd->add_option("--activations", o->activations,
+                  "Captured activations (docs/activations.md): the reports add each layer's output SQNR");
   return {cmd, [o] {
             QuantizeOptions q;
             q.input = o->input;
@@ -44,6 +46,7 @@ Command add_quantize_command(CLI::App& app) {
             if (o->no_progress) q.progress = false;
             q.max_shard_bytes = static_cast<std::uint64_t>(o->max_shard_gb * 1e9);
             if (!o->isa.empty()) q.isa = parse_isa(o->isa);
+            q.activations = o->activations;
             const QuantizeSummary s = quantize_model(q);
             double weighted = 0, bits = 0;
             for (const LayerReport& r : s.layers) {

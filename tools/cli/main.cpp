@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
       loraq::cli::add_export_command(app),
       loraq::cli::add_eval_command(app),
       loraq::cli::add_inspect_command(app),
+      loraq::cli::add_bench_command(app),
   };
   try {
     app.parse(argc, argv);
