@@ -27,6 +27,7 @@ enum class SvdAlgorithm : std::uint8_t {
   automatic,   // randomized when rank + oversampling <= min(rows, cols) / 4, else full (see svd.cpp)
   full,        // LAPACK gesdd of the whole matrix, truncated
   randomized,  // Halko, Martinsson & Tropp: range finder with oversampling and power iterations
+  block_krylov,  // Musco & Musco: block Lanczos, Rayleigh-Ritz on the whole Krylov space
 };
 // Randomized is about 4.5x (rank 128) to 15x (rank 32) faster than full on PixArt-Sigma's
 // 1152 x 4608 on one thread, and its truncation error stays within about 1% of the optimum, but on
@@ -38,6 +39,7 @@ struct SvdOptions {
   int oversampling = 10;       // extra columns of the random sketch
   int power_iterations = 2;    // subspace iterations (each re-orthonormalized)
   std::uint64_t seed = 0;      // of the Gaussian sketch
+  int block_size = 0;          // block_krylov: columns per block; 0: ceil((rank + oversampling) / 3)
 };
 
 // Throws Error when rank is not in [1, min(rows, cols)] or the matrix holds NaN or Inf.

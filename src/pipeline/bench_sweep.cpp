@@ -294,10 +294,8 @@ BenchResult run_bench(const BenchOptions& options) {
     if (!c.source) c.recipe.seed = options.seed;
   const std::vector<ParsedClaim> claims = parse_claims(options.claims, result.configs);
   for (const std::string& name : layers)  // every rank and budget fits every layer, before any work
-    for (const BenchConfig& c : result.configs) {
-      const LayerRecipe& r = recipe_for(c, name);
-      if (method_info(r.method).uses_branch) r.branch_rank(in.info(name).shape[1]);
-    }
+    for (const BenchConfig& c : result.configs)
+      layer_branch_rank(recipe_for(c, name), name, in.info(name).shape[0], in.info(name).shape[1]);
   std::optional<ActivationFile> activations;
   if (!options.activations.empty()) {
     activations.emplace(options.activations);
@@ -370,8 +368,8 @@ BenchResult run_bench(const BenchOptions& options) {
         input.activations = rows.values;
         input.activation_rows = rows.rows;
       }
-      BenchRow row{name, input.out_features, input.in_features, job.config, 0, quantize_layer(input).metrics};
-      if (method_info(input.recipe->method).uses_branch) row.rank = input.recipe->branch_rank(input.in_features);
+      const BenchRow row{name, input.out_features, input.in_features, job.config,
+                         layer_branch_rank(*input.recipe, name, shape[0], shape[1]), quantize_layer(input).metrics};
       const std::string line = row_line(job.layer, row);
       {
         std::lock_guard<std::mutex> lock(mutex);

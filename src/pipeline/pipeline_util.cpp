@@ -14,6 +14,7 @@
 
 #include "loraq/error.hpp"
 #include "loraq/io.hpp"
+#include "loraq/methods.hpp"
 
 namespace loraq {
 
@@ -35,6 +36,20 @@ std::vector<float> read_weight(const io::Checkpoint& checkpoint, const std::stri
       throw Error(fmt::format("{}: tensor '{}' holds {} at flat index {}: loraq refuses non-finite weights",
                               checkpoint.file_of(name).string(), name, std::isnan(values[i]) ? "NaN" : "Inf", i));
   return values;
+}
+
+int layer_branch_rank(const LayerRecipe& recipe, const std::string& layer, std::int64_t out, std::int64_t in) {
+  if (!method_info(recipe.method).uses_branch) return 0;
+  int rank = 0;
+  try {
+    rank = recipe.branch_rank(in);
+  } catch (const Error& e) {
+    throw Error(fmt::format("layer '{}' [{} x {}]: {}", layer, out, in, e.what()));
+  }
+  if (rank > std::min(out, in))
+    throw Error(fmt::format("layer '{}' [{} x {}]: branch rank {} exceeds min(out, in) = {}", layer, out, in, rank,
+                            std::min(out, in)));
+  return rank;
 }
 
 nlohmann::ordered_json metrics_to_json(const LayerMetrics& m) {

@@ -17,6 +17,11 @@ namespace loraq {
 // of the tensor are released afterwards, so reading a model does not grow the resident set.
 std::vector<float> read_weight(const io::Checkpoint& checkpoint, const std::string& name);
 
+// The branch rank `recipe` gives a [out, in] layer (0 for a method without a branch). Throws Error
+// naming the layer when it exceeds min(out, in) or the budget leaves no rank: checked for every
+// layer before a run starts.
+int layer_branch_rank(const LayerRecipe& recipe, const std::string& layer, std::int64_t out, std::int64_t in);
+
 // A layer's metrics as JSON (output_sqnr_db only when measured; +inf as the string "inf"), and back.
 nlohmann::ordered_json metrics_to_json(const LayerMetrics& m);
 LayerMetrics metrics_from_json(const nlohmann::json& j);

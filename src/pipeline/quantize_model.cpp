@@ -127,7 +127,7 @@ QuantizeSummary quantize_model(const QuantizeOptions& options) {
     info.residual_format = r.residual_format;
     if (method_info(r.method).uses_branch) {
       info.branch_format = r.branch_format;
-      info.rank = r.branch_rank(info.in_features);
+      info.rank = layer_branch_rank(r, name, info.out_features, info.in_features);
     }
     layers.push_back(std::move(info));
   }
