@@ -1,6 +1,7 @@
 // Truncated SVD at PixArt-Sigma shapes: LAPACK's full sgesdd against the randomized range finder
-// (src/linalg/svd.cpp), with SGEMM's GFLOP/s at the sketch's shape as the anchor (same run, same
-// threads).
+// (svd_randomized/.../p<oversampling>/q<power iterations>) and block Krylov
+// (svd_block_krylov/.../b<block size>/q<iterations>) of src/linalg/svd.cpp, with SGEMM's GFLOP/s
+// at the sketch's shape as the anchor (same run, same threads).
 //
 //   build/bench/bench_svd --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 //
@@ -108,13 +109,13 @@ void bm_full(benchmark::State& state, Shape s, bool decaying, std::int64_t rank)
   }
 }
 
-void bm_randomized(benchmark::State& state, Shape s, bool decaying, std::int64_t rank, int oversampling,
-                   int power_iterations) {
+void bm_randomized(benchmark::State& state, Shape s, bool decaying, la::SvdAlgorithm algorithm, std::int64_t rank,
+                   int oversampling, int power_iterations, int block_size) {
   Case& c = case_for(s, decaying);
   const int threads = int(state.range(0));
   const double full = full_seconds(c, rank);
   la::set_blas_threads(threads);
-  const la::SvdOptions options{la::SvdAlgorithm::randomized, oversampling, power_iterations, 1};
+  const la::SvdOptions options{algorithm, oversampling, power_iterations, 1, block_size};
   la::Svd svd;
   double total = 0;
   for (auto _ : state) {
@@ -182,15 +183,27 @@ int main(int argc, char** argv) {
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
       struct Config {
+        la::SvdAlgorithm algorithm;
         std::int64_t rank;
-        int oversampling, power_iterations;
+        int oversampling, power_iterations, block_size;
       };
+      // randomized: sketch rank + p, q power iterations; block_krylov: blocks of b, q iterations,
+      // a Krylov space of b (q + 1) columns.
+      constexpr la::SvdAlgorithm kSubspace = la::SvdAlgorithm::randomized, kKrylov = la::SvdAlgorithm::block_krylov;
       for (const Config& cfg :
-           {Config{128, 10, 1}, Config{128, 10, 2}, Config{128, 10, 3}, Config{128, 64, 3}, Config{32, 10, 2}}) {
-        const std::string name = "svd_randomized/" + matrix + "/" + shape + "/rank" + std::to_string(cfg.rank) + "/p" +
-                                 std::to_string(cfg.oversampling) + "/q" + std::to_string(cfg.power_iterations);
-        benchmark::RegisterBenchmark(name.c_str(), bm_randomized, s, decaying, cfg.rank, cfg.oversampling,
-                                     cfg.power_iterations)
+           {Config{kSubspace, 128, 10, 1, 0}, Config{kSubspace, 128, 10, 2, 0}, Config{kSubspace, 128, 10, 3, 0},
+            Config{kSubspace, 128, 64, 3, 0}, Config{kSubspace, 32, 10, 2, 0}, Config{kKrylov, 128, 10, 2, 48},
+            Config{kKrylov, 128, 10, 4, 32}, Config{kKrylov, 128, 10, 3, 64}, Config{kKrylov, 128, 10, 4, 64},
+            Config{kKrylov, 128, 10, 5, 64}, Config{kKrylov, 128, 10, 7, 48}, Config{kKrylov, 32, 10, 2, 32},
+            Config{kKrylov, 32, 10, 5, 16}}) {
+        const bool krylov = cfg.algorithm == kKrylov;
+        const std::string name =
+            std::string(krylov ? "svd_block_krylov/" : "svd_randomized/") + matrix + "/" + shape + "/rank" +
+            std::to_string(cfg.rank) +
+            (krylov ? "/b" + std::to_string(cfg.block_size) : "/p" + std::to_string(cfg.oversampling)) + "/q" +
+            std::to_string(cfg.power_iterations);
+        benchmark::RegisterBenchmark(name.c_str(), bm_randomized, s, decaying, cfg.algorithm, cfg.rank,
+                                     cfg.oversampling, cfg.power_iterations, cfg.block_size)
             ->ArgsProduct({thread_counts})
             ->ArgName("threads")
             ->Unit(benchmark::kMillisecond)

@@ -24,22 +24,29 @@ struct Svd {
 };
 
 enum class SvdAlgorithm : std::uint8_t {
-  automatic,   // randomized when rank + oversampling <= min(rows, cols) / 4, else full (see svd.cpp)
-  full,        // LAPACK gesdd of the whole matrix, truncated
-  randomized,  // Halko, Martinsson & Tropp: range finder with oversampling and power iterations
+  automatic,     // randomized when rank + oversampling <= min(rows, cols) / 4, else full (see svd.cpp)
+  full,          // LAPACK gesdd of the whole matrix, truncated
+  randomized,    // Halko, Martinsson & Tropp: range finder with oversampling and power iterations
   block_krylov,  // Musco & Musco: block Lanczos, Rayleigh-Ritz on the whole Krylov space
 };
-// Randomized is about 4.5x (rank 128) to 15x (rank 32) faster than full on PixArt-Sigma's
-// 1152 x 4608 on one thread, and its truncation error stays within about 1% of the optimum, but on
-// weight-like (slowly decaying) spectra the singular values near `rank` come out several percent
-// low: use full where the values themselves matter (bench/bench_svd.cpp measures both).
+// On PixArt-Sigma's 1152 x 4608 at rank 128, one thread (docs/performance.md has the table):
+// randomized with the defaults (oversampling 10, 2 power iterations) is about 7x faster than full;
+// its truncation error stays within about 1% of the optimum and the top 32 values within 0.01%, but
+// on weight-like (slowly decaying) spectra the values near `rank` come out up to 10% low.
+// block_krylov gets much more out of each product with the matrix: blocks of 64 and 3 iterations
+// take 25% less time than randomized's defaults, with 7% value error and half the truncation
+// excess; 5 iterations bring all 128 values within 1% at about 6x faster than full. Use full, or
+// block_krylov with enough iterations, where the values themselves matter (bench/bench_svd.cpp
+// measures all).
 
 struct SvdOptions {
   SvdAlgorithm algorithm = SvdAlgorithm::automatic;
-  int oversampling = 10;       // extra columns of the random sketch
-  int power_iterations = 2;    // subspace iterations (each re-orthonormalized)
-  std::uint64_t seed = 0;      // of the Gaussian sketch
-  int block_size = 0;          // block_krylov: columns per block; 0: ceil((rank + oversampling) / 3)
+  int oversampling = 10;     // extra columns of the random sketch
+  int power_iterations = 2;  // subspace iterations (each re-orthonormalized); block_krylov: its
+                             // iterations, a Krylov space of block_size * (power_iterations + 1)
+                             // columns (raised to hold rank + oversampling, cut at min(rows, cols))
+  std::uint64_t seed = 0;    // of the Gaussian sketch
+  int block_size = 0;        // block_krylov: columns per block; 0: ceil((rank + oversampling) / 3)
 };
 
 // Throws Error when rank is not in [1, min(rows, cols)] or the matrix holds NaN or Inf.
