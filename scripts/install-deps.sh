@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what loraq needs on Debian 12: the build toolchain and libraries (apt-get), and with
 # --python a virtual environment holding the test references (pip, requirements-test.txt: numpy,
-# ml_dtypes, torch, torchao, safetensors, huggingface_hub, diffusers, pytest). Safe to run again: it
-# only installs what is missing.
+# ml_dtypes, torch, torchao, safetensors, huggingface_hub, diffusers, pytest). The apt packages are
+# also all that `pip install .` needs (cmake, ninja, g++, python3-dev, python3-venv and the
+# libraries): pip brings scikit-build-core and nanobind from PyPI. Safe to run again: it only
+# installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

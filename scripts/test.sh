@@ -2,7 +2,8 @@
 # Every test: install (apt-get and the Python references), build, run the C++ suite (CTest:
 # GoogleTest, MPI with two ranks), the file readers' fuzz targets (scripts/fuzz.sh: libFuzzer with
 # sanitizers, a separate clang build) and the Python cross-checks (pytest: ml_dtypes, torchao, the
-# safetensors library, the command line). Skips are printed with their reason.
+# safetensors library, the command line, and the Python package after `pip install .` into a fresh
+# virtual environment). Skips are printed with their reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh --python
@@ -14,6 +15,25 @@ echo "== C++ tests (ctest)"
 
 echo "== Fuzzing the file readers (libFuzzer, 20 s per target)"
 scripts/fuzz.sh 20
+
+echo "== Python package: pip install . into a fresh virtual environment"
+# build/python-venv is made anew each run, without the test environment's packages; it gets the
+# build requirements of pyproject.toml (scikit-build-core, nanobind) from PyPI and builds without
+# isolation in build/python-wheel, so that a second run recompiles only what changed (a plain
+# `pip install .` also works: it builds in a temporary folder, in about two minutes on two cores).
+fresh=build/python-venv
+rm -rf "$fresh"
+"$venv/bin/python" -m venv "$fresh"
+"$fresh/bin/python" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))' \
+  > build/python-build-requirements.txt
+pip_quiet=(-q --disable-pip-version-check)
+"$fresh/bin/pip" install "${pip_quiet[@]}" -r build/python-build-requirements.txt
+"$fresh/bin/pip" install "${pip_quiet[@]}" --no-build-isolation -C build-dir=build/python-wheel .
+"$fresh/bin/python" -c "import loraq; print('import loraq:', loraq.__version__)"
+# The same build, as a wheel, into the test environment (ninja finds nothing to do).
+rm -rf build/python-dist
+"$fresh/bin/pip" wheel "${pip_quiet[@]}" --no-build-isolation --no-deps -C build-dir=build/python-wheel -w build/python-dist .
+"$venv/bin/pip" install "${pip_quiet[@]}" --no-deps --force-reinstall build/python-dist/loraq-*.whl
 
 echo "== Python cross-checks (pytest)"
 LORAQ_BIN="$PWD/build/tools/cli/loraq" LORAQ_IO_TOOL="$PWD/build/tests/io_roundtrip_tool" \
