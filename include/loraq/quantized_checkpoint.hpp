@@ -40,6 +40,9 @@ struct QuantizedLayerInfo {
   std::optional<Format> branch_format;  // set when the layer has a branch
   int rank = 0;
   bool smoothed = false;
+  // The recipe's activation formats at each branch's input (what the kernels and loraq.torch
+  // quantize X to); unset: 16-bit activations.
+  std::optional<Format> residual_activation, branch_activation;
 };
 
 // "P" of "P.weight" (names without ".weight" are their own prefix).

@@ -25,9 +25,11 @@ struct LayerMetrics {
   double branch_quant_error = 0;     // ||Q2(B) - B||_F / ||W||_F (0 without a branch or in 16 bits)
   double bits_per_value = 0;         // stored bits (residual + branch + scales) / (out x in)
   double seconds = 0;
-  // With activation rows X [n, in]: 10 log10(||X W^T||^2 / ||X (W_eff - W)^T||^2), the output's
-  // signal-to-quantization-noise ratio in dB (weights only; the activation formats play no part).
+  // With activation rows X [n, in]: 10 log10(||X W^T||^2 / ||X W^T - Y_q||^2), the output's
+  // signal-to-quantization-noise ratio in dB, where Y_q is what the quantized layer computes on X:
+  // smoothing, and the recipe's activation formats per branch, included.
   std::optional<double> output_sqnr_db;
+  std::optional<double> smoothing_alpha, smoothing_beta;  // when the layer is smoothed
 };
 
 struct QuantizedLayer {
@@ -51,9 +53,14 @@ struct LayerInput {
   // given, the metrics include the output SQNR on them.
   std::span<const float> activations;
   std::int64_t activation_rows = 0;
+  // Per-input-channel max |x| over every captured row, [in_features]: smoothing needs it.
+  std::span<const float> activation_absmax;
 };
 
-// Runs the recipe's method on one layer (the method table's entry) and fills the metrics.
+// Runs the recipe's method on one layer (the method table's entry) and fills the metrics. With
+// recipe->smoothing, the method runs on W diag(s) (alpha and beta searched on the activation rows
+// where the recipe leaves them to "auto"), and the layer keeps s. Throws Error naming the layer when
+// smoothing lacks the activations it needs.
 QuantizedLayer quantize_layer(const LayerInput& input);
 
 // The weight the layer stands for: unpack(Q1) + up @ down, then un-smoothed, in fp32 [out, in].

@@ -6,6 +6,7 @@
 //   residual: {format: sint4}      # Q1 and its rounding
 //   branch: {format: fp16, rank: 32}          # Q2 and rank, or {format: mxfp4, budget: 512}
 //   activations: {residual: sint4, branch: fp16}   # optional, per branch (the kernels' inputs)
+//   smoothing: {alpha: auto, beta: auto}  # optional; numbers in [0, 1] fix them; `off` in overrides
 //   params: {steps: 1000}          # method parameters, checked against the method table
 //   seed: 0
 //   layers: {preset: pixart-sigma, include: [...], exclude: [...]}
@@ -40,6 +41,13 @@ struct LayerRecipe {
   std::optional<double> budget;            // the paper's beta: branch bits per channel; rank = floor(beta / bits(Q2))
   std::optional<Format> residual_activation;
   std::optional<Format> branch_activation;
+  // SmoothQuant-style smoothing (SVDQuant, the paper's A.1.1): s_j = max|X_j|^alpha / max|W_j|^beta,
+  // the weight quantized as W diag(s), the input divided by s. An unset alpha or beta ("auto") is
+  // chosen per layer by grid search on output error over captured rows (methods/smoothing.cpp).
+  struct Smoothing {
+    std::optional<double> alpha, beta;
+  };
+  std::optional<Smoothing> smoothing;       // unset: no smoothing
   std::map<std::string, double> params;    // every parameter of the method, defaults filled in
   std::uint64_t seed = 0;
 

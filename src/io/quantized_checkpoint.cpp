@@ -124,6 +124,17 @@ std::vector<StoredTensor> layer_tensors(const QuantizedLayerInfo& info, const Qu
   return out;
 }
 
+namespace {
+nlohmann::ordered_json format_or_null(const std::optional<Format>& f) {
+  return f ? nlohmann::ordered_json(format_info(*f).name) : nlohmann::ordered_json(nullptr);
+}
+std::optional<Format> optional_format(const nlohmann::json& entry, const char* key) {
+  const auto it = entry.find(key);  // absent in files written before loraq recorded it
+  if (it == entry.end() || it->is_null()) return std::nullopt;
+  return parse_format(it->get<std::string>());
+}
+}  // namespace
+
 std::string encode_layer_table(const std::vector<QuantizedLayerInfo>& layers) {
   nlohmann::ordered_json table = nlohmann::ordered_json::array();
   for (const QuantizedLayerInfo& l : layers) {
@@ -134,7 +145,9 @@ std::string encode_layer_table(const std::vector<QuantizedLayerInfo>& layers) {
                      {"residual", format_info(l.residual_format).name},
                      {"branch", l.branch_format ? nlohmann::ordered_json(format_info(*l.branch_format).name) : nullptr},
                      {"rank", l.rank},
-                     {"smoothed", l.smoothed}});
+                     {"smoothed", l.smoothed},
+                     {"residual_activation", format_or_null(l.residual_activation)},
+                     {"branch_activation", format_or_null(l.branch_activation)}});
   }
   return table.dump();
 }
@@ -160,6 +173,8 @@ std::vector<QuantizedLayerInfo> decode_layer_table(const std::string& json, cons
       if (!e.at("branch").is_null()) l.branch_format = parse_format(e.at("branch").get<std::string>());
       l.rank = e.at("rank").get<int>();
       l.smoothed = e.at("smoothed").get<bool>();
+      l.residual_activation = optional_format(e, "residual_activation");
+      l.branch_activation = optional_format(e, "branch_activation");
       if (l.rank < 0 || l.rank > (1 << 20) || (l.rank > 0) != l.branch_format.has_value())
         throw Error(what + ": layer '" + l.weight_name + "' has rank " + std::to_string(l.rank) +
                     (l.branch_format ? " with" : " without") + " a branch format");

@@ -24,11 +24,12 @@
 namespace loraq {
 namespace {
 
-constexpr std::array<std::string_view, 10> kTopKeys = {
+constexpr std::array<std::string_view, 11> kTopKeys = {
     "name", "description", "method", "residual", "branch", "activations",
-    "params", "seed", "layers", "overrides"};
-constexpr std::array<std::string_view, 7> kOverrideKeys = {
-    "match", "method", "residual", "branch", "activations", "params", "seed"};
+    "smoothing", "params", "seed", "layers", "overrides"};
+constexpr std::array<std::string_view, 8> kOverrideKeys = {
+    "match", "method", "residual", "branch", "activations", "smoothing", "params", "seed"};
+constexpr std::array<std::string_view, 2> kSmoothingKeys = {"alpha", "beta"};
 constexpr std::array<std::string_view, 2> kResidualKeys = {"format", "rounding"};
 constexpr std::array<std::string_view, 3> kBranchKeys = {"format", "rank", "budget"};
 constexpr std::array<std::string_view, 2> kActivationKeys = {"residual", "branch"};
@@ -204,6 +205,7 @@ struct Patch {
   std::optional<Format> residual_activation;
   std::optional<Format> branch_activation;
   int branch_activation_line = 1;
+  std::optional<std::optional<LayerRecipe::Smoothing>> smoothing;  // set: given (inner nullopt: `off`)
   std::vector<Entry> params;  // checked once the scope's method is known
   std::optional<std::uint64_t> seed;
 };
@@ -251,6 +253,19 @@ bool read_layer_key(const Parser& parser, const Entry& e, Patch& patch) {
         patch.branch_activation = parser.as_format(sub);
         patch.branch_activation_line = sub.line;
       }
+    }
+  } else if (e.key == "smoothing") {
+    if (e.value.IsScalar() && e.value.Scalar() == "off") {
+      patch.smoothing = std::optional<LayerRecipe::Smoothing>();
+    } else {
+      LayerRecipe::Smoothing smoothing;
+      for (const Entry& sub : parser.entries(e.value, e.path, e.line, kSmoothingKeys)) {
+        if (sub.value.IsScalar() && sub.value.Scalar() == "auto") continue;
+        const double v = parser.as_number(sub);
+        if (!(v >= 0 && v <= 1)) parser.fail(sub.line, sub.path, "expected auto or a number in [0, 1], got " + number_text(v));
+        (sub.key == "alpha" ? smoothing.alpha : smoothing.beta) = v;
+      }
+      patch.smoothing = smoothing;
     }
   } else if (e.key == "params") {
     patch.params = parser.entries(e.value, e.path, e.line, {}, true);
@@ -355,6 +370,7 @@ LayerRecipe apply(const Parser& parser, const LayerRecipe& base, const Patch& pa
     r.params[e.key] = param_value(parser, e, *param);
   }
   if (patch.seed) r.seed = *patch.seed;
+  if (patch.smoothing) r.smoothing = *patch.smoothing;
   return r;
 }
 
@@ -408,6 +424,12 @@ nlohmann::json layer_json(const LayerRecipe& r) {
     j["branch"] = nullptr;  // a method without a branch
   }
   j["activations"] = {{"residual", format_json(r.residual_activation)}, {"branch", format_json(r.branch_activation)}};
+  if (r.smoothing) {
+    const auto value = [](const std::optional<double>& v) { return v ? number_json(*v) : nlohmann::json("auto"); };
+    j["smoothing"] = {{"alpha", value(r.smoothing->alpha)}, {"beta", value(r.smoothing->beta)}};
+  } else {
+    j["smoothing"] = nullptr;
+  }
   j["params"] = nlohmann::json::object();
   for (const auto& [name, value] : r.params) j["params"][name] = number_json(value);
   j["seed"] = r.seed;

@@ -9,6 +9,7 @@
 #include "loraq/methods.hpp"
 #include "loraq/quantized_layer.hpp"
 #include "methods/low_rank_branch.hpp"
+#include "methods/smoothing.hpp"
 
 namespace loraq {
 namespace {
@@ -23,20 +24,42 @@ std::size_t stored_bytes(const PackedMatrix& p) {
   return p.codes.size() + p.scales.size() + (format_info(p.format).tensor_scale ? sizeof(float) : 0);
 }
 
-// 10 log10(||X W^T||^2 / ||X (W_eff - W)^T||^2) over the activation rows X. The difference is taken
-// on the weights first (one GEMM, and no cancellation between two large outputs).
-double output_sqnr_db(const LayerInput& input, std::span<const float> w_eff) {
-  const std::int64_t n = input.activation_rows, out = input.out_features, in = input.in_features;
-  std::vector<float> delta(w_eff.size());
-  for (std::size_t i = 0; i < delta.size(); ++i) delta[i] = w_eff[i] - input.weight[i];
-  std::vector<float> y(std::size_t(n * out)), e(std::size_t(n * out));
+// 10 log10(||Y||^2 / ||Y - Y_q||^2) over the activation rows: Y = X W^T, Y_q what the layer computes.
+double output_sqnr_db(const LayerInput& input, const QuantizedLayer& layer) {
   const methods::low_rank::LinalgThreads threads(input.codec);
-  linalg::gemm(false, true, n, out, in, 1.0f, input.activations.data(), in, input.weight.data(), in, 0.0f, y.data(), out);
-  linalg::gemm(false, true, n, out, in, 1.0f, input.activations.data(), in, delta.data(), in, 0.0f, e.data(), out);
+  const std::vector<float> y = methods::reference_output(input),
+                           yq = methods::quantized_output(layer, input.activations, input.activation_rows,
+                                                          *input.recipe, input.codec);
   double signal = 0, noise = 0;
-  for (std::size_t i = 0; i < y.size(); ++i) signal += double(y[i]) * y[i], noise += double(e[i]) * e[i];
+  for (std::size_t i = 0; i < y.size(); ++i)
+    signal += double(y[i]) * y[i], noise += (double(y[i]) - yq[i]) * (double(y[i]) - yq[i]);
   if (noise == 0) return std::numeric_limits<double>::infinity();
   return 10.0 * std::log10(signal / noise);
+}
+
+// Runs the method on W diag(s) and keeps s (quantized_layer.hpp, methods/smoothing.cpp).
+QuantizedLayer run_smoothed(const MethodInfo& method, const LayerInput& input) {
+  const LayerRecipe::Smoothing& spec = *input.recipe->smoothing;
+  const std::string name(input.name);
+  if (input.activation_absmax.size() != std::size_t(input.in_features))
+    throw Error(name + ": the recipe smooths this layer but no activation statistics were given (input_absmax, [" +
+                std::to_string(input.in_features) + "]): pass --activations FILE (docs/activations.md)");
+  if ((!spec.alpha || !spec.beta) && input.activation_rows < 1)
+    throw Error(name + ": smoothing with alpha or beta 'auto' searches on captured input rows (input_rows), and "
+                       "none were given: pass --activations FILE with rows, or fix alpha and beta in the recipe");
+  const methods::low_rank::LinalgThreads threads(input.codec);
+  methods::SmoothingChoice choice = methods::choose_smoothing(input);
+  std::vector<float> w(input.weight.begin(), input.weight.end());
+  for (std::int64_t o = 0; o < input.out_features; ++o)
+    for (std::int64_t j = 0; j < input.in_features; ++j)
+      w[std::size_t(o * input.in_features + j)] *= choice.factors[std::size_t(j)];
+  LayerInput smoothed = input;
+  smoothed.weight = w;
+  QuantizedLayer layer = method.run(smoothed);
+  layer.smooth = std::move(choice.factors);
+  layer.metrics.smoothing_alpha = choice.alpha;
+  layer.metrics.smoothing_beta = choice.beta;
+  return layer;
 }
 
 }  // namespace
@@ -71,7 +94,7 @@ QuantizedLayer quantize_layer(const LayerInput& input) {
                 std::to_string(input.out_features) + " x " + std::to_string(input.in_features));
   const MethodInfo& method = method_info(input.recipe->method);
   const auto start = std::chrono::steady_clock::now();
-  QuantizedLayer layer = method.run(input);
+  QuantizedLayer layer = input.recipe->smoothing ? run_smoothed(method, input) : method.run(input);
   layer.metrics.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
   const std::vector<float> w_eff = effective_weight(layer);
@@ -97,7 +120,7 @@ QuantizedLayer quantize_layer(const LayerInput& input) {
   std::size_t bytes = stored_bytes(layer.residual) + layer.smooth.size() * sizeof(float);
   if (layer.branch) bytes += stored_bytes(layer.branch->down) + stored_bytes(layer.branch->up);
   layer.metrics.bits_per_value = 8.0 * double(bytes) / double(input.out_features * input.in_features);
-  if (input.activation_rows > 0) layer.metrics.output_sqnr_db = output_sqnr_db(input, w_eff);
+  if (input.activation_rows > 0) layer.metrics.output_sqnr_db = output_sqnr_db(input, layer);
   return layer;
 }
 

@@ -38,11 +38,17 @@ std::vector<std::string> split(const std::string& text, char separator) {
 // A configuration spec as a one-layer recipe, so that the recipe parser checks it and its errors
 // read like a recipe's.
 std::string spec_as_yaml(const std::string& spec) {
-  const std::vector<std::string> parts = split(spec, ':');
+  std::vector<std::string> parts = split(spec, ':');
+  // Trailing options: `smooth` (alpha and beta searched), `a1=FMT` / `a2=FMT` (the residual's and the
+  // branch's activation formats).
+  std::vector<std::string> options;
+  while (parts.size() > 2 && (parts.back() == "smooth" || parts.back().starts_with("a1=") || parts.back().starts_with("a2=")))
+    options.insert(options.begin(), parts.back()), parts.pop_back();
   const auto fail = [&](const std::string& why) {
     throw Error("configuration '" + spec + "': " + why +
                 "; expected METHOD:RESIDUAL for a method without a branch (rtn:sint4) or "
-                "METHOD:RESIDUAL:BRANCH:rRANK|bBUDGET (svd_lowrank:sint4:fp16:r32, loraq:sint4:mxint8:b512)");
+                "METHOD:RESIDUAL:BRANCH:rRANK|bBUDGET (svd_lowrank:sint4:fp16:r32, loraq:sint4:mxint8:b512), then "
+                "optionally smooth, a1=FORMAT, a2=FORMAT (svd_lowrank:sint4:fp16:r32:smooth:a1=sint4:a2=sint4)");
   };
   if (parts.size() != 2 && parts.size() != 4) fail("it has " + std::to_string(parts.size()) + " fields");
   for (const std::string& p : parts)
@@ -53,6 +59,12 @@ std::string spec_as_yaml(const std::string& spec) {
     if ((kind != 'r' && kind != 'b') || parts[3].size() < 2) fail("the size '" + parts[3] + "' is not rN or bN");
     yaml += "branch: {format: " + parts[2] + ", " + (kind == 'r' ? "rank: " : "budget: ") + parts[3].substr(1) + "}\n";
   }
+  std::string activations;
+  for (const std::string& o : options) {
+    if (o == "smooth") yaml += "smoothing: {alpha: auto, beta: auto}\n";
+    else activations += std::string(activations.empty() ? "" : ", ") + (o[1] == '1' ? "residual: " : "branch: ") + o.substr(3);
+  }
+  if (!activations.empty()) yaml += "activations: {" + activations + "}\n";
   return yaml;
 }
 
@@ -297,10 +309,10 @@ BenchResult run_bench(const BenchOptions& options) {
     for (const BenchConfig& c : result.configs)
       layer_branch_rank(recipe_for(c, name), name, in.info(name).shape[0], in.info(name).shape[1]);
   std::optional<ActivationFile> activations;
-  if (!options.activations.empty()) {
-    activations.emplace(options.activations);
-    for (const std::string& name : layers) activations->check_rows(name, in.info(name).shape[1]);
-  }
+  if (!options.activations.empty()) activations.emplace(options.activations);
+  for (const std::string& name : layers)
+    for (const BenchConfig& c : result.configs)
+      check_layer_activations(activations ? &*activations : nullptr, recipe_for(c, name), name, in.info(name).shape[1]);
 
   // The output folder: plan.json says what the rows in rows.jsonl belong to.
   const fs::path plan_file = options.output / "plan.json", rows_file = options.output / "rows.jsonl";
@@ -362,12 +374,9 @@ BenchResult run_bench(const BenchOptions& options) {
       input.in_features = shape[1];
       input.recipe = &recipe_for(result.configs[job.config], name);
       input.codec = {input.recipe->rounding, std::nullopt, threads_per_job};
-      ActivationRows rows;
-      if (activations) {
-        rows = activations->rows(name, input.in_features);
-        input.activations = rows.values;
-        input.activation_rows = rows.rows;
-      }
+      const LayerActivations captured =
+          read_layer_activations(activations ? &*activations : nullptr, *input.recipe, name, input.in_features);
+      captured.attach(input);
       const BenchRow row{name, input.out_features, input.in_features, job.config,
                          layer_branch_rank(*input.recipe, name, shape[0], shape[1]), quantize_layer(input).metrics};
       const std::string line = row_line(job.layer, row);

@@ -38,6 +38,33 @@ std::vector<float> read_weight(const io::Checkpoint& checkpoint, const std::stri
   return values;
 }
 
+void check_layer_activations(const ActivationFile* file, const LayerRecipe& recipe, const std::string& layer,
+                             std::int64_t in_features) {
+  if (!file) {
+    if (recipe.smoothing)
+      throw Error("layer '" + layer + "': the recipe smooths it (smoothing:), which needs captured activations: pass "
+                  "--activations FILE (docs/activations.md)");
+    return;
+  }
+  file->check_rows(layer, in_features);
+  if (recipe.smoothing) file->absmax(layer, in_features);  // [in] floats: cheap to read twice
+}
+
+void LayerActivations::attach(LayerInput& input) const {
+  input.activations = rows.values;
+  input.activation_rows = rows.rows;
+  input.activation_absmax = absmax;
+}
+
+LayerActivations read_layer_activations(const ActivationFile* file, const LayerRecipe& recipe, const std::string& layer,
+                                        std::int64_t in_features) {
+  LayerActivations a;
+  if (!file) return a;
+  a.rows = file->rows(layer, in_features);
+  if (recipe.smoothing) a.absmax = file->absmax(layer, in_features);
+  return a;
+}
+
 int layer_branch_rank(const LayerRecipe& recipe, const std::string& layer, std::int64_t out, std::int64_t in) {
   if (!method_info(recipe.method).uses_branch) return 0;
   int rank = 0;
@@ -61,14 +88,19 @@ nlohmann::ordered_json metrics_to_json(const LayerMetrics& m) {
     if (std::isfinite(*m.output_sqnr_db)) j["output_sqnr_db"] = *m.output_sqnr_db;
     else j["output_sqnr_db"] = "inf";  // a lossless layer; JSON has no infinity
   }
+  if (m.smoothing_alpha) j["smoothing_alpha"] = *m.smoothing_alpha;
+  if (m.smoothing_beta) j["smoothing_beta"] = *m.smoothing_beta;
   return j;
 }
 
 LayerMetrics metrics_from_json(const nlohmann::json& j) {
   LayerMetrics m{j.at("relative_error").get<double>(), j.at("branch_quant_error").get<double>(),
-                 j.at("bits_per_value").get<double>(), j.at("seconds").get<double>(), std::nullopt};
+                 j.at("bits_per_value").get<double>(), j.at("seconds").get<double>(), std::nullopt, std::nullopt,
+                 std::nullopt};
   if (const auto it = j.find("output_sqnr_db"); it != j.end())
     m.output_sqnr_db = it->is_string() ? std::numeric_limits<double>::infinity() : it->get<double>();
+  if (const auto it = j.find("smoothing_alpha"); it != j.end()) m.smoothing_alpha = it->get<double>();
+  if (const auto it = j.find("smoothing_beta"); it != j.end()) m.smoothing_beta = it->get<double>();
   return m;
 }
 

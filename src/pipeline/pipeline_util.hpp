@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "loraq/activations.hpp"
 #include "loraq/checkpoint.hpp"
 #include "loraq/quantized_layer.hpp"
 
@@ -21,6 +22,21 @@ std::vector<float> read_weight(const io::Checkpoint& checkpoint, const std::stri
 // naming the layer when it exceeds min(out, in) or the budget leaves no rank: checked for every
 // layer before a run starts.
 int layer_branch_rank(const LayerRecipe& recipe, const std::string& layer, std::int64_t out, std::int64_t in);
+
+// Refuses a run before it starts when a layer lacks the activations it needs: with a file, the input
+// rows of every layer (for the output SQNR), and the absmax of every smoothed layer; a smoothed layer
+// without a file is an error too. Messages name the layer and the file.
+void check_layer_activations(const ActivationFile* file, const LayerRecipe& recipe, const std::string& layer,
+                             std::int64_t in_features);
+
+// A layer's captured activations, read for the time it is quantized.
+struct LayerActivations {
+  ActivationRows rows;
+  std::vector<float> absmax;
+  void attach(LayerInput& input) const;  // points the input's activation spans here
+};
+LayerActivations read_layer_activations(const ActivationFile* file, const LayerRecipe& recipe, const std::string& layer,
+                                        std::int64_t in_features);
 
 // A layer's metrics as JSON (output_sqnr_db only when measured; +inf as the string "inf"), and back.
 nlohmann::ordered_json metrics_to_json(const LayerMetrics& m);

@@ -125,6 +125,9 @@ QuantizeSummary quantize_model(const QuantizeOptions& options) {
     info.dtype = t.dtype;
     info.method = r.method;
     info.residual_format = r.residual_format;
+    info.smoothed = r.smoothing.has_value();
+    info.residual_activation = r.residual_activation;
+    info.branch_activation = r.branch_activation;
     if (method_info(r.method).uses_branch) {
       info.branch_format = r.branch_format;
       info.rank = layer_branch_rank(r, name, info.out_features, info.in_features);
@@ -134,10 +137,10 @@ QuantizeSummary quantize_model(const QuantizeOptions& options) {
 
   const fs::path work = work_dir_of(options.output);
   std::optional<ActivationFile> activations;
-  if (!options.activations.empty()) {
-    activations.emplace(options.activations);
-    for (const QuantizedLayerInfo& l : layers) activations->check_rows(l.weight_name, l.in_features);
-  }
+  if (!options.activations.empty()) activations.emplace(options.activations);
+  for (const QuantizedLayerInfo& l : layers)
+    check_layer_activations(activations ? &*activations : nullptr, options.recipe.for_layer(l.weight_name),
+                            l.weight_name, l.in_features);
   const std::string plan = plan_text(options.recipe, in, layers, activations ? &*activations : nullptr);
   prepare_work_dir(work, plan, options.resume);
 
@@ -179,12 +182,9 @@ QuantizeSummary quantize_model(const QuantizeOptions& options) {
       input.in_features = info.in_features;
       input.recipe = &options.recipe.for_layer(info.weight_name);
       input.codec = {input.recipe->rounding, options.isa, threads_per_layer};
-      ActivationRows rows;
-      if (activations) {
-        rows = activations->rows(info.weight_name, info.in_features);
-        input.activations = rows.values;
-        input.activation_rows = rows.rows;
-      }
+      const LayerActivations captured = read_layer_activations(activations ? &*activations : nullptr, *input.recipe,
+                                                               info.weight_name, info.in_features);
+      captured.attach(input);
       const QuantizedLayer q = quantize_layer(input);
       write_layer_file(layer_file(work, pending[k]), layer_tensors(info, q), q.metrics);
       progress.layer_done(info.weight_name, std::uint64_t(info.out_features * info.in_features),

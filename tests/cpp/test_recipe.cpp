@@ -148,7 +148,7 @@ TEST(Recipe, MissingParamsTakeTheTableDefaults) {
 
 TEST(RecipeErrors, UnknownTopLevelKeyListsTheValidOnes) {
   expect_error("name: t\nmethod: rtn\nnmae: x\n", 3, "nmae",
-               {"unknown key", "name, description, method, residual, branch, activations, params, seed, layers, overrides"});
+               {"unknown key", "name, description, method, residual, branch, activations, smoothing, params, seed, layers, overrides"});
 }
 
 TEST(RecipeErrors, UnknownNestedKey) {
@@ -264,7 +264,7 @@ TEST(RecipeErrors, MissingKeys) {
 
 TEST(RecipeErrors, OverrideKeysAreChecked) {
   expect_error("name: t\noverrides:\n  - match: a\n    layers: {preset: none}\n", 4, "overrides[0].layers",
-               {"unknown key", "match, method, residual, branch, activations, params, seed"});
+               {"unknown key", "match, method, residual, branch, activations, smoothing, params, seed"});
   expect_error("name: t\noverrides:\n  - match: a\n    seed: x\n", 4, "overrides[0].seed", {"non-negative integer"});
   expect_error("name: t\noverrides:\n  - match: a\n    params: {steps: 3}\n", 4, "overrides[0].params.steps",
                {"unknown parameter"});
