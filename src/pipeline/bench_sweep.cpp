@@ -329,6 +329,10 @@ BenchResult run_bench(const BenchOptions& options) {
     if (fs::exists(rows_file)) fs::remove(rows_file);
   }
   auto done = read_done_rows(rows_file, layers, result.configs.size());
+  // Rewritten without a torn last line, so that the rows appended next start on a line of their own.
+  std::string kept;
+  for (const auto& [key, row] : done) kept += row_line(key.first, row);
+  write_text_file_atomic(rows_file, kept);
 
   struct Job {
     std::size_t layer, config;

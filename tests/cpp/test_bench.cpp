@@ -231,6 +231,11 @@ TEST_F(Bench, ResultsDoNotDependOnThreadsAndResume) {
   const BenchResult resumed = loraq::run_bench(one);
   for (std::size_t i = 0; i < a.rows.size(); ++i)
     EXPECT_EQ(resumed.rows[i].metrics.relative_error, a.rows[i].metrics.relative_error) << i;
+  // The rows file is whole again: a second resume reads every row and runs nothing.
+  const std::string after = slurp(rows);
+  EXPECT_EQ(std::count(after.begin(), after.end(), '\n'), std::ptrdiff_t(a.rows.size()));
+  const BenchResult again = loraq::run_bench(one);
+  for (std::size_t i = 0; i < a.rows.size(); ++i) EXPECT_EQ(again.rows[i].metrics.seconds, resumed.rows[i].metrics.seconds);
   one.configs.pop_back();
   EXPECT_NE(error_of([&] { loraq::run_bench(one); }).find("the earlier sweep had other"), std::string::npos);
 }
