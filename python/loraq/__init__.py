@@ -10,6 +10,9 @@
 Formats (loraq.formats), methods (loraq.methods) and whole checkpoints (loraq.checkpoint) are thin
 wrappers over the C++ library; its errors arrive as loraq.Error, a ValueError that carries the C++
 message (which names the format, method, parameter, file or tensor at fault).
+
+With PyTorch: loraq.torch (QuantizedLinear, quantize_module, load_quantized) and loraq.capture
+(capture_activations, save_activations); `import loraq` does not import them (docs/python.md).
 """
 from ._core import Error, PackedMatrix, QuantizedWeight, __version__
 from .checkpoint import evaluate, export_dequantized, load_recipe, quantize_model

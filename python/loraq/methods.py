@@ -34,13 +34,17 @@ def method_info(name: str) -> dict[str, Any]:
 def quantize_weight(weight: Any, method: str = "loraq", *, residual: str = "sint4", branch: Optional[str] = None,
                     rank: Optional[int] = None, budget: Optional[float] = None, seed: int = 0,
                     rounding: str = "nearest_even", recipe: Optional[Union[str, os.PathLike]] = None,
-                    layer: str = "weight", threads: int = 0, **params: Any) -> QuantizedWeight:
+                    layer: str = "weight", threads: int = 0, activations: Any = None, absmax: Any = None,
+                    **params: Any) -> QuantizedWeight:
     """Quantizes one linear weight [out_features, in_features] (float32, 2-D).
 
     method: a name from methods(). residual: Q1's format. branch: Q2's format for methods with a
     low-rank branch (default "fp16"); give rank, or budget (branch bits per input channel: rank =
     floor(budget / bits per value of Q2)). seed: for the methods that draw random numbers.
     **params: the method's parameters (e.g. steps=200 for loraq), checked for name, type and range.
+    activations, absmax: captured input rows [n, in] and per-channel max |x| [in] (float32;
+    docs/activations.md): recipes with `smoothing` need them, and with rows the metrics add
+    output_sqnr_db (activation formats and smoothing included); .smooth is then the vector s.
     recipe: a recipe file instead of the keywords above; the entry for the tensor name `layer` (its
     last matching override, else the defaults) is used. layer also names the weight in errors.
 
@@ -51,6 +55,8 @@ def quantize_weight(weight: Any, method: str = "loraq", *, residual: str = "sint
     raises TypeError.
     """
     w = float32_array(weight, "quantize_weight")
+    rows = None if activations is None else float32_array(activations, "quantize_weight: activations")
+    stats = None if absmax is None else float32_array(absmax, "quantize_weight: absmax")
     if recipe is not None:
         given = [name for name, value, default in (
             ("method", method, "loraq"), ("residual", residual, "sint4"), ("branch", branch, None),
@@ -59,5 +65,6 @@ def quantize_weight(weight: Any, method: str = "loraq", *, residual: str = "sint
         if given:
             raise ValueError(f"quantize_weight: recipe= takes every setting from {os.fspath(recipe)}; "
                              f"drop {', '.join(given)}")
-        return _core.quantize_weight_recipe(w, recipe, layer, threads)
-    return _core.quantize_weight(w, method, residual, branch, rank, budget, seed, params, rounding, threads, layer)
+        return _core.quantize_weight_recipe(w, recipe, layer, threads, rows, stats)
+    return _core.quantize_weight(w, method, residual, branch, rank, budget, seed, params, rounding, threads, layer,
+                                 rows, stats)

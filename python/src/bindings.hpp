@@ -1,5 +1,5 @@
-// Shared pieces of the nanobind module loraq._core: array conversions and the three registration
-// functions (one file per part of the public API: formats, methods, checkpoints).
+// Shared pieces of the nanobind module loraq._core: array conversions and the registration
+// functions (one file per part of the public API: formats, methods, checkpoints, recipes).
 //
 // Arrays come in as C-contiguous float32 numpy arrays without conversion (`noconvert`): the Python
 // wrappers in python/loraq/ check dtype and shape and say what is wrong, so that no copy happens
@@ -60,5 +60,6 @@ NumpyArray<T> to_numpy(std::vector<T>&& values, std::initializer_list<std::size_
 void register_formats(nb::module_& m);
 void register_methods(nb::module_& m);
 void register_checkpoint(nb::module_& m);
+void register_recipes(nb::module_& m);
 
 }  // namespace loraq::python

@@ -153,7 +153,14 @@ NumpyArray<float> matrix_of(const PackedMatrix& p) {
   return to_numpy(std::move(values), {std::size_t(p.rows), std::size_t(p.cols)});
 }
 
-QuantizedWeight run_layer(const FloatArray& weight, LayerRecipe recipe, const std::string& name, int threads) {
+// Captured activations for one layer (docs/activations.md): input rows [n, in] and per-channel
+// absmax [in], both optional. Smoothing recipes need them; with rows, the metrics add the output SQNR.
+struct Captured {
+  std::optional<FloatArray> rows, absmax;
+};
+
+QuantizedWeight run_layer(const FloatArray& weight, LayerRecipe recipe, const std::string& name, int threads,
+                          const Captured& captured) {
   if (weight.ndim() != 2)
     throw Error("quantize_weight: expected a 2-D weight [out_features, in_features], got " + std::to_string(weight.ndim()) +
                 "-D shape " + shape_text(weight));
@@ -170,9 +177,25 @@ QuantizedWeight run_layer(const FloatArray& weight, LayerRecipe recipe, const st
   input.recipe = &result.recipe;
   input.codec.rounding = result.recipe.rounding;
   input.codec.threads = threads;
+  if (captured.rows) {
+    const MatrixShape r = matrix_shape(*captured.rows, "quantize_weight: activations");
+    if (captured.rows->ndim() != 2 || r.cols != s.cols || r.rows < 1)
+      throw Error("quantize_weight: activations of layer '" + name + "' have shape " + shape_text(*captured.rows) +
+                  ", expected [n, " + std::to_string(s.cols) + "]");
+    input.activations = values_of(*captured.rows);
+    input.activation_rows = r.rows;
+  }
+  if (captured.absmax) {
+    if (captured.absmax->ndim() != 1 || std::int64_t(captured.absmax->shape(0)) != s.cols)
+      throw Error("quantize_weight: absmax of layer '" + name + "' has shape " + shape_text(*captured.absmax) +
+                  ", expected [" + std::to_string(s.cols) + "]");
+    input.activation_absmax = values_of(*captured.absmax);
+  }
   {
     nb::gil_scoped_release release;
     require_finite(input.weight, s.cols, "quantize_weight: weight '" + name + "'");
+    require_finite(input.activations, s.cols, "quantize_weight: activations of '" + name + "'");
+    require_finite(input.activation_absmax, s.cols, "quantize_weight: absmax of '" + name + "'");
     result.layer = quantize_layer(input);
   }
   result.rank = result.layer.branch ? int(result.layer.branch->down.rows) : 0;
@@ -255,10 +278,25 @@ void register_methods(nb::module_& m) {
             d["branch_quant_error"] = q.layer.metrics.branch_quant_error;
             d["bits_per_value"] = q.layer.metrics.bits_per_value;
             d["seconds"] = q.layer.metrics.seconds;
+            const LayerMetrics& m = q.layer.metrics;
+            if (m.output_sqnr_db) d["output_sqnr_db"] = *m.output_sqnr_db;
+            if (m.smoothing_alpha) d["smoothing_alpha"] = *m.smoothing_alpha;
+            if (m.smoothing_beta) d["smoothing_beta"] = *m.smoothing_beta;
             return d;
           },
           "relative_error ||W_eff - W||_F / ||W||_F, branch_quant_error ||Q2(B) - B||_F / ||W||_F, bits_per_value "
-          "(residual, branch and scales over out x in) and seconds")
+          "(residual, branch and scales over out x in) and seconds; with activations output_sqnr_db, and when "
+          "smoothed smoothing_alpha and smoothing_beta")
+      .def_prop_ro(
+          "smooth",
+          [](const QuantizedWeight& q) -> std::optional<NumpyArray<float>> {
+            if (q.layer.smooth.empty()) return std::nullopt;
+            std::vector<float> s = q.layer.smooth;
+            return to_numpy(std::move(s), {s.size()});
+          },
+          nb::rv_policy::move,
+          "the smoothing vector s [in] (the residual and branch quantize W diag(s); inputs are divided by s); "
+          "None when not smoothed")
       .def("__repr__", [](const QuantizedWeight& q) {
         std::string text = "QuantizedWeight(method='" + q.recipe.method + "', shape=(" +
                            std::to_string(q.layer.out_features) + ", " + std::to_string(q.layer.in_features) +
@@ -273,22 +311,26 @@ void register_methods(nb::module_& m) {
       "quantize_weight",
       [](const FloatArray& weight, const std::string& method, const std::string& residual,
          const std::optional<std::string>& branch, std::optional<int> rank, std::optional<double> budget,
-         std::uint64_t seed, const nb::dict& params, const std::string& rounding, int threads, const std::string& name) {
+         std::uint64_t seed, const nb::dict& params, const std::string& rounding, int threads, const std::string& name,
+         std::optional<FloatArray> rows, std::optional<FloatArray> absmax) {
         return run_layer(weight, recipe_from_arguments(method, residual, branch, rank, budget, seed, params,
                                                        parse_rounding(rounding)),
-                         name, threads);
+                         name, threads, {rows, absmax});
       },
       nb::arg("weight").noconvert(), nb::arg("method"), nb::arg("residual"), nb::arg("branch").none(),
       nb::arg("rank").none(), nb::arg("budget").none(), nb::arg("seed"), nb::arg("params"), nb::arg("rounding"),
-      nb::arg("threads"), nb::arg("name"),
+      nb::arg("threads"), nb::arg("name"), nb::arg("activations").noconvert().none() = nb::none(),
+      nb::arg("absmax").noconvert().none() = nb::none(),
       "Quantizes one weight [out, in] as a recipe with these keys would (loraq.quantize_weight wraps this).");
   m.def(
       "quantize_weight_recipe",
-      [](const FloatArray& weight, const std::filesystem::path& recipe, const std::string& layer, int threads) {
+      [](const FloatArray& weight, const std::filesystem::path& recipe, const std::string& layer, int threads,
+         std::optional<FloatArray> rows, std::optional<FloatArray> absmax) {
         const Recipe loaded = load_recipe(recipe);
-        return run_layer(weight, loaded.for_layer(layer), layer, threads);
+        return run_layer(weight, loaded.for_layer(layer), layer, threads, {rows, absmax});
       },
       nb::arg("weight").noconvert(), nb::arg("recipe"), nb::arg("layer"), nb::arg("threads"),
+      nb::arg("activations").noconvert().none() = nb::none(), nb::arg("absmax").noconvert().none() = nb::none(),
       "Quantizes one weight with the recipe file's entry for the tensor name `layer` (its last matching "
       "override, else its defaults).");
 }

@@ -48,4 +48,5 @@ NB_MODULE(_core, m) {
   loraq::python::register_formats(m);
   loraq::python::register_methods(m);
   loraq::python::register_checkpoint(m);
+  loraq::python::register_recipes(m);
 }
