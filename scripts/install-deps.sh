@@ -15,6 +15,7 @@ APT_PACKAGES=(
   clang libclang-rt-14-dev libomp-dev   # scripts/fuzz.sh: libFuzzer, and OpenMP for clang's configure
   libopenblas-dev libopenmpi-dev openmpi-bin
   python3 python3-venv python3-dev
+  dataset-fashion-mnist                 # the end-to-end model's training data (tools/train_dit.py)
 )
 
 missing=()
