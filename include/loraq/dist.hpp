@@ -29,5 +29,8 @@ bool mpi_built();
 std::unique_ptr<ProcessGroup> mpi_world_group();
 // The world group when launched under mpirun/srun with more than one process, else a single one.
 std::unique_ptr<ProcessGroup> default_process_group();
+// Processes of this launch on this machine (the launcher's local size; 1 outside a launcher): the
+// cores are shared among them.
+int local_process_count();
 
 }  // namespace loraq

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "loraq/dist.hpp"
 #include "loraq/format.hpp"
 #include "loraq/quantized_layer.hpp"
 #include "loraq/recipe.hpp"
@@ -27,6 +28,11 @@ struct QuantizeOptions {
   // Captured activations (loraq/activations.hpp): every selected layer's input rows, for the
   // output SQNR in the reports. Empty: none.
   std::filesystem::path activations;
+  // The processes sharing the run (mpirun: loraq/dist.hpp); null or one process: this one does all.
+  // Each process quantizes its share of the layers (balanced by cost) into the common work folder
+  // on a shared file system; rank 0 prepares the folder and writes the output, whose bytes are the
+  // same as a single process's.
+  ProcessGroup* group = nullptr;
 };
 
 // One row of the per-layer report.
@@ -40,7 +46,7 @@ struct LayerReport {
 };
 
 struct QuantizeSummary {
-  std::vector<LayerReport> layers;
+  std::vector<LayerReport> layers;  // on rank 0 of a group; other ranks get an empty summary
   std::uint64_t parameters = 0;  // quantized parameters
   double seconds = 0;
   std::vector<std::filesystem::path> reports;  // the report files written

@@ -12,6 +12,12 @@ bool launched_with_several_processes() {
 }
 }  // namespace
 
+int local_process_count() {
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"})
+    if (const char* v = std::getenv(name); v && std::atoi(v) > 1) return std::atoi(v);
+  return 1;
+}
+
 std::unique_ptr<ProcessGroup> default_process_group() {
   if (mpi_built() && launched_with_several_processes()) return mpi_world_group();
   return single_process_group();

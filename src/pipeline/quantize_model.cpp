@@ -26,6 +26,7 @@
 #include "loraq/pipeline.hpp"
 #include "loraq/quantized_checkpoint.hpp"
 #include "pipeline_util.hpp"
+#include "distribute.hpp"
 #include "progress.hpp"
 
 namespace loraq {
@@ -101,6 +102,9 @@ int debug_layer_delay_ms() {
   return v ? std::atoi(v) : 0;
 }
 
+void assemble(const QuantizeOptions& options, const io::Checkpoint& in, const std::vector<QuantizedLayerInfo>& layers,
+              const std::vector<std::size_t>& pending, const fs::path& work, QuantizeSummary& summary);
+
 }  // namespace
 
 QuantizeSummary quantize_model(const QuantizeOptions& options) {
@@ -142,7 +146,17 @@ QuantizeSummary quantize_model(const QuantizeOptions& options) {
     check_layer_activations(activations ? &*activations : nullptr, options.recipe.for_layer(l.weight_name),
                             l.weight_name, l.in_features);
   const std::string plan = plan_text(options.recipe, in, layers, activations ? &*activations : nullptr);
-  prepare_work_dir(work, plan, options.resume);
+  ProcessGroup* const group = options.group;
+  const int rank = group ? group->rank() : 0, ranks = group ? group->size() : 1;
+  {
+    std::exception_ptr setup_error;
+    try {
+      if (rank == 0) prepare_work_dir(work, plan, options.resume);
+    } catch (...) {
+      setup_error = std::current_exception();
+    }
+    agree(group, setup_error);  // the other ranks wait for the folder
+  }
 
   // Layers still to do, and what earlier runs finished.
   std::vector<std::size_t> pending;
@@ -155,8 +169,15 @@ QuantizeSummary quantize_model(const QuantizeOptions& options) {
     else pending.push_back(i);
   }
 
-  Progress progress("quantize", layers.size(), total_params, done_layers, done_params,
-                    !options.progress ? (Progress::stderr_is_terminal() ? Progress::Style::bar : Progress::Style::lines)
+  // This process's share of what is left: all of it, or under mpirun a cost-balanced part.
+  std::vector<double> costs;
+  for (const QuantizedLayerInfo& l : layers) costs.push_back(double(l.out_features * l.in_features) * (1.0 + l.rank));
+  const std::vector<std::size_t> pending_before_share = pending;
+  pending = share_of(pending, costs, rank, ranks);
+  Progress progress(ranks > 1 ? fmt::format("quantize (rank {}/{})", rank, ranks) : "quantize", layers.size(),
+                    total_params, rank == 0 ? done_layers : 0, rank == 0 ? done_params : 0,
+                    rank != 0 ? Progress::Style::quiet
+                    : !options.progress ? (Progress::stderr_is_terminal() ? Progress::Style::bar : Progress::Style::lines)
                     : *options.progress ? Progress::Style::bar : Progress::Style::quiet);
   // A few layers in flight, every thread busy inside them: peak memory stays a few layers whatever
   // the core count, and the codecs and GEMMs parallelize within a layer (their results never depend
@@ -197,12 +218,17 @@ QuantizeSummary quantize_model(const QuantizeOptions& options) {
       failed = true;
     }
   }
+  try {
+    agree(group, error);  // every rank finished its share, or all learn which failed
+  } catch (...) {
+    error = std::current_exception();
+  }
   if (error) {
     progress.abandon();
     // A run that finished nothing leaves nothing behind; one that did keeps its layers (hours of work
     // for the slower methods) for --resume, and says so.
     const std::size_t kept = count_layer_files(work, layers.size());
-    if (kept == 0) fs::remove_all(work);
+    if (kept == 0 && rank == 0) fs::remove_all(work);
     try {
       std::rethrow_exception(error);
     } catch (const Error& e) {
@@ -212,12 +238,32 @@ QuantizeSummary quantize_model(const QuantizeOptions& options) {
     }
   }
   progress.finish();
+  QuantizeSummary summary;
+  if (rank != 0) {  // rank 0 assembles; the others wait to learn whether it succeeded
+    agree(group, nullptr);
+    return summary;
+  }
+  std::exception_ptr assembly_error;
+  try {
+    assemble(options, in, layers, pending_before_share, work, summary);
+  } catch (...) {
+    assembly_error = std::current_exception();
+  }
+  agree(group, assembly_error);
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return summary;
+}
 
+namespace {
+
+// Writes the output from the layer files and the untouched tensors, then the reports, and removes
+// the work folder.
+void assemble(const QuantizeOptions& options, const io::Checkpoint& in, const std::vector<QuantizedLayerInfo>& layers,
+              const std::vector<std::size_t>& pending, const fs::path& work, QuantizeSummary& summary) {
   // Assemble: every untouched tensor as it was, every layer from its file.
   std::vector<std::unique_ptr<io::SafetensorsFile>> layer_files;
   std::map<std::string, std::size_t> layer_of_tensor;
   std::vector<io::TensorSpec> specs;
-  QuantizeSummary summary;
   for (std::size_t i = 0; i < layers.size(); ++i) {
     layer_files.push_back(std::make_unique<io::SafetensorsFile>(layer_file(work, i)));
     for (const io::TensorSpec& spec : layer_tensor_specs(layers[i])) {
@@ -262,12 +308,12 @@ QuantizeSummary quantize_model(const QuantizeOptions& options) {
   writer.finish();
   copy_model_config(options.input, options.output);
 
-  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   summary.reports = write_reports(summary.layers, report_stem(options.output, "quantize_report"),
                                   "loraq quantize: " + options.recipe.name);
   layer_files.clear();
   fs::remove_all(work);
-  return summary;
 }
+
+}  // namespace
 
 }  // namespace loraq

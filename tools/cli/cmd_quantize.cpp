@@ -1,9 +1,13 @@
 // `loraq quantize MODEL --recipe R -o OUT`: a checkpoint in, a quantized checkpoint out.
 #include <fmt/format.h>
 
+#include <omp.h>
+
+#include <algorithm>
 #include <memory>
 
 #include "commands.hpp"
+#include "loraq/dist.hpp"
 #include "loraq/pipeline.hpp"
 
 namespace loraq::cli {
@@ -22,7 +26,9 @@ Command add_quantize_command(CLI::App& app) {
   cmd->add_option("-r,--recipe", o->recipe, "Recipe file (recipes/*.yaml; docs/recipes.md)")->required();
   cmd->add_option("-o,--output", o->output, "Output folder (diffusers layout, sharded when large) or .safetensors file")
       ->required();
-  cmd->add_option("--threads", o->threads, "Threads (default: every core); the output bytes never depend on it")
+  cmd->add_option("--threads", o->threads,
+                  "Threads (default: every core, shared among the processes of an mpirun on this machine); the "
+                  "output bytes never depend on it")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--layers-in-flight", o->layers_in_flight,
                   "Layers quantized at once, sharing the threads; peak memory grows with it")
@@ -47,7 +53,13 @@ Command add_quantize_command(CLI::App& app) {
             q.max_shard_bytes = static_cast<std::uint64_t>(o->max_shard_gb * 1e9);
             if (!o->isa.empty()) q.isa = parse_isa(o->isa);
             q.activations = o->activations;
+            // Under mpirun every process runs this; they share the layers and this machine's cores.
+            const std::unique_ptr<ProcessGroup> group = default_process_group();
+            q.group = group.get();
+            if (q.threads == 0 && group->size() > 1)
+              q.threads = std::max(1, omp_get_max_threads() / local_process_count());
             const QuantizeSummary s = quantize_model(q);
+            if (group->rank() != 0) return 0;
             double weighted = 0, bits = 0;
             for (const LayerReport& r : s.layers) {
               const double n = double(r.out_features * r.in_features);
