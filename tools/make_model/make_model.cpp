@@ -1,5 +1,7 @@
 // loraq-make-model: writes a synthetic checkpoint with a real architecture's tensor names and shapes
-// (today PixArt-Sigma, diffusers' PixArtTransformer2DModel), at any width. It is the default model of
+// (PixArt-Sigma, diffusers' PixArtTransformer2DModel, at any width and depth; or FLUX.1,
+// FluxTransformer2DModel, at its real width with any number of blocks: the 12 B-parameter
+// checkpoint of the memory test). It is the default model of
 // the README's main command until a trained one ships, and the input of tests and benchmarks.
 // Values are deterministic (seeded, our own generator: the same bytes on every machine) and shaped
 // like trained weights where it matters for quantization: Laplace tails, outlier input channels,
@@ -53,6 +55,49 @@ std::vector<loraq::io::TensorSpec> pixart_sigma_tensors(const Arch& a, loraq::io
   return t;
 }
 
+// FLUX.1-dev: hidden 3072 (24 heads x 128), `blocks` double-stream blocks (real: 19) and
+// `single_blocks` single-stream blocks (real: 38), as diffusers names them.
+std::vector<loraq::io::TensorSpec> flux_tensors(int blocks, int single_blocks, loraq::io::DType dtype) {
+  const std::int64_t h = 3072, head = 128, mlp = 4 * h;
+  std::vector<loraq::io::TensorSpec> t;
+  auto linear = [&](const std::string& name, std::int64_t out, std::int64_t in) {
+    t.push_back({name + ".weight", dtype, {out, in}});
+    t.push_back({name + ".bias", dtype, {out}});
+  };
+  for (const char* embedder : {"timestep_embedder", "guidance_embedder"}) {
+    linear(std::string("time_text_embed.") + embedder + ".linear_1", h, 256);
+    linear(std::string("time_text_embed.") + embedder + ".linear_2", h, h);
+  }
+  linear("time_text_embed.text_embedder.linear_1", h, 768);
+  linear("time_text_embed.text_embedder.linear_2", h, h);
+  linear("context_embedder", h, 4096);
+  linear("x_embedder", h, 64);
+  for (int b = 0; b < blocks; ++b) {
+    const std::string p = fmt::format("transformer_blocks.{}.", b);
+    linear(p + "norm1.linear", 6 * h, h);
+    linear(p + "norm1_context.linear", 6 * h, h);
+    for (const char* norm : {"norm_q", "norm_k", "norm_added_q", "norm_added_k"})
+      t.push_back({p + "attn." + norm + ".weight", dtype, {head}});
+    for (const char* proj : {"to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj", "to_out.0", "to_add_out"})
+      linear(p + "attn." + proj, h, h);
+    for (const char* ff : {"ff", "ff_context"}) {
+      linear(p + ff + ".net.0.proj", mlp, h);
+      linear(p + ff + ".net.2", h, mlp);
+    }
+  }
+  for (int b = 0; b < single_blocks; ++b) {
+    const std::string p = fmt::format("single_transformer_blocks.{}.", b);
+    linear(p + "norm.linear", 3 * h, h);
+    linear(p + "proj_mlp", mlp, h);
+    linear(p + "proj_out", h, h + mlp);
+    for (const char* norm : {"norm_q", "norm_k"}) t.push_back({p + "attn." + norm + ".weight", dtype, {head}});
+    for (const char* proj : {"to_q", "to_k", "to_v"}) linear(p + "attn." + proj, h, h);
+  }
+  linear("norm_out.linear", 2 * h, h);
+  linear("proj_out", 64, h);
+  return t;
+}
+
 std::uint64_t name_seed(const std::string& name, std::uint64_t seed) {
   std::uint64_t hash = 1469598103934665603ull ^ seed;  // FNV-1a: each tensor's values depend on its name only
   for (unsigned char c : name) hash = (hash ^ c) * 1099511628211ull;
@@ -77,11 +122,20 @@ std::vector<float> values_of(const loraq::io::TensorSpec& spec, std::uint64_t se
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Write a synthetic PixArt-Sigma-shaped checkpoint (diffusers names) for tests, benchmarks and demos"};
+  CLI::App app{"Write a synthetic PixArt-Sigma- or FLUX-shaped checkpoint (diffusers names) for tests, benchmarks and "
+               "demos"};
   Arch arch;
   std::string output, dtype_name = "BF16";
   std::uint64_t seed = 0;
   double max_shard_gb = 5.0;
+  std::string architecture = "pixart-sigma";
+  int single_blocks = 38;
+  app.add_option("--arch", architecture, "pixart-sigma (any width) or flux (width 3072)")
+      ->transform(CLI::IsMember({"pixart-sigma", "flux"}))
+      ->capture_default_str();
+  app.add_option("--single-blocks", single_blocks, "FLUX single-stream blocks (FLUX.1: 38; --blocks: double-stream, 19)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("-o,--output", output, "Output folder (diffusers layout) or .safetensors file")->required();
   app.add_option("--hidden", arch.hidden, "Hidden width (PixArt-Sigma: 1152)")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--blocks", arch.blocks, "Transformer blocks (PixArt-Sigma: 28)")->capture_default_str()->check(CLI::PositiveNumber);
@@ -92,7 +146,9 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   try {
     const loraq::io::DType dtype = loraq::io::parse_dtype(dtype_name);
-    const std::vector<loraq::io::TensorSpec> specs = pixart_sigma_tensors(arch, dtype);
+    const bool flux = architecture == "flux";
+    const std::vector<loraq::io::TensorSpec> specs =
+        flux ? flux_tensors(arch.blocks, single_blocks, dtype) : pixart_sigma_tensors(arch, dtype);
     loraq::io::CheckpointWriter writer(output, specs, {{"generator", "loraq-make-model"}, {"seed", std::to_string(seed)}},
                                        {static_cast<std::uint64_t>(max_shard_gb * 1e9), "diffusion_pytorch_model"});
     for (const loraq::io::TensorSpec& spec : writer.order()) {
@@ -103,7 +159,12 @@ int main(int argc, char** argv) {
     }
     writer.finish();
     if (!output.ends_with(".safetensors")) {
-      const nlohmann::ordered_json config = {
+      const nlohmann::ordered_json config = flux ? nlohmann::ordered_json{
+          {"_class_name", "FluxTransformer2DModel"}, {"_loraq_synthetic", true}, {"patch_size", 1},
+          {"in_channels", 64}, {"num_layers", arch.blocks}, {"num_single_layers", single_blocks},
+          {"attention_head_dim", 128}, {"num_attention_heads", 24}, {"joint_attention_dim", 4096},
+          {"pooled_projection_dim", 768}, {"guidance_embeds", true}, {"axes_dims_rope", {16, 56, 56}}}
+          : nlohmann::ordered_json{
           {"_class_name", "PixArtTransformer2DModel"}, {"_loraq_synthetic", true},
           {"num_attention_heads", arch.hidden % 72 == 0 ? arch.hidden / 72 : 1},
           {"attention_head_dim", arch.hidden % 72 == 0 ? 72 : arch.hidden},
