@@ -6,6 +6,8 @@ the same run), with the peak resident memory of the run against its bound of
 3 x the largest tensor + 200 MB. Medians of --repeat runs; the machines are shared and noisy.
 
   python3 bench/bench_quantize.py [--recipe recipes/rtn-sint4.yaml] [--hidden 1152] [--repeat 3]
+  python3 bench/bench_quantize.py --arch flux --data /big/disk --repeat 1   # 12 B parameters, 24 GB: more than
+                                                                           # this machine's memory
 """
 import argparse
 import json
@@ -68,7 +70,9 @@ def main():
     ap.add_argument("--build", default=str(ROOT / "build"))
     ap.add_argument("--recipe", default=str(ROOT / "recipes" / "rtn-sint4.yaml"))
     ap.add_argument("--hidden", type=int, default=1152)
-    ap.add_argument("--blocks", type=int, default=28)
+    ap.add_argument("--blocks", type=int, default=28, help="transformer blocks (flux: double-stream, default 19)")
+    ap.add_argument("--arch", choices=["pixart-sigma", "flux"], default="pixart-sigma")
+    ap.add_argument("--data", help="where the generated checkpoint is kept (default: BUILD/bench-data)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", help="also write the results here")
@@ -76,11 +80,17 @@ def main():
 
     loraq = pathlib.Path(args.build) / "tools" / "cli" / "loraq"
     make_model = loraq.parent / "loraq-make-model"
-    data = pathlib.Path(args.build) / "bench-data"
-    model = data / f"pixart-h{args.hidden}-b{args.blocks}"
-    if not model.exists():
-        subprocess.run([str(make_model), "-o", str(model), "--hidden", str(args.hidden), "--blocks", str(args.blocks)],
-                       check=True)
+    data = pathlib.Path(args.data or pathlib.Path(args.build) / "bench-data")
+    if args.arch == "flux":
+        model = data / "flux"
+        make = [str(make_model), "--arch", "flux", "-o", str(model)]
+        if args.recipe == ap.get_default("recipe"):
+            args.recipe = str(ROOT / "recipes" / "flux" / "rtn-sint4.yaml")
+    else:
+        model = data / f"pixart-h{args.hidden}-b{args.blocks}"
+        make = [str(make_model), "-o", str(model), "--hidden", str(args.hidden), "--blocks", str(args.blocks)]
+    if not (model / "diffusion_pytorch_model.safetensors.index.json").exists() and not any(model.glob("*.safetensors")):
+        subprocess.run(make, check=True)
     files = sorted(model.glob("*.safetensors"))
     largest, params = largest_tensor_bytes(files)
     file_bytes = sum(f.stat().st_size for f in files)
