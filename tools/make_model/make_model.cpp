@@ -138,7 +138,7 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("-o,--output", output, "Output folder (diffusers layout) or .safetensors file")->required();
   app.add_option("--hidden", arch.hidden, "Hidden width (PixArt-Sigma: 1152)")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--blocks", arch.blocks, "Transformer blocks (PixArt-Sigma: 28)")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--blocks", arch.blocks, "Transformer blocks (PixArt-Sigma: 28; FLUX double-stream: 19)")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--caption-channels", arch.caption_channels, "Text encoder width (T5-XXL: 4096)")->capture_default_str();
   app.add_option("--dtype", dtype_name, "F32, F16 or BF16")->transform(CLI::IsMember({"F32", "F16", "BF16"}, CLI::ignore_case))->capture_default_str();
   app.add_option("--seed", seed, "Seed")->capture_default_str();
@@ -147,6 +147,7 @@ int main(int argc, char** argv) {
   try {
     const loraq::io::DType dtype = loraq::io::parse_dtype(dtype_name);
     const bool flux = architecture == "flux";
+    if (flux && app.count("--blocks") == 0) arch.blocks = 19;  // FLUX.1's double-stream blocks
     const std::vector<loraq::io::TensorSpec> specs =
         flux ? flux_tensors(arch.blocks, single_blocks, dtype) : pixart_sigma_tensors(arch, dtype);
     loraq::io::CheckpointWriter writer(output, specs, {{"generator", "loraq-make-model"}, {"seed", std::to_string(seed)}},
