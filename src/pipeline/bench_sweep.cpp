@@ -96,9 +96,13 @@ std::string plan_text(const io::Checkpoint& in, const std::vector<std::string>& 
   }
   plan["layers"] = inputs;
   nlohmann::ordered_json cs = nlohmann::ordered_json::array();
-  for (const BenchConfig& c : configs)
-    cs.push_back({{"label", c.label}, {"recipe", nlohmann::ordered_json::parse(c.source ? c.source->to_json() : "null")},
-                  {"layer", c.source ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(c.recipe.method)}});
+  for (const BenchConfig& c : configs) {
+    // The whole recipe, parameters and seed included, so that a resume with other -p values is refused.
+    Recipe recipe;
+    if (c.source) recipe = *c.source;
+    else recipe.name = c.label, recipe.defaults = c.recipe;
+    cs.push_back({{"label", c.label}, {"recipe", nlohmann::ordered_json::parse(recipe.to_json())}});
+  }
   plan["configs"] = cs;
   plan["seed"] = options.seed;
   plan["activations"] = options.activations.empty() ? "" : fs::absolute(options.activations).string();

@@ -236,6 +236,9 @@ TEST_F(Bench, ResultsDoNotDependOnThreadsAndResume) {
   EXPECT_EQ(std::count(after.begin(), after.end(), '\n'), std::ptrdiff_t(a.rows.size()));
   const BenchResult again = loraq::run_bench(one);
   for (std::size_t i = 0; i < a.rows.size(); ++i) EXPECT_EQ(again.rows[i].metrics.seconds, resumed.rows[i].metrics.seconds);
+  BenchOptions other_steps = one;
+  loraq::set_bench_param(other_steps.configs, "steps", 21);  // same labels, another parameter
+  EXPECT_NE(error_of([&] { loraq::run_bench(other_steps); }).find("the earlier sweep had other"), std::string::npos);
   one.configs.pop_back();
   EXPECT_NE(error_of([&] { loraq::run_bench(one); }).find("the earlier sweep had other"), std::string::npos);
 }
