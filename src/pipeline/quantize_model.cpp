@@ -168,6 +168,7 @@ QuantizeSummary quantize_model(const QuantizeOptions& options) {
     if (fs::exists(layer_file(work, i))) ++done_layers, done_params += params;
     else pending.push_back(i);
   }
+  agree(group, nullptr);  // every rank has looked before any rank writes a layer file
 
   // This process's share of what is left: all of it, or under mpirun a cost-balanced part.
   std::vector<double> costs;
