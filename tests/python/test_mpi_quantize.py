@@ -60,3 +60,33 @@ def test_a_rank_failing_stops_every_rank(model, tmp_path, loraq_bin):
                              str(blocker / "out"), "--no-progress"], capture_output=True, text=True, env=ENV, timeout=120)
     assert result.returncode != 0
     assert "rank 0 of 2" in result.stderr, result.stderr
+
+
+def test_killed_two_rank_run_resumes_to_the_same_bytes(model, tmp_path, loraq_bin):
+    """Two ranks killed midway leave their finished layers; two ranks resume them, and the output is
+    the one process's."""
+    import signal
+    import time
+    r = tmp_path / "r.yaml"
+    r.write_text("name: r\nmethod: rtn\nresidual: {format: mxfp4}\nlayers: {preset: pixart-sigma}\n")
+    one = subprocess.run([loraq_bin, "quantize", str(model), "-r", str(r), "-o", str(tmp_path / "one"), "--no-progress"],
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    assert one.returncode == 0, one.stderr
+    cmd = [MPIRUN, "-n", "2", loraq_bin, "quantize", str(model), "-r", str(r), "-o", str(tmp_path / "two"), "--no-progress"]
+    slow = dict(ENV, LORAQ_DEBUG_LAYER_DELAY_MS="150")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=slow, start_new_session=True)
+    work = tmp_path / "two.partial"
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(work.glob("layer-*.safetensors"))) < 6:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # mpirun forwards it to the ranks and waits for them
+    proc.wait(timeout=60)
+    time.sleep(1)
+    done = len(list(work.glob("layer-*.safetensors")))
+    time.sleep(1)
+    assert len(list(work.glob("layer-*.safetensors"))) == done, "a rank outlived mpirun"
+    assert 6 <= done < 30 and not (tmp_path / "two").exists()
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming: {done} of 30 layers already done" in resumed.stderr
+    assert files(tmp_path / "one") == files(tmp_path / "two")
