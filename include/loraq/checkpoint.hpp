@@ -32,6 +32,8 @@ class Checkpoint {
   const std::vector<TensorInfo>& tensors() const { return tensors_; }  // all shards, sorted by name
   const TensorInfo& info(std::string_view name) const;                 // throws Error naming the tensor
   std::span<const std::byte> bytes(std::string_view name) const;
+  // Drops the pages of a tensor read and done with from the resident set (SafetensorsFile::release).
+  void release(std::string_view name) const;
   const std::filesystem::path& file_of(std::string_view name) const;   // the shard holding a tensor
   // __metadata__ of the first shard (by file name); for sharded checkpoints also the index's
   // "metadata" entries that the shard does not have (non-string values as compact JSON text), except

@@ -109,6 +109,11 @@ class SafetensorsFile {
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   const TensorInfo& info(std::string_view name) const;  // throws Error naming file and tensor
   std::span<const std::byte> bytes(const TensorInfo& tensor) const;
+  // Unmaps the pages behind `bytes` (a span of this file, done with) from the process: they stay in
+  // the page cache, but no longer count in its resident memory. The range grows to 2 MiB boundaries
+  // within this file's mapping, because the kernel maps whole large folios (up to 2 MiB) on a fault,
+  // far beyond a small tensor; doing so is harmless for a read-only file mapping.
+  void release(std::span<const std::byte> bytes) const;
 
  private:
   std::filesystem::path path_;

@@ -234,6 +234,12 @@ std::span<const std::byte> Checkpoint::bytes(std::string_view name) const {
   return shards_[shard_of_[i]]->bytes(tensors_[i]);
 }
 
+void Checkpoint::release(std::string_view name) const {
+  const std::size_t i = find_tensor(tensors_, name, path_);
+  const SafetensorsFile& shard = *shards_[shard_of_[i]];
+  shard.release(shard.bytes(tensors_[i]));
+}
+
 const fs::path& Checkpoint::file_of(std::string_view name) const {
   return shards_[shard_of_[find_tensor(tensors_, name, path_)]]->path();
 }

@@ -217,6 +217,18 @@ const TensorInfo& SafetensorsFile::info(std::string_view name) const {
   return *it;
 }
 
+void SafetensorsFile::release(std::span<const std::byte> bytes) const {
+  if (!map_ || bytes.empty()) return;
+  constexpr std::uintptr_t kFolio = std::uintptr_t(2) << 20;
+  static const auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
+  const auto map_begin = reinterpret_cast<std::uintptr_t>(map_), map_end = map_begin + map_size_;
+  const auto begin = reinterpret_cast<std::uintptr_t>(bytes.data()), end = begin + bytes.size();
+  if (begin < map_begin || end > map_end) return;  // not this file's: nothing to do
+  const std::uintptr_t first = std::max(begin / kFolio * kFolio, map_begin);  // map_ is page-aligned
+  const std::uintptr_t last = std::min((end + kFolio - 1) / kFolio * kFolio, (map_end + page - 1) / page * page);
+  madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
 std::span<const std::byte> SafetensorsFile::bytes(const TensorInfo& tensor) const {
   // A TensorInfo from another file (or edited by hand) must not read outside this mapping.
   const std::uint64_t data_size = map_size_ - data_start_;

@@ -1,7 +1,6 @@
 #include "pipeline_util.hpp"
 
 #include <fmt/format.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -25,7 +24,7 @@ std::vector<float> read_weight(const io::Checkpoint& checkpoint, const std::stri
   const std::span<const std::byte> bytes = checkpoint.bytes(name);
   std::vector<float> values(io::element_count(t.shape, name));
   io::to_float32(t.dtype, bytes, values);
-  release_pages(bytes);
+  checkpoint.release(name);
   // An exponent of all ones is Inf or NaN. The largest exponent field over the tensor is a max
   // reduction that vectorizes; the index is only searched for when there is something to report.
   std::uint32_t max_exponent = 0;
@@ -102,14 +101,6 @@ LayerMetrics metrics_from_json(const nlohmann::json& j) {
   if (const auto it = j.find("smoothing_alpha"); it != j.end()) m.smoothing_alpha = it->get<double>();
   if (const auto it = j.find("smoothing_beta"); it != j.end()) m.smoothing_beta = it->get<double>();
   return m;
-}
-
-void release_pages(std::span<const std::byte> bytes) {
-  static const auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
-  const auto begin = reinterpret_cast<std::uintptr_t>(bytes.data());
-  const std::uintptr_t first = (begin + page - 1) / page * page;  // whole pages inside the range only
-  const std::uintptr_t last = (begin + bytes.size()) / page * page;
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
 }
 
 std::string read_text_file(const fs::path& path) {

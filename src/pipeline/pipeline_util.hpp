@@ -42,9 +42,6 @@ LayerActivations read_layer_activations(const ActivationFile* file, const LayerR
 nlohmann::ordered_json metrics_to_json(const LayerMetrics& m);
 LayerMetrics metrics_from_json(const nlohmann::json& j);
 
-// Tells the kernel the pages of a mapped range are no longer needed (they stay in the page cache).
-void release_pages(std::span<const std::byte> bytes);
-
 std::string read_text_file(const std::filesystem::path& path);  // "" when missing
 void write_text_file_atomic(const std::filesystem::path& path, const std::string& text);
 

@@ -6,7 +6,6 @@
 // and the seed, so a resumed run writes the same bytes as an uninterrupted one.
 #include <fmt/format.h>
 #include <omp.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -299,11 +298,10 @@ void assemble(const QuantizeOptions& options, const io::Checkpoint& in, const st
       const io::SafetensorsFile& f = *layer_files[it->second];
       const std::span<const std::byte> bytes = f.bytes(f.info(spec.name));
       writer.write(spec.name, bytes);
-      release_pages(bytes);
+      f.release(bytes);
     } else {
-      const std::span<const std::byte> bytes = in.bytes(spec.name);
-      writer.write(spec.name, bytes);
-      release_pages(bytes);
+      writer.write(spec.name, in.bytes(spec.name));
+      in.release(spec.name);
     }
   }
   writer.finish();
