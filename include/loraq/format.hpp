@@ -72,6 +72,9 @@ double nominal_bits_per_value(Format f);
 float element_max(Format f);
 int element_bits(Format f);
 int scale_type_bytes(ScaleType type);  // bytes of one stored scale (0 for none)
+// How `loraq formats` and loraq.formats() name a format's scales: "-", "e8m0", "fp16", "e4m3",
+// "e4m3 + fp32/tensor" (NVFP4's two-level scale) or "fp32".
+std::string_view scale_name(const FormatInfo& f);
 int scale_bytes(Format f);
 
 std::int64_t blocks_per_row(Format f, std::int64_t cols);

@@ -12,17 +12,6 @@
 namespace loraq::python {
 namespace {
 
-std::string scale_name(ScaleType scale, bool tensor_scale) {
-  switch (scale) {
-    case ScaleType::none: return "-";
-    case ScaleType::e8m0: return "e8m0";
-    case ScaleType::fp16: return "fp16";
-    case ScaleType::e4m3: return tensor_scale ? "e4m3 + fp32/tensor" : "e4m3";
-    case ScaleType::fp32: return "fp32";
-  }
-  return "?";
-}
-
 // The same keys and words as `loraq formats --json` (tools/cli/cmd_formats.cpp).
 nb::dict format_dict(const FormatInfo& f, std::optional<std::int64_t> row_length) {
   const ElementInfo& e = element_info(f.element);
@@ -31,7 +20,7 @@ nb::dict format_dict(const FormatInfo& f, std::optional<std::int64_t> row_length
   d["element"] = std::string(e.name);
   d["element_bits"] = e.bits;
   d["block_size"] = f.block_size;
-  d["scale"] = scale_name(f.scale, f.tensor_scale);
+  d["scale"] = std::string(scale_name(f));
   d["scale_bytes"] = scale_bytes(f.format);
   d["tensor_scale"] = f.tensor_scale;
   d["bits_per_value"] = nominal_bits_per_value(f.format);

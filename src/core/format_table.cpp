@@ -49,6 +49,17 @@ Format parse_format(std::string_view name) {
 int element_bits(Format f) { return element_info(format_info(f).element).bits; }
 float element_max(Format f) { return element_info(format_info(f).element).max_value; }
 
+std::string_view scale_name(const FormatInfo& f) {
+  switch (f.scale) {
+    case ScaleType::none: return "-";
+    case ScaleType::e8m0: return "e8m0";
+    case ScaleType::fp16: return "fp16";
+    case ScaleType::e4m3: return f.tensor_scale ? "e4m3 + fp32/tensor" : "e4m3";
+    case ScaleType::fp32: return "fp32";
+  }
+  return "?";
+}
+
 int scale_type_bytes(ScaleType type) {
   switch (type) {
     case ScaleType::none: return 0;

@@ -39,7 +39,9 @@ Activations outlier_activations() {
 
 LayerRecipe recipe(const std::string& spec) { return loraq::parse_bench_config(spec).recipe; }
 
-loraq::QuantizedLayer run(const std::vector<float>& w, const LayerRecipe& r, const Activations* a) {
+// quantize_layer on `w` with the captured rows and absmax of `a` (none when null; the absmax alone
+// when `rows` is false).
+loraq::QuantizedLayer run(const std::vector<float>& w, const LayerRecipe& r, const Activations* a, bool rows = true) {
   loraq::LayerInput input;
   input.name = "layer.weight";
   input.weight = w;
@@ -47,8 +49,7 @@ loraq::QuantizedLayer run(const std::vector<float>& w, const LayerRecipe& r, con
   input.in_features = kIn;
   input.recipe = &r;
   if (a) {
-    input.activations = a->rows;
-    input.activation_rows = kRows;
+    if (rows) input.activations = a->rows, input.activation_rows = kRows;
     input.activation_absmax = a->absmax;
   }
   return loraq::quantize_layer(input);
@@ -141,15 +142,8 @@ TEST(Smoothing, MissingActivationsAreNamed) {
                                                        "statistics"),
             std::string::npos);
   r.smoothing = LayerRecipe::Smoothing{};
-  Activations only_absmax = outlier_activations();
-  loraq::LayerInput input;
-  input.name = "layer.weight";
-  input.weight = w;
-  input.out_features = kOut;
-  input.in_features = kIn;
-  input.recipe = &r;
-  input.activation_absmax = only_absmax.absmax;
-  EXPECT_NE(error_of([&] { loraq::quantize_layer(input); }).find("searches on captured input rows"), std::string::npos);
+  const Activations a = outlier_activations();
+  EXPECT_NE(error_of([&] { run(w, r, &a, /*rows=*/false); }).find("searches on captured input rows"), std::string::npos);
 }
 
 TEST(Smoothing, RecipeKeysAndBenchSpecs) {

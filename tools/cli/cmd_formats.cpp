@@ -12,17 +12,6 @@
 namespace loraq::cli {
 namespace {
 
-std::string scale_name(ScaleType s, bool tensor_scale) {
-  switch (s) {
-    case ScaleType::none: return "-";
-    case ScaleType::e8m0: return "e8m0";
-    case ScaleType::fp16: return "fp16";
-    case ScaleType::e4m3: return tensor_scale ? "e4m3 + fp32/tensor" : "e4m3";
-    case ScaleType::fp32: return "fp32";
-  }
-  return "?";
-}
-
 std::string block_name(const FormatInfo& f) {
   if (f.scale == ScaleType::none) return "-";
   return f.block_size == 0 ? "row" : std::to_string(f.block_size);
@@ -49,7 +38,7 @@ Command add_formats_command(CLI::App& app) {
                        {"element", e.name},
                        {"element_bits", e.bits},
                        {"block_size", f.block_size},
-                       {"scale", scale_name(f.scale, f.tensor_scale)},
+                       {"scale", std::string(scale_name(f))},
                        {"bits_per_value", nominal_bits_per_value(f.format)},
                        {"bits_per_value_at_row_length", bits_per_value(f.format, *row_length)},
                        {"row_length", *row_length},
@@ -64,7 +53,7 @@ Command add_formats_command(CLI::App& app) {
     for (const FormatInfo& f : all_formats()) {
       const ElementInfo& e = element_info(f.element);
       fmt::print("{:<13} {:<8} {:>5} {:<19} {:>9.4g} {:>12.4g} {:>13g}  {}\n", f.name, e.name, block_name(f),
-                 scale_name(f.scale, f.tensor_scale), nominal_bits_per_value(f.format),
+                 std::string(scale_name(f)), nominal_bits_per_value(f.format),
                  bits_per_value(f.format, *row_length), e.max_value, f.description);
     }
     return 0;
