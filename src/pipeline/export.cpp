@@ -20,8 +20,12 @@ std::vector<QuantizedLayerInfo> layer_table(const io::Checkpoint& q) {
   return decode_layer_table(it->second, q.path().string());
 }
 
+// A layer's tensors, copied out of the mapping, whose pages are then handed back: a whole checkpoint
+// streams through in bounded memory.
 QuantizedLayer read_layer(const io::Checkpoint& q, const QuantizedLayerInfo& info) {
-  return read_quantized_layer(info, [&](const std::string& name) { return q.bytes(name); });
+  QuantizedLayer layer = read_quantized_layer(info, [&](const std::string& name) { return q.bytes(name); });
+  for (const io::TensorSpec& s : layer_tensor_specs(info)) q.release(s.name);
+  return layer;
 }
 
 }  // namespace
@@ -53,6 +57,7 @@ void export_dequantized(const std::filesystem::path& quantized, const std::files
       writer.write(spec.name, bytes);
     } else {
       writer.write(spec.name, q.bytes(spec.name));
+      q.release(spec.name);
     }
   }
   writer.finish();
