@@ -103,5 +103,7 @@ struct PackedMatrix {
 PackedMatrix pack(Format f, std::span<const float> in, std::int64_t rows, std::int64_t cols,
                   const QuantOptions& options = {});
 void unpack(const PackedMatrix& packed, std::span<float> out, const QuantOptions& options = {});
+// The same into a new rows x cols vector.
+std::vector<float> unpack(const PackedMatrix& packed, const QuantOptions& options = {});
 
 }  // namespace loraq

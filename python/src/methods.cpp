@@ -138,17 +138,11 @@ struct QuantizedWeight {
   int rank = 0;
 };
 
-std::vector<float> unpacked(const PackedMatrix& p) {
-  std::vector<float> values(std::size_t(p.rows * p.cols));
-  unpack(p, values);
-  return values;
-}
-
 NumpyArray<float> matrix_of(const PackedMatrix& p) {
   std::vector<float> values;
   {
     nb::gil_scoped_release release;
-    values = unpacked(p);
+    values = unpack(p);
   }
   return to_numpy(std::move(values), {std::size_t(p.rows), std::size_t(p.cols)});
 }

@@ -118,6 +118,12 @@ PackedMatrix pack(Format f, std::span<const float> in, std::int64_t rows, std::i
   return packed;
 }
 
+std::vector<float> unpack(const PackedMatrix& packed, const QuantOptions& options) {
+  std::vector<float> values(std::size_t(packed.rows * packed.cols));
+  unpack(packed, values, options);
+  return values;
+}
+
 void unpack(const PackedMatrix& packed, std::span<float> out, const QuantOptions& options) {
   const Format f = packed.format;
   check_shape(f, out.size(), packed.rows, packed.cols, "unpack output");

@@ -43,12 +43,6 @@ double branch_quant_error(const Factors& f, Format q2, const QuantOptions& codec
   return std::sqrt(s);
 }
 
-std::vector<float> unpacked(const PackedMatrix& p, const QuantOptions& codec) {
-  std::vector<float> v(std::size_t(p.rows * p.cols));
-  unpack(p, v, codec);
-  return v;
-}
-
 }  // namespace
 
 Options options_from_params(const std::map<std::string, double>& params) {
@@ -227,7 +221,7 @@ QuantizedLayer run(const LayerInput& input, const Options& options, Report* repo
   layer.out_features = out;
   layer.in_features = in;
   LowRankBranch branch{pack(q2, f.down, rank, in, codec), pack(q2, f.up, out, rank, codec)};
-  const std::vector<float> up_q = unpacked(branch.up, codec), down_q = unpacked(branch.down, codec);
+  const std::vector<float> up_q = unpack(branch.up, codec), down_q = unpack(branch.down, codec);
   std::vector<float> residual(std::size_t(out * in));
   linalg::gemm(false, false, out, in, rank, -1.0f, up_q.data(), rank, down_q.data(), in, 0.0f, residual.data(), in);
   for (std::size_t i = 0; i < residual.size(); ++i) residual[i] += input.weight[i];

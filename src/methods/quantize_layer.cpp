@@ -14,12 +14,6 @@
 namespace loraq {
 namespace {
 
-std::vector<float> unpacked(const PackedMatrix& p) {
-  std::vector<float> values(std::size_t(p.rows * p.cols));
-  unpack(p, values);
-  return values;
-}
-
 std::size_t stored_bytes(const PackedMatrix& p) {
   return p.codes.size() + p.scales.size() + (format_info(p.format).tensor_scale ? sizeof(float) : 0);
 }
@@ -65,10 +59,10 @@ QuantizedLayer run_smoothed(const MethodInfo& method, const LayerInput& input) {
 }  // namespace
 
 std::vector<float> effective_weight(const QuantizedLayer& layer) {
-  std::vector<float> w = unpacked(layer.residual);
+  std::vector<float> w = unpack(layer.residual);
   const std::int64_t out = layer.out_features, in = layer.in_features;
   if (layer.branch) {
-    const std::vector<float> down = unpacked(layer.branch->down), up = unpacked(layer.branch->up);
+    const std::vector<float> down = unpack(layer.branch->down), up = unpack(layer.branch->up);
     const std::int64_t rank = layer.branch->down.rows;
 #pragma omp parallel for schedule(static)
     for (std::int64_t o = 0; o < out; ++o) {

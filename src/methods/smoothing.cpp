@@ -25,12 +25,6 @@ namespace {
 
 constexpr double kFloor = 1e-5;  // max |.| below this counts as this: no division by zero, no 0^0
 
-std::vector<float> unpacked(const PackedMatrix& p) {
-  std::vector<float> values(std::size_t(p.rows * p.cols));
-  unpack(p, values);
-  return values;
-}
-
 std::vector<float> smoothing_vector(std::span<const float> absmax, std::span<const float> weight_colmax, double alpha,
                                     double beta) {
   std::vector<float> s(absmax.size());
@@ -69,12 +63,12 @@ std::vector<float> quantized_output(const QuantizedLayer& layer, std::span<const
     return q;
   };
   std::vector<float> y(std::size_t(rows * out));
-  const std::vector<float> x1 = activation(recipe.residual_activation), p = unpacked(layer.residual);
+  const std::vector<float> x1 = activation(recipe.residual_activation), p = unpack(layer.residual);
   linalg::gemm(false, true, rows, out, in, 1.0f, x1.data(), in, p.data(), in, 0.0f, y.data(), out);
   if (layer.branch) {
     const std::int64_t rank = layer.branch->down.rows;
-    const std::vector<float> x2 = activation(recipe.branch_activation), down = unpacked(layer.branch->down),
-                             up = unpacked(layer.branch->up);
+    const std::vector<float> x2 = activation(recipe.branch_activation), down = unpack(layer.branch->down),
+                             up = unpack(layer.branch->up);
     std::vector<float> t(std::size_t(rows * rank));
     linalg::gemm(false, true, rows, rank, in, 1.0f, x2.data(), in, down.data(), in, 0.0f, t.data(), rank);
     linalg::gemm(false, true, rows, out, rank, 1.0f, t.data(), rank, up.data(), rank, 1.0f, y.data(), out);
