@@ -73,7 +73,10 @@ def train(args):
     work = pathlib.Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     state_path = work / "state.pt"
-    step, losses = 0, []
+    # segments: [[first step, --steps], ...]. The learning-rate schedule depends on --steps, so a
+    # run continued with another --steps records where its schedule changed; the model card lists
+    # the commands that reproduce the weights.
+    step, losses, segments = 0, [], [[0, args.steps]]
     config = {"model": MODEL, "scheduler": SCHEDULER, "batch": args.batch, "lr": args.lr, "seed": args.seed,
               "ema": args.ema, "device": device.type}
     if state_path.exists():
@@ -84,13 +87,18 @@ def train(args):
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         step, losses = state["step"], state["losses"]
+        # States written before segments were recorded were all made with the default --steps 10000.
+        segments = state.get("segments", [[0, 10000]])
+        if segments[-1][1] != args.steps and step < args.steps:
+            segments.append([step, args.steps])
         torch.set_rng_state(state["rng"])
         print(f"resumed at step {step}", flush=True)
 
     per_epoch = len(y_all) // args.batch
     model.train()
     start, window = time.time(), []
-    while step < args.steps:
+    stop = min(args.steps, args.stop_at or args.steps)
+    while step < stop:
         epoch, k = divmod(step, per_epoch)
         index = torch.from_numpy(batches(len(y_all), args.batch, args.seed, epoch)[k])
         x0, y = x_all[index].to(device), y_all[index].to(device)
@@ -115,16 +123,16 @@ def train(args):
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.mul_(args.ema).add_(pm, alpha=1 - args.ema)
         step += 1
-        window.append(float(loss))
+        window.append(loss.item())
         if step % 50 == 0:
             losses.append([step, float(np.mean(window))])
             rate = 50 / (time.time() - start)
             print(f"step {step}/{args.steps} loss {losses[-1][1]:.4f} lr {lr:.2e} {rate:.2f} steps/s", flush=True)
             window, start = [], time.time()
-        if step % args.checkpoint_every == 0 or step == args.steps:
+        if step % args.checkpoint_every == 0 or step == stop:
             atomic_save({"config": config, "model": model.state_dict(), "ema": ema.state_dict(),
                          "optimizer": optimizer.state_dict(), "step": step, "losses": losses,
-                         "rng": torch.get_rng_state()}, state_path)
+                         "segments": segments, "rng": torch.get_rng_state()}, state_path)
     print(f"trained {step} steps; state in {state_path}", flush=True)
 
 
@@ -147,6 +155,11 @@ def export(args):
     dit_sampling.save_grid(samples, out / "samples.png", columns=8)
     dit_sampling.save_loss_curve(losses, out / "loss.svg")
     params = sum(p.numel() for p in model.parameters())
+    segments = state.get("segments", [[0, 10000]])
+    ends = [s[0] for s in segments[1:]] + [state["step"]]
+    commands = "\n".join(f"python tools/train_dit.py --work out/train-dit --steps {steps}"
+                         + (f" --stop-at {end}" if end < steps else "")
+                         for (first, steps), end in zip(segments, ends))
     (out / "README.md").write_text(f"""# fashion-dit: loraq's embedded default model
 
 A class-conditional diffusion transformer, diffusers' `DiTTransformer2DModel` ({params / 1e6:.2f} M parameters:
@@ -162,6 +175,13 @@ cosine schedule of 1000 steps, 10% class dropout for classifier-free guidance, o
 - `samples.png`: 8 samples per class (rows: {', '.join(fashion_mnist.CLASSES)}), DDIM 50 steps,
   guidance {args.guidance}, seed 0.
 - Weights: the EMA weights, `transformer/diffusion_pytorch_model.safetensors`; sampler: `scheduler/`.
+
+The learning rate decays towards 10% at `--steps`. These commands, run in order, reproduce the
+weights bit for bit on the same kind of device (each resumes the state the previous one left):
+
+```sh
+{commands}
+```
 """)
     print(f"wrote {out}")
 
@@ -170,6 +190,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="out/train-dit", help="folder of the resumable training state")
     p.add_argument("--steps", type=int, default=10000)
+    p.add_argument("--stop-at", type=int, default=0,
+                   help="stop (and checkpoint) after this step, keeping the schedule of --steps")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--ema", type=float, default=0.999)

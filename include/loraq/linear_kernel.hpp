@@ -1,0 +1,67 @@
+// A quantized linear layer that runs: Y = Qa1(X/s) Q1(P)^T + (Qa2(X/s) Q2(down)^T) Q2(up)^T + bias,
+// computed from the packed weights of a QuantizedLayer (what `loraq quantize` stores), not from
+// fake-quantized floats.
+//
+// Integer path (src/runtime/cpu): when a weight and its activation are both integer block formats
+// (sint4, mxint4, mxint8, int8_channel), each 32-value chunk of a dot product is an exact int32 sum
+// of code products, scaled once by (activation scale x weight scale) into an fp32 accumulator. The
+// activations are quantized per token in the same pass that feeds both the residual and the branch's
+// down-projection. The up-projection runs in fp32 on the fp32 intermediate T = Qa2(X) down^T, as in
+// the fake-quantized reference (the intermediate is not quantized).
+// Float path: any other format pair (mxfp4, nvfp4, an fp16 branch ...) is dequantized once and runs
+// as an fp32 GEMM on fake-quantized activations, so every recipe can run.
+//
+// Results do not depend on the thread count, and the AVX2 and scalar integer paths give identical
+// bits (tests/cpp/test_linear_kernel.cpp).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+
+#include "loraq/format.hpp"
+#include "loraq/isa.hpp"
+#include "loraq/quantized_layer.hpp"
+
+namespace loraq {
+
+struct LinearKernelOptions {
+  std::optional<Isa> isa;    // nullopt: the best the CPU has (LORAQ_ISA overrides)
+  int threads = 0;           // 0: OpenMP's default
+  bool skip_branch = false;  // residual only (benchmarks measure the branch's cost with it)
+};
+
+// True when the integer path takes a weight of format w with activations of format a.
+bool integer_kernel_supports(Format weight, Format activation);
+
+class QuantizedLinearKernel {
+ public:
+  // Repacks the layer's weights for the kernels. `bias` is empty or [out_features]. Throws Error
+  // when the layer is inconsistent (sizes, a branch whose factors disagree) naming `name`.
+  QuantizedLinearKernel(const QuantizedLayer& layer, Format residual_activation, Format branch_activation,
+                        std::span<const float> bias = {}, std::string name = "layer");
+  ~QuantizedLinearKernel();
+  QuantizedLinearKernel(QuantizedLinearKernel&&) noexcept;
+  QuantizedLinearKernel& operator=(QuantizedLinearKernel&&) noexcept;
+
+  // y [rows, out_features] for x [rows, in_features], both row-major fp32. Throws Error on a size
+  // mismatch. Non-finite inputs give non-finite outputs in their rows (no error).
+  void forward(std::span<const float> x, std::int64_t rows, std::span<float> y,
+               const LinearKernelOptions& options = {}) const;
+
+  std::int64_t out_features() const;
+  std::int64_t in_features() const;
+  std::int64_t rank() const;  // 0 without a branch
+  bool residual_is_integer() const;
+  bool branch_is_integer() const;
+  // "integer (avx2)", "float (sgemm)" ...: what forward() runs for each part, for reports.
+  std::string describe(const LinearKernelOptions& options = {}) const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace loraq

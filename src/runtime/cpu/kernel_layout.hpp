@@ -1,0 +1,83 @@
+// The integer kernels' data layout and their table (one entry per instruction set).
+//
+// Weights are repacked once into panels of 8 output rows, so that one AVX2 register of int32 lanes
+// holds one partial dot product per row and the per-row scales apply as one vector multiply.
+// Within a panel, each 32-value chunk of the reduction dimension is stored as:
+//   4-bit weights (128 bytes): vector v = 0..3 of 32 bytes; byte 4 * row + j holds, in its low nibble,
+//     code(row, 32c + 8v + j) + 8 and, in its high nibble, code(row, 32c + 8v + 4 + j) + 8. The +8
+//     makes the nibbles unsigned (vpmaddubsw multiplies unsigned by signed bytes); the kernel
+//     subtracts 8 x (sum of the chunk's activation codes) to undo it.
+//   8-bit weights (256 bytes): vector g = 0..7; byte 4 * row + j holds code(row, 32c + 4g + j).
+// Scales: one fp32 per (chunk, row), the block's scale times the element's unit (1/64 for mxint8,
+// 1/4 for mxint4, 1 for sint4 and int8_channel), so that value = code x scale exactly.
+// Activations: per token, int8 codes padded to whole chunks, one fp32 scale and 8 x (sum of codes)
+// per chunk.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "loraq/format.hpp"
+#include "loraq/isa.hpp"
+
+namespace loraq::runtime {
+
+inline constexpr int kChunk = 32;  // values of one exact int32 partial sum
+inline constexpr int kPanel = 8;   // output rows of a panel: the int32 lanes of an AVX2 register
+inline constexpr int kTile = 4;    // tokens of one micro-kernel call
+
+struct WeightPanels {
+  int bits = 0;  // 4 or 8
+  std::int64_t rows = 0, cols = 0, chunks = 0, panels = 0;
+  std::vector<std::uint8_t> codes;  // panels x chunks x chunk_bytes()
+  std::vector<float> scales;        // panels x chunks x kPanel
+  std::int64_t chunk_bytes() const { return bits == 4 ? 128 : 256; }
+};
+
+// sint4, mxint4, mxint8 and int8_channel: value = integer code x scale.
+bool integer_format(Format f);
+
+// Repacks an integer-format PackedMatrix (sint4, mxint4, mxint8, int8_channel).
+WeightPanels make_panels(const PackedMatrix& packed);
+
+struct ActivationRows {
+  std::int64_t rows = 0, chunks = 0;
+  std::vector<std::int8_t> codes;    // rows x chunks * kChunk, zero past the last column
+  std::vector<float> scales;         // rows x chunks
+  std::vector<std::int32_t> sums8;   // rows x chunks: 8 x the sum of the chunk's codes
+};
+
+// Quantizes x [rows, cols] to `format` with the library's codec (so the codes are those of
+// fake_quantize, bit for bit) and lays them out for the kernels. One thread.
+void quantize_activations(Format format, const float* x, std::int64_t rows, std::int64_t cols, ActivationRows& out);
+
+// One tile of up to kTile tokens of an ActivationRows.
+struct ActivationTile {
+  const std::int8_t* codes;  // first token's codes; token t at codes + t * code_stride
+  const float* scales;       // first token's chunk scales; token t at + t * chunk_stride
+  const std::int32_t* sums8;
+  std::int64_t code_stride, chunk_stride;
+};
+
+// acc[t * kPanel + r] = sum over chunks c of float(int32 dot of token t and row r over chunk c)
+// x (activation scale x weight scale), accumulated in chunk order with fused multiply-adds from 0.
+using PanelKernel = void (*)(const std::uint8_t* codes, const float* scales, std::int64_t chunks,
+                             const ActivationTile& a, int tokens, float* acc);
+// out[t * kPanel + r] = (acc[t * kPanel + r] + sum_j t_rows[t * t_stride + j] * up[j * kPanel + r],
+// fused multiply-adds in j order) + bias[r].
+using EpilogueKernel = void (*)(const float* acc, const float* t_rows, std::int64_t t_stride, const float* up,
+                                std::int64_t rank, const float* bias, int tokens, float* out);
+
+struct KernelSet {
+  Isa isa;
+  PanelKernel w4;
+  PanelKernel w8;
+  EpilogueKernel epilogue;
+};
+
+const KernelSet& scalar_kernels();
+const KernelSet& avx2_kernels();  // only called once the CPU is known to have AVX2
+// The set for `isa`: AVX-512 CPUs run the AVX2 kernels (there is no AVX-512 VNNI kernel yet).
+const KernelSet& kernels_for(Isa isa);
+
+}  // namespace loraq::runtime

@@ -1,0 +1,126 @@
+// The integer kernels with AVX2 (compiled with -mavx2 -mfma; called only after the run-time CPU
+// check). Everything but avx2_kernels() has internal linkage, for the reason src/core/simd/README.md
+// gives.
+//
+// One chunk of 32 values for a tile of up to 4 tokens against a panel of 8 rows: each group of 4
+// activation codes is broadcast to the 8 rows' lanes and vpmaddubsw multiplies it with the rows'
+// codes; vpmaddwd by ones then sums each row's 4 products into its own int32 lane. The per-chunk
+// int32 sums are exact, and each goes into the fp32 accumulator with one fused multiply-add by
+// (activation scale x row scale), the same operations as the scalar kernels.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "runtime/cpu/kernel_layout.hpp"
+
+namespace {
+
+using loraq::runtime::ActivationTile;
+using loraq::runtime::kChunk;
+using loraq::runtime::kPanel;
+
+inline __m256i broadcast4(const std::int8_t* p) {
+  std::int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
+}
+
+// 4-bit weights stored +8 (unsigned nibbles) against signed activation codes. vpmaddubsw's pairs stay
+// within 2 x 15 x 127 = 3810, so the 8 groups of a chunk add up in int16 (at most 30480) before
+// one vpmaddwd widens them.
+template <int T>
+void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a,
+              float* acc) {
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 y[T];
+  for (int t = 0; t < T; ++t) y[t] = _mm256_setzero_ps();
+  for (std::int64_t c = 0; c < chunks; ++c) {
+    __m256i pairs[T];
+    for (int t = 0; t < T; ++t) pairs[t] = _mm256_setzero_si256();
+    for (int v = 0; v < 4; ++v) {
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 128 + v * 32));
+      const __m256i lo = _mm256_and_si256(w, low4);
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), low4);
+      for (int t = 0; t < T; ++t) {
+        const std::int8_t* x = a.codes + t * a.code_stride + c * kChunk + 8 * v;
+        const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, broadcast4(x)),
+                                           _mm256_maddubs_epi16(hi, broadcast4(x + 4)));
+        pairs[t] = _mm256_add_epi16(pairs[t], p);
+      }
+    }
+    const __m256 row_scales = _mm256_loadu_ps(scales + c * kPanel);
+    for (int t = 0; t < T; ++t) {
+      const __m256i sum = _mm256_sub_epi32(_mm256_madd_epi16(pairs[t], ones),
+                                           _mm256_set1_epi32(a.sums8[t * a.chunk_stride + c]));
+      const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(a.scales[t * a.chunk_stride + c]), row_scales);
+      y[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, y[t]);
+    }
+  }
+  for (int t = 0; t < T; ++t) _mm256_storeu_ps(acc + t * kPanel, y[t]);
+}
+
+// 8-bit weights: |activation| x (weight with the activation's sign) keeps vpmaddubsw's pairs within
+// 2 x 127 x 127 = 32258; each group is widened to int32 at once.
+template <int T>
+void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a,
+              float* acc) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 y[T];
+  for (int t = 0; t < T; ++t) y[t] = _mm256_setzero_ps();
+  for (std::int64_t c = 0; c < chunks; ++c) {
+    __m256i sums[T];
+    for (int t = 0; t < T; ++t) sums[t] = _mm256_setzero_si256();
+    for (int g = 0; g < 8; ++g) {
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 256 + g * 32));
+      for (int t = 0; t < T; ++t) {
+        const __m256i x = broadcast4(a.codes + t * a.code_stride + c * kChunk + 4 * g);
+        const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(w, x));
+        sums[t] = _mm256_add_epi32(sums[t], _mm256_madd_epi16(p, ones));
+      }
+    }
+    const __m256 row_scales = _mm256_loadu_ps(scales + c * kPanel);
+    for (int t = 0; t < T; ++t) {
+      const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(a.scales[t * a.chunk_stride + c]), row_scales);
+      y[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t]), scale, y[t]);
+    }
+  }
+  for (int t = 0; t < T; ++t) _mm256_storeu_ps(acc + t * kPanel, y[t]);
+}
+
+#define LORAQ_TOKEN_DISPATCH(NAME)                                                                              \
+  void NAME##_any(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a, \
+                  int tokens, float* acc) {                                                                     \
+    switch (tokens) {                                                                                           \
+      case 1: return NAME<1>(codes, scales, chunks, a, acc);                                                    \
+      case 2: return NAME<2>(codes, scales, chunks, a, acc);                                                    \
+      case 3: return NAME<3>(codes, scales, chunks, a, acc);                                                    \
+      default: return NAME<4>(codes, scales, chunks, a, acc);                                                   \
+    }                                                                                                           \
+  }
+LORAQ_TOKEN_DISPATCH(panel_w4)
+LORAQ_TOKEN_DISPATCH(panel_w8)
+#undef LORAQ_TOKEN_DISPATCH
+
+void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, const float* up, std::int64_t rank,
+              const float* bias, int tokens, float* out) {
+  const __m256 b = _mm256_loadu_ps(bias);
+  for (int t = 0; t < tokens; ++t) {
+    __m256 y = _mm256_loadu_ps(acc + t * kPanel);
+    const float* tr = t_rows + t * t_stride;
+    for (std::int64_t j = 0; j < rank; ++j)
+      y = _mm256_fmadd_ps(_mm256_set1_ps(tr[j]), _mm256_loadu_ps(up + j * kPanel), y);
+    _mm256_storeu_ps(out + t * kPanel, _mm256_add_ps(y, b));
+  }
+}
+
+}  // namespace
+
+namespace loraq::runtime {
+
+const KernelSet& avx2_kernels() {
+  static const KernelSet set{Isa::avx2, panel_w4_any, panel_w8_any, epilogue};
+  return set;
+}
+
+}  // namespace loraq::runtime

@@ -1,0 +1,66 @@
+// The integer kernels in plain C++: the reference the AVX2 kernels must match bit for bit (the same
+// exact int32 chunk sums, and the same fp32 operations in the same order).
+#include <cmath>
+
+#include "runtime/cpu/kernel_layout.hpp"
+
+namespace loraq::runtime {
+namespace {
+
+void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a, int tokens,
+              float* acc) {
+  for (int t = 0; t < tokens; ++t) {
+    for (int r = 0; r < kPanel; ++r) {
+      float y = 0.0f;
+      for (std::int64_t c = 0; c < chunks; ++c) {
+        const std::uint8_t* w = codes + c * 128;
+        const std::int8_t* x = a.codes + t * a.code_stride + c * kChunk;
+        std::int32_t sum = 0;
+        for (int v = 0; v < 4; ++v)
+          for (int j = 0; j < 4; ++j) {
+            const int byte = w[v * 32 + 4 * r + j];
+            sum += ((byte & 15) - 8) * x[8 * v + j] + ((byte >> 4) - 8) * x[8 * v + 4 + j];
+          }
+        y = std::fma(float(sum), a.scales[t * a.chunk_stride + c] * scales[c * kPanel + r], y);
+      }
+      acc[t * kPanel + r] = y;
+    }
+  }
+}
+
+void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a, int tokens,
+              float* acc) {
+  for (int t = 0; t < tokens; ++t) {
+    for (int r = 0; r < kPanel; ++r) {
+      float y = 0.0f;
+      for (std::int64_t c = 0; c < chunks; ++c) {
+        const std::uint8_t* w = codes + c * 256;
+        const std::int8_t* x = a.codes + t * a.code_stride + c * kChunk;
+        std::int32_t sum = 0;
+        for (int g = 0; g < 8; ++g)
+          for (int j = 0; j < 4; ++j) sum += std::int8_t(w[g * 32 + 4 * r + j]) * x[4 * g + j];
+        y = std::fma(float(sum), a.scales[t * a.chunk_stride + c] * scales[c * kPanel + r], y);
+      }
+      acc[t * kPanel + r] = y;
+    }
+  }
+}
+
+void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, const float* up, std::int64_t rank,
+              const float* bias, int tokens, float* out) {
+  for (int t = 0; t < tokens; ++t)
+    for (int r = 0; r < kPanel; ++r) {
+      float y = acc[t * kPanel + r];
+      for (std::int64_t j = 0; j < rank; ++j) y = std::fma(t_rows[t * t_stride + j], up[j * kPanel + r], y);
+      out[t * kPanel + r] = y + bias[r];
+    }
+}
+
+}  // namespace
+
+const KernelSet& scalar_kernels() {
+  static const KernelSet set{Isa::scalar, panel_w4, panel_w8, epilogue};
+  return set;
+}
+
+}  // namespace loraq::runtime

@@ -1,0 +1,252 @@
+// QuantizedLinearKernel: weights repacked once; forward() runs blocks of 16 tokens, each through
+// one pass that quantizes the block's activations (for the residual and the branch), computes the
+// branch's intermediate T = Qa2(X) down^T, then every residual panel with the up-projection and bias
+// fused into its epilogue. Each output element is computed by one thread in a fixed order, so the
+// thread count never changes the bits.
+#include "loraq/linear_kernel.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <exception>
+#include <mutex>
+
+#include "loraq/error.hpp"
+#include "loraq/linalg.hpp"
+#include "runtime/cpu/kernel_layout.hpp"
+
+namespace loraq {
+namespace {
+
+constexpr std::int64_t kTokenBlock = 16;
+
+std::string format_name(Format f) { return std::string(format_info(f).name); }
+
+}  // namespace
+
+bool integer_kernel_supports(Format weight, Format activation) {
+  return runtime::integer_format(weight) && runtime::integer_format(activation);
+}
+
+struct QuantizedLinearKernel::Impl {
+  std::string name;
+  std::int64_t out = 0, in = 0, rank = 0;
+  Format residual_weight{}, branch_weight{}, residual_activation{}, branch_activation{};
+  bool int_residual = false, int_branch = false;
+  runtime::WeightPanels residual, down;  // integer path
+  std::vector<float> residual_f, down_f;  // float path: dequantized [out, in] and [rank, in]
+  std::vector<float> up_panels;           // [panels][rank][kPanel], zero rows past out
+  std::vector<float> bias;                // [panels * kPanel], zero past out
+  std::vector<float> smooth;              // [in] or empty
+  std::int64_t panels() const { return (out + runtime::kPanel - 1) / runtime::kPanel; }
+  std::int64_t t_stride() const { return int_branch ? down.panels * runtime::kPanel : rank; }
+
+  void run_block(const runtime::KernelSet& ks, const float* x, std::int64_t m0, std::int64_t rows, std::int64_t p0,
+                 std::int64_t p1, bool with_branch, float* y) const;
+};
+
+QuantizedLinearKernel::QuantizedLinearKernel(const QuantizedLayer& layer, Format residual_activation,
+                                             Format branch_activation, std::span<const float> bias, std::string name)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& k = *impl_;
+  k.name = std::move(name);
+  k.out = layer.out_features;
+  k.in = layer.in_features;
+  if (layer.residual.rows != k.out || layer.residual.cols != k.in)
+    throw Error(k.name + ": residual is " + std::to_string(layer.residual.rows) + "x" +
+                std::to_string(layer.residual.cols) + ", expected " + std::to_string(k.out) + "x" + std::to_string(k.in));
+  if (!bias.empty() && std::int64_t(bias.size()) != k.out)
+    throw Error(k.name + ": bias has " + std::to_string(bias.size()) + " values, expected " + std::to_string(k.out));
+  if (!layer.smooth.empty() && std::int64_t(layer.smooth.size()) != k.in)
+    throw Error(k.name + ": smoothing vector has " + std::to_string(layer.smooth.size()) + " values, expected " +
+                std::to_string(k.in));
+  k.residual_weight = layer.residual.format;
+  k.residual_activation = residual_activation;
+  k.branch_activation = branch_activation;
+  k.smooth = layer.smooth;
+  k.int_residual = integer_kernel_supports(k.residual_weight, residual_activation);
+  if (k.int_residual)
+    k.residual = runtime::make_panels(layer.residual);
+  else
+    k.residual_f = unpack(layer.residual);
+  k.bias.assign(std::size_t(k.panels() * runtime::kPanel), 0.0f);
+  std::copy(bias.begin(), bias.end(), k.bias.begin());
+
+  if (layer.branch) {
+    const PackedMatrix& d = layer.branch->down;
+    const PackedMatrix& u = layer.branch->up;
+    k.rank = d.rows;
+    if (d.cols != k.in || u.rows != k.out || u.cols != k.rank)
+      throw Error(k.name + ": branch factors are down " + std::to_string(d.rows) + "x" + std::to_string(d.cols) +
+                  " and up " + std::to_string(u.rows) + "x" + std::to_string(u.cols) + ", expected down [rank, " +
+                  std::to_string(k.in) + "] and up [" + std::to_string(k.out) + ", rank]");
+    k.branch_weight = d.format;
+    k.int_branch = integer_kernel_supports(d.format, branch_activation);
+    if (k.int_branch)
+      k.down = runtime::make_panels(d);
+    else
+      k.down_f = unpack(d);
+    const std::vector<float> up = unpack(u);
+    k.up_panels.assign(std::size_t(k.panels() * k.rank * runtime::kPanel), 0.0f);
+    for (std::int64_t row = 0; row < k.out; ++row)
+      for (std::int64_t j = 0; j < k.rank; ++j)
+        k.up_panels[std::size_t(((row / runtime::kPanel) * k.rank + j) * runtime::kPanel + row % runtime::kPanel)] =
+            up[std::size_t(row * k.rank + j)];
+  }
+}
+
+QuantizedLinearKernel::~QuantizedLinearKernel() = default;
+QuantizedLinearKernel::QuantizedLinearKernel(QuantizedLinearKernel&&) noexcept = default;
+QuantizedLinearKernel& QuantizedLinearKernel::operator=(QuantizedLinearKernel&&) noexcept = default;
+
+std::int64_t QuantizedLinearKernel::out_features() const { return impl_->out; }
+std::int64_t QuantizedLinearKernel::in_features() const { return impl_->in; }
+std::int64_t QuantizedLinearKernel::rank() const { return impl_->rank; }
+bool QuantizedLinearKernel::residual_is_integer() const { return impl_->int_residual; }
+bool QuantizedLinearKernel::branch_is_integer() const { return impl_->int_branch; }
+
+std::string QuantizedLinearKernel::describe(const LinearKernelOptions& options) const {
+  const Impl& k = *impl_;
+  const std::string isa(isa_name(runtime::kernels_for(options.isa.value_or(default_isa())).isa));
+  auto part = [&](bool integer, Format w, Format a) {
+    return (integer ? "integer " : "float ") + format_name(w) + " x " + format_name(a) + " (" +
+           (integer ? isa : std::string("sgemm")) + ")";
+  };
+  std::string s = "residual " + part(k.int_residual, k.residual_weight, k.residual_activation);
+  if (k.rank > 0)
+    s += "; branch rank " + std::to_string(k.rank) + ": down " + part(k.int_branch, k.branch_weight, k.branch_activation) +
+         ", up fp32 (" + isa + ")";
+  return s;
+}
+
+void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const float* x, std::int64_t m0,
+                                            std::int64_t rows, std::int64_t p0, std::int64_t p1, bool with_branch,
+                                            float* y) const {
+  using runtime::kPanel;
+  using runtime::kTile;
+  // Per-thread scratch, reused across blocks and calls.
+  thread_local std::vector<float> smoothed, xq1, xq2, t_rows, float_out;
+  thread_local runtime::ActivationRows a1, a2;
+  const float* src = x + m0 * in;
+  if (!smooth.empty()) {
+    smoothed.resize(std::size_t(rows * in));
+    for (std::int64_t i = 0; i < rows; ++i)
+      for (std::int64_t c = 0; c < in; ++c) smoothed[std::size_t(i * in + c)] = src[i * in + c] / smooth[std::size_t(c)];
+    src = smoothed.data();
+  }
+  QuantOptions one_thread;
+  one_thread.threads = 1;
+  const std::span<const float> src_span(src, std::size_t(rows * in));
+  if (int_residual) {
+    runtime::quantize_activations(residual_activation, src, rows, in, a1);
+  } else {
+    xq1.resize(std::size_t(rows * in));
+    fake_quantize(residual_activation, src_span, xq1, rows, in, one_thread);
+  }
+
+  // The branch's intermediate T [rows, t_stride()], from the same activations where the formats agree.
+  const std::int64_t ts = t_stride();
+  if (with_branch) {
+    t_rows.assign(std::size_t(rows * ts), 0.0f);
+    if (int_branch) {
+      const runtime::ActivationRows* a = &a1;
+      if (!(int_residual && branch_activation == residual_activation)) {
+        runtime::quantize_activations(branch_activation, src, rows, in, a2);
+        a = &a2;
+      }
+      const runtime::PanelKernel kernel = down.bits == 4 ? ks.w4 : ks.w8;
+      float acc[kTile * kPanel];
+      for (std::int64_t t0 = 0; t0 < rows; t0 += kTile) {
+        const int nt = int(std::min<std::int64_t>(kTile, rows - t0));
+        const runtime::ActivationTile tile{a->codes.data() + t0 * a->chunks * runtime::kChunk,
+                                           a->scales.data() + t0 * a->chunks, a->sums8.data() + t0 * a->chunks,
+                                           a->chunks * runtime::kChunk, a->chunks};
+        for (std::int64_t p = 0; p < down.panels; ++p) {
+          kernel(down.codes.data() + p * down.chunks * down.chunk_bytes(), down.scales.data() + p * down.chunks * kPanel,
+                 down.chunks, tile, nt, acc);
+          for (int t = 0; t < nt; ++t)
+            std::copy_n(acc + t * kPanel, kPanel, t_rows.data() + (t0 + t) * ts + p * kPanel);
+        }
+      }
+    } else {
+      const float* q = xq1.data();
+      if (int_residual || branch_activation != residual_activation) {
+        xq2.resize(std::size_t(rows * in));
+        fake_quantize(branch_activation, src_span, xq2, rows, in, one_thread);
+        q = xq2.data();
+      }
+      linalg::gemm(false, true, rows, rank, in, 1.0f, q, in, down_f.data(), in, 0.0f, t_rows.data(), ts);
+    }
+  }
+
+  // The residual, panel by panel, with the up-projection and the bias in the epilogue.
+  const std::int64_t col0 = p0 * kPanel, cols = std::min(out, p1 * kPanel) - col0;
+  if (!int_residual) {
+    float_out.resize(std::size_t(rows * cols));
+    linalg::gemm(false, true, rows, cols, in, 1.0f, xq1.data(), in, residual_f.data() + col0 * in, in, 0.0f,
+                 float_out.data(), cols);
+  }
+  const runtime::PanelKernel kernel = residual.bits == 4 ? ks.w4 : ks.w8;
+  float acc[kTile * kPanel], result[kTile * kPanel];
+  for (std::int64_t p = p0; p < p1; ++p) {
+    const std::int64_t c0 = p * kPanel, valid = std::min<std::int64_t>(kPanel, out - c0);
+    for (std::int64_t t0 = 0; t0 < rows; t0 += kTile) {
+      const int nt = int(std::min<std::int64_t>(kTile, rows - t0));
+      if (int_residual) {
+        const runtime::ActivationTile tile{a1.codes.data() + t0 * a1.chunks * runtime::kChunk,
+                                           a1.scales.data() + t0 * a1.chunks, a1.sums8.data() + t0 * a1.chunks,
+                                           a1.chunks * runtime::kChunk, a1.chunks};
+        kernel(residual.codes.data() + p * residual.chunks * residual.chunk_bytes(),
+               residual.scales.data() + p * residual.chunks * kPanel, residual.chunks, tile, nt, acc);
+      } else {
+        for (int t = 0; t < nt; ++t)
+          for (int r = 0; r < kPanel; ++r)
+            acc[t * kPanel + r] = r < valid ? float_out[std::size_t((t0 + t) * cols + c0 - col0 + r)] : 0.0f;
+      }
+      ks.epilogue(acc, with_branch ? t_rows.data() + t0 * ts : nullptr, ts,
+                  with_branch ? up_panels.data() + p * rank * kPanel : nullptr, with_branch ? rank : 0,
+                  bias.data() + c0, nt, result);
+      for (int t = 0; t < nt; ++t) std::copy_n(result + t * kPanel, valid, y + (m0 + t0 + t) * out + c0);
+    }
+  }
+}
+
+void QuantizedLinearKernel::forward(std::span<const float> x, std::int64_t rows, std::span<float> y,
+                                    const LinearKernelOptions& options) const {
+  const Impl& k = *impl_;
+  if (rows < 0 || std::int64_t(x.size()) != rows * k.in)
+    throw Error(k.name + ": input has " + std::to_string(x.size()) + " values, expected " + std::to_string(rows) +
+                " x " + std::to_string(k.in));
+  if (std::int64_t(y.size()) != rows * k.out)
+    throw Error(k.name + ": output has room for " + std::to_string(y.size()) + " values, expected " +
+                std::to_string(rows) + " x " + std::to_string(k.out));
+  if (options.isa && !isa_available(*options.isa))
+    throw Error(k.name + ": this CPU cannot run " + std::string(isa_name(*options.isa)) + " kernels");
+  const runtime::KernelSet& ks = runtime::kernels_for(options.isa.value_or(default_isa()));
+  const int threads = options.threads > 0 ? options.threads : omp_get_max_threads();
+  const bool with_branch = k.rank > 0 && !options.skip_branch;
+  // Blocks of tokens; when there are too few to keep every thread busy, each block's panels are
+  // split as well (each part then quantizes its block's activations and computes T itself).
+  const std::int64_t blocks = (rows + kTokenBlock - 1) / kTokenBlock;
+  const std::int64_t panels = k.panels();
+  const std::int64_t per_block =
+      blocks >= 2 * threads ? 1 : std::clamp<std::int64_t>((2 * threads + blocks - 1) / std::max<std::int64_t>(1, blocks), 1, panels);
+  const std::int64_t items = blocks * per_block;
+  std::exception_ptr failure;
+  std::mutex failure_mutex;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (std::int64_t item = 0; item < items; ++item) {
+    try {
+      const std::int64_t block = item / per_block, g = item % per_block;
+      const std::int64_t m0 = block * kTokenBlock;
+      k.run_block(ks, x.data(), m0, std::min(kTokenBlock, rows - m0), panels * g / per_block,
+                  panels * (g + 1) / per_block, with_branch, y.data());
+    } catch (...) {
+      const std::lock_guard lock(failure_mutex);
+      if (!failure) failure = std::current_exception();
+    }
+  }
+  if (failure) std::rethrow_exception(failure);
+}
+
+}  // namespace loraq

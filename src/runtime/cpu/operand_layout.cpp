@@ -1,0 +1,139 @@
+// Weights and activations from the codec's packed form into the kernels' layout (kernel_layout.hpp).
+#include <algorithm>
+#include <cstring>
+
+#include "core/packing.hpp"
+#include "loraq/element.hpp"
+#include "loraq/error.hpp"
+#include "runtime/cpu/kernel_layout.hpp"
+
+namespace loraq::runtime {
+namespace {
+
+// Two's complement code of `bits` bits as an integer.
+int signed_code(std::uint32_t code, int bits) {
+  const int half = 1 << (bits - 1);
+  return int((code ^ std::uint32_t(half)) & ((1u << bits) - 1)) - half;
+}
+
+// Every integer element's value is code x unit: the value of code 1.
+float element_unit(Format f) { return decode(format_info(f).element, 1); }
+
+float scale_value(ScaleType type, std::uint32_t code) {
+  switch (type) {
+    case ScaleType::e8m0: return decode(Element::e8m0, code);
+    case ScaleType::fp16: return decode(Element::fp16, code);
+    case ScaleType::fp32: {
+      float v;
+      std::memcpy(&v, &code, sizeof v);
+      return v;
+    }
+    case ScaleType::none:
+    case ScaleType::e4m3: break;
+  }
+  throw Error("integer kernels: unexpected scale type");
+}
+
+// Per row: the signed codes (padded with zeros to `padded` values) and the per-chunk scale values.
+struct RowDecoder {
+  Format format;
+  const FormatInfo& info;
+  std::int64_t cols, chunks, row_bytes, blocks;
+  std::vector<std::uint32_t> raw, raw_scales;
+
+  RowDecoder(Format f, std::int64_t cols_)
+      : format(f), info(format_info(f)), cols(cols_), chunks((cols_ + kChunk - 1) / kChunk),
+        row_bytes(packed_row_bytes(f, cols_)), blocks(blocks_per_row(f, cols_)),
+        raw(std::size_t(row_bytes * 8 / element_bits(f))), raw_scales(std::size_t(blocks)) {}
+
+  void decode_row(const PackedMatrix& m, std::int64_t row, std::int8_t* codes, float* chunk_scales) {
+    const int bits = element_bits(format);
+    detail::unpack_codes(bits, m.codes.data() + row * row_bytes, std::int64_t(raw.size()), raw.data());
+    detail::load_scales(info.scale, m.scales.data() + row * blocks * scale_bytes(format), blocks, raw_scales.data());
+    const std::int64_t padded = chunks * kChunk;
+    for (std::int64_t c = 0; c < padded; ++c)
+      codes[c] = c < cols ? std::int8_t(signed_code(raw[std::size_t(c)], bits)) : 0;
+    const float unit = element_unit(format);
+    for (std::int64_t c = 0; c < chunks; ++c) {
+      const std::int64_t block = info.block_size == 0 ? 0 : c * kChunk / info.block_size;
+      chunk_scales[c] = scale_value(info.scale, raw_scales[std::size_t(block)]) * unit;
+    }
+  }
+};
+
+}  // namespace
+
+bool integer_format(Format f) {
+  switch (f) {
+    case Format::sint4:
+    case Format::mxint4:
+    case Format::mxint8:
+    case Format::int8_channel: return true;
+    case Format::mxfp8_e4m3:
+    case Format::mxfp8_e5m2:
+    case Format::mxfp6_e2m3:
+    case Format::mxfp6_e3m2:
+    case Format::mxfp4:
+    case Format::nvfp4:
+    case Format::fp16:
+    case Format::bf16: return false;
+  }
+  return false;
+}
+
+WeightPanels make_panels(const PackedMatrix& packed) {
+  if (!integer_format(packed.format))
+    throw Error("integer kernels: " + std::string(format_info(packed.format).name) + " is not an integer format");
+  WeightPanels p;
+  p.bits = element_bits(packed.format);
+  p.rows = packed.rows;
+  p.cols = packed.cols;
+  p.chunks = (packed.cols + kChunk - 1) / kChunk;
+  p.panels = (packed.rows + kPanel - 1) / kPanel;
+  p.codes.assign(std::size_t(p.panels * p.chunks * p.chunk_bytes()), p.bits == 4 ? 0x88 : 0);
+  p.scales.assign(std::size_t(p.panels * p.chunks * kPanel), 0.0f);
+  RowDecoder decoder(packed.format, packed.cols);
+  std::vector<std::int8_t> codes(std::size_t(p.chunks * kChunk));
+  std::vector<float> chunk_scales(std::size_t(p.chunks));
+  for (std::int64_t row = 0; row < p.rows; ++row) {
+    decoder.decode_row(packed, row, codes.data(), chunk_scales.data());
+    const std::int64_t panel = row / kPanel, r = row % kPanel;
+    for (std::int64_t c = 0; c < p.chunks; ++c) {
+      std::uint8_t* chunk = p.codes.data() + (panel * p.chunks + c) * p.chunk_bytes();
+      const std::int8_t* k = codes.data() + c * kChunk;
+      if (p.bits == 4) {
+        for (int v = 0; v < 4; ++v)
+          for (int j = 0; j < 4; ++j)
+            chunk[v * 32 + 4 * r + j] = std::uint8_t((k[8 * v + j] + 8) | ((k[8 * v + 4 + j] + 8) << 4));
+      } else {
+        for (int g = 0; g < 8; ++g)
+          for (int j = 0; j < 4; ++j) chunk[g * 32 + 4 * r + j] = std::uint8_t(k[4 * g + j]);
+      }
+      p.scales[std::size_t((panel * p.chunks + c) * kPanel + r)] = chunk_scales[std::size_t(c)];
+    }
+  }
+  return p;
+}
+
+void quantize_activations(Format format, const float* x, std::int64_t rows, std::int64_t cols, ActivationRows& out) {
+  QuantOptions one_thread;
+  one_thread.threads = 1;
+  const PackedMatrix packed = pack(format, std::span<const float>(x, std::size_t(rows * cols)), rows, cols, one_thread);
+  out.rows = rows;
+  out.chunks = (cols + kChunk - 1) / kChunk;
+  out.codes.resize(std::size_t(rows * out.chunks * kChunk));
+  out.scales.resize(std::size_t(rows * out.chunks));
+  out.sums8.resize(std::size_t(rows * out.chunks));
+  RowDecoder decoder(format, cols);
+  for (std::int64_t row = 0; row < rows; ++row) {
+    std::int8_t* codes = out.codes.data() + row * out.chunks * kChunk;
+    decoder.decode_row(packed, row, codes, out.scales.data() + row * out.chunks);
+    for (std::int64_t c = 0; c < out.chunks; ++c) {
+      int sum = 0;
+      for (int j = 0; j < kChunk; ++j) sum += codes[c * kChunk + j];
+      out.sums8[std::size_t(row * out.chunks + c)] = 8 * sum;
+    }
+  }
+}
+
+}  // namespace loraq::runtime

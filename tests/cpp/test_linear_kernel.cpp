@@ -1,0 +1,273 @@
+// The quantized linear kernels against the fake-quantized layer computed in float64, within the
+// bound of fp32 accumulation; the AVX2 and scalar paths and every thread count bit for bit.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "loraq/format.hpp"
+#include "loraq/linear_kernel.hpp"
+#include "test_support.hpp"
+
+namespace loraq {
+namespace {
+
+struct Case {
+  Format residual, branch, act1, act2;
+  std::int64_t rows, out, in, rank;
+  bool smooth = true, bias = true;
+};
+
+std::string describe(const Case& c) {
+  return std::string(format_info(c.residual).name) + "/" + std::string(format_info(c.branch).name) + " A " +
+         std::string(format_info(c.act1).name) + "/" + std::string(format_info(c.act2).name) + " M=" +
+         std::to_string(c.rows) + " out=" + std::to_string(c.out) + " in=" + std::to_string(c.in) +
+         " r=" + std::to_string(c.rank);
+}
+
+std::vector<float> heavy_tailed(std::int64_t n, std::mt19937& rng) {
+  std::student_t_distribution<float> dist(4.0f);
+  std::vector<float> v(static_cast<std::size_t>(n));
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+struct Fixture {
+  QuantizedLayer layer;
+  std::vector<float> x, bias;
+};
+
+Fixture make(const Case& c, unsigned seed) {
+  std::mt19937 rng(seed);
+  Fixture f;
+  f.layer.out_features = c.out;
+  f.layer.in_features = c.in;
+  f.layer.residual = pack(c.residual, heavy_tailed(c.out * c.in, rng), c.out, c.in);
+  if (c.rank > 0)
+    f.layer.branch = LowRankBranch{pack(c.branch, heavy_tailed(c.rank * c.in, rng), c.rank, c.in),
+                                   pack(c.branch, heavy_tailed(c.out * c.rank, rng), c.out, c.rank)};
+  std::uniform_real_distribution<float> positive(0.25f, 4.0f);
+  if (c.smooth)
+    for (std::int64_t i = 0; i < c.in; ++i) f.layer.smooth.push_back(positive(rng));
+  f.x = heavy_tailed(c.rows * c.in, rng);
+  if (c.bias) f.bias = heavy_tailed(c.out, rng);
+  return f;
+}
+
+// The float64 reference and, per output, the bound |y - ref| <= gamma(n) * magnitude with
+// gamma(n) = n u / (1 - n u), u = 2^-24: n counts the roundings an output goes through (one per
+// fused multiply-add of the residual's chunks or, on the float path, of its in_features terms;
+// those of T's chunks; one per up-projection term; the chunk scale products; the bias), and
+// magnitude = sum |qa1 P| + sum_j |up_j| sum |qa2 down_j| + |bias|.
+struct Reference {
+  std::vector<double> y, bound;
+};
+
+Reference reference(const Case& c, const Fixture& f, const QuantizedLinearKernel& kernel) {
+  std::vector<float> xs(f.x);
+  if (!f.layer.smooth.empty())
+    for (std::int64_t i = 0; i < c.rows; ++i)
+      for (std::int64_t k = 0; k < c.in; ++k) xs[std::size_t(i * c.in + k)] /= f.layer.smooth[std::size_t(k)];
+  std::vector<float> qa1(xs.size()), qa2(xs.size());
+  fake_quantize(c.act1, xs, qa1, c.rows, c.in);
+  fake_quantize(c.act2, xs, qa2, c.rows, c.in);
+  const std::vector<float> p = unpack(f.layer.residual);
+  std::vector<float> down, up;
+  if (f.layer.branch) {
+    down = unpack(f.layer.branch->down);
+    up = unpack(f.layer.branch->up);
+  }
+  const double u = std::ldexp(1.0, -24);
+  const std::int64_t chunks = (c.in + 31) / 32;
+  const double n = double((kernel.residual_is_integer() ? chunks : c.in) + (kernel.branch_is_integer() ? chunks : c.in) +
+                          c.rank + 4);
+  const double gamma = n * u / (1 - n * u);
+  Reference ref;
+  for (std::int64_t i = 0; i < c.rows; ++i) {
+    std::vector<double> t(std::size_t(c.rank)), t_abs(std::size_t(c.rank));
+    for (std::int64_t j = 0; j < c.rank; ++j)
+      for (std::int64_t k = 0; k < c.in; ++k) {
+        const double prod = double(qa2[std::size_t(i * c.in + k)]) * down[std::size_t(j * c.in + k)];
+        t[std::size_t(j)] += prod;
+        t_abs[std::size_t(j)] += std::abs(prod);
+      }
+    for (std::int64_t o = 0; o < c.out; ++o) {
+      double y = f.bias.empty() ? 0.0 : f.bias[std::size_t(o)], mag = std::abs(y);
+      for (std::int64_t k = 0; k < c.in; ++k) {
+        const double prod = double(qa1[std::size_t(i * c.in + k)]) * p[std::size_t(o * c.in + k)];
+        y += prod;
+        mag += std::abs(prod);
+      }
+      for (std::int64_t j = 0; j < c.rank; ++j) {
+        y += t[std::size_t(j)] * up[std::size_t(o * c.rank + j)];
+        mag += t_abs[std::size_t(j)] * std::abs(up[std::size_t(o * c.rank + j)]);
+      }
+      ref.y.push_back(y);
+      ref.bound.push_back(gamma * mag);
+    }
+  }
+  return ref;
+}
+
+std::vector<float> run(const QuantizedLinearKernel& kernel, const Fixture& f, std::int64_t rows,
+                       const LinearKernelOptions& options = {}) {
+  std::vector<float> y(std::size_t(rows * kernel.out_features()));
+  kernel.forward(f.x, rows, y, options);
+  return y;
+}
+
+void expect_within_bound(const Case& c, unsigned seed) {
+  SCOPED_TRACE(describe(c) + " seed " + std::to_string(seed));
+  const Fixture f = make(c, seed);
+  const QuantizedLinearKernel kernel(f.layer, c.act1, c.act2, f.bias);
+  const Reference ref = reference(c, f, kernel);
+  const std::vector<float> y = run(kernel, f, c.rows);
+  int failures = 0;
+  for (std::size_t i = 0; i < y.size() && failures < 5; ++i)
+    if (!(std::abs(double(y[i]) - ref.y[i]) <= ref.bound[i])) {
+      ++failures;
+      ADD_FAILURE() << "output " << i << ": " << y[i] << " vs " << ref.y[i] << " (bound " << ref.bound[i] << ")";
+    }
+}
+
+TEST(LinearKernel, IntegerPathWithinFp32BoundOfFloat64Reference) {
+  const Format weights4[] = {Format::sint4, Format::mxint4};
+  const Format branches[] = {Format::mxint8, Format::mxint4, Format::sint4};
+  const Format acts[] = {Format::mxint8, Format::mxint4, Format::sint4, Format::int8_channel};
+  // Shapes with partial chunks (in 100, 257), a partial panel (out 13, 43), rank 86 and a tail
+  // tile of tokens (37 = 2 blocks of 16 + 5).
+  const std::int64_t shapes[][4] = {{37, 43, 257, 86}, {5, 13, 100, 7}, {1, 64, 64, 16}, {20, 8, 96, 86}};
+  unsigned seed = 1;
+  for (Format w : weights4)
+    for (Format b : branches)
+      for (Format a : acts)
+        for (const auto& s : shapes) {
+          expect_within_bound({w, b, a, a == Format::mxint4 ? Format::mxint8 : a, s[0], s[1], s[2], s[3]}, seed++);
+          ASSERT_FALSE(HasFailure());
+        }
+}
+
+TEST(LinearKernel, FloatPathWithinBound) {
+  // Formats the integer kernels do not take: mxfp4 and nvfp4 residuals, fp16 and mxfp6 branches,
+  // fp16 activations (W4A16).
+  const Case cases[] = {
+      {Format::mxfp4, Format::mxint8, Format::mxfp8_e4m3, Format::mxint8, 21, 40, 96, 24},
+      {Format::sint4, Format::fp16, Format::fp16, Format::fp16, 9, 33, 130, 32},
+      {Format::nvfp4, Format::mxfp6_e2m3, Format::mxint8, Format::mxfp8_e4m3, 18, 16, 64, 86},
+      {Format::sint4, Format::mxint8, Format::fp16, Format::mxint8, 6, 24, 128, 62},
+  };
+  unsigned seed = 100;
+  for (const Case& c : cases) expect_within_bound(c, seed++);
+}
+
+TEST(LinearKernel, ExtremeCodesDoNotOverflowTheInt16Sums) {
+  // Every activation code at +-127 and every weight code at +-7: the largest chunk sums the AVX2
+  // kernels add up in int16 (30480 with the +8 offset of 4-bit weights).
+  // Magnitudes that give the largest code of each format with an exact, dyadic value.
+  for (auto [w, m] : {std::pair{Format::sint4, 7.0f}, {Format::mxint4, 1.75f}, {Format::mxint8, 127.0f / 64}}) {
+    const std::int64_t rows = 6, out = 16, in = 256;
+    QuantizedLayer layer;
+    layer.out_features = out;
+    layer.in_features = in;
+    std::vector<float> weights(std::size_t(out * in)), x(std::size_t(rows * in));
+    for (std::size_t i = 0; i < weights.size(); ++i) weights[i] = (i / 3) % 2 ? -m : m;
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] = (i / 5) % 2 ? -127.0f / 64 : 127.0f / 64;
+    layer.residual = pack(w, weights, out, in);
+    const QuantizedLinearKernel kernel(layer, Format::mxint8, Format::mxint8);
+    std::vector<float> y(std::size_t(rows * out)), qx(x.size());
+    kernel.forward(x, rows, y);
+    fake_quantize(Format::mxint8, x, qx, rows, in);
+    const std::vector<float> p = unpack(layer.residual);
+    for (std::int64_t i = 0; i < rows; ++i)
+      for (std::int64_t o = 0; o < out; ++o) {
+        double ref = 0;
+        for (std::int64_t k = 0; k < in; ++k) ref += double(qx[std::size_t(i * in + k)]) * p[std::size_t(o * in + k)];
+        // Sums of exact powers of two and small integers: fp32 holds them exactly.
+        ASSERT_EQ(double(y[std::size_t(i * out + o)]), ref) << format_info(w).name << " row " << i << " col " << o;
+      }
+  }
+}
+
+TEST(LinearKernel, Avx2EqualsScalarBitForBit) {
+  if (!isa_available(Isa::avx2)) GTEST_SKIP() << "no AVX2 on this CPU";
+  const Case cases[] = {
+      {Format::sint4, Format::mxint8, Format::mxint8, Format::mxint8, 37, 43, 257, 86},
+      {Format::mxint4, Format::sint4, Format::mxint4, Format::mxint8, 23, 72, 192, 62},
+      {Format::mxint8, Format::mxint4, Format::int8_channel, Format::sint4, 9, 20, 100, 5},
+  };
+  unsigned seed = 200;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(describe(c));
+    const Fixture f = make(c, seed++);
+    const QuantizedLinearKernel kernel(f.layer, c.act1, c.act2, f.bias);
+    LinearKernelOptions scalar, avx2;
+    scalar.isa = Isa::scalar;
+    avx2.isa = Isa::avx2;
+    const std::vector<float> a = run(kernel, f, c.rows, scalar), b = run(kernel, f, c.rows, avx2);
+    ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
+  }
+}
+
+TEST(LinearKernel, ThreadCountDoesNotChangeTheBits) {
+  // 3 rows: one block split across panels; 70 rows: blocks shared out.
+  for (std::int64_t rows : {3, 70}) {
+    const Case c{Format::sint4, Format::mxint8, Format::mxint8, Format::mxint8, rows, 200, 160, 40};
+    const Fixture f = make(c, 300 + unsigned(rows));
+    const QuantizedLinearKernel kernel(f.layer, c.act1, c.act2, f.bias);
+    std::vector<float> first;
+    for (int threads : {1, 2, 3, 5}) {
+      LinearKernelOptions options;
+      options.threads = threads;
+      const std::vector<float> y = run(kernel, f, rows, options);
+      if (first.empty()) first = y;
+      ASSERT_EQ(0, std::memcmp(first.data(), y.data(), y.size() * sizeof(float))) << rows << " rows, " << threads;
+    }
+  }
+}
+
+TEST(LinearKernel, SkipBranchIsTheResidualAlone) {
+  const Case c{Format::sint4, Format::mxint8, Format::mxint8, Format::mxint8, 11, 24, 96, 30};
+  Fixture f = make(c, 400);
+  const QuantizedLinearKernel with(f.layer, c.act1, c.act2, f.bias);
+  LinearKernelOptions skip;
+  skip.skip_branch = true;
+  const std::vector<float> skipped = run(with, f, c.rows, skip);
+  f.layer.branch.reset();
+  const QuantizedLinearKernel without(f.layer, c.act1, c.act2, f.bias);
+  const std::vector<float> alone = run(without, f, c.rows);
+  ASSERT_EQ(0, std::memcmp(skipped.data(), alone.data(), alone.size() * sizeof(float)));
+  EXPECT_NE(skipped, run(with, f, c.rows));
+}
+
+TEST(LinearKernel, NonFiniteInputStaysInItsRow) {
+  const Case c{Format::sint4, Format::mxint8, Format::mxint8, Format::mxint8, 4, 16, 64, 8};
+  Fixture f = make(c, 500);
+  f.x[std::size_t(2 * c.in + 5)] = std::nanf("");
+  const QuantizedLinearKernel kernel(f.layer, c.act1, c.act2, f.bias);
+  const std::vector<float> y = run(kernel, f, c.rows);
+  for (std::int64_t i = 0; i < c.rows; ++i)
+    for (std::int64_t o = 0; o < c.out; ++o)
+      EXPECT_EQ(std::isfinite(y[std::size_t(i * c.out + o)]), i != 2) << i << "," << o;
+}
+
+TEST(LinearKernel, BadSizesNameTheLayer) {
+  const Case c{Format::sint4, Format::mxint8, Format::mxint8, Format::mxint8, 2, 16, 64, 8};
+  Fixture f = make(c, 600);
+  const QuantizedLinearKernel kernel(f.layer, c.act1, c.act2, f.bias, "blocks.0.attn.to_q");
+  std::vector<float> y(10);
+  EXPECT_NE(testing::error_of([&] { kernel.forward(f.x, c.rows, y); }).find("blocks.0.attn.to_q: output"),
+            std::string::npos);
+  EXPECT_NE(testing::error_of([&] { kernel.forward(f.x, 3, y); }).find("input has 128 values, expected 3 x 64"),
+            std::string::npos);
+  const std::vector<float> short_bias(5);
+  EXPECT_NE(testing::error_of([&] { QuantizedLinearKernel(f.layer, c.act1, c.act2, short_bias, "l"); })
+                .find("l: bias has 5 values, expected 16"),
+            std::string::npos);
+  f.layer.branch->up.cols = 9;
+  EXPECT_NE(testing::error_of([&] { QuantizedLinearKernel(f.layer, c.act1, c.act2, {}, "l"); }).find("l: branch"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace loraq
