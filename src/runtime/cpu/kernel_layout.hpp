@@ -63,8 +63,9 @@ struct ActivationTile {
 // x (activation scale x weight scale), accumulated in chunk order with fused multiply-adds from 0.
 using PanelKernel = void (*)(const std::uint8_t* codes, const float* scales, std::int64_t chunks,
                              const ActivationTile& a, int tokens, float* acc);
-// out[t * kPanel + r] = (acc[t * kPanel + r] + sum_j t_rows[t * t_stride + j] * up[j * kPanel + r],
-// fused multiply-adds in j order) + bias[r].
+// out[t * kPanel + r] = (even + odd) + bias[r], where even starts at acc[t * kPanel + r] and odd at 0,
+// and t_rows[t * t_stride + j] * up[j * kPanel + r] goes into even (j even) or odd (j odd) with fused
+// multiply-adds in j order.
 using EpilogueKernel = void (*)(const float* acc, const float* t_rows, std::int64_t t_stride, const float* up,
                                 std::int64_t rank, const float* bias, int tokens, float* out);
 

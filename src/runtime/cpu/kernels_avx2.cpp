@@ -34,14 +34,19 @@ void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunk
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 y[T];
+  #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) y[t] = _mm256_setzero_ps();
   for (std::int64_t c = 0; c < chunks; ++c) {
     __m256i pairs[T];
+    #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) pairs[t] = _mm256_setzero_si256();
+        // Not unrolled: unrolled, GCC reassociates the int16 sums and spills the products.
+#pragma GCC unroll 1
     for (int v = 0; v < 4; ++v) {
       const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 128 + v * 32));
       const __m256i lo = _mm256_and_si256(w, low4);
       const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), low4);
+      #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) {
         const std::int8_t* x = a.codes + t * a.code_stride + c * kChunk + 8 * v;
         const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, broadcast4(x)),
@@ -50,6 +55,7 @@ void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunk
       }
     }
     const __m256 row_scales = _mm256_loadu_ps(scales + c * kPanel);
+    #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
       const __m256i sum = _mm256_sub_epi32(_mm256_madd_epi16(pairs[t], ones),
                                            _mm256_set1_epi32(a.sums8[t * a.chunk_stride + c]));
@@ -57,6 +63,7 @@ void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunk
       y[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, y[t]);
     }
   }
+  #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) _mm256_storeu_ps(acc + t * kPanel, y[t]);
 }
 
@@ -67,12 +74,16 @@ void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunk
               float* acc) {
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 y[T];
+  #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) y[t] = _mm256_setzero_ps();
   for (std::int64_t c = 0; c < chunks; ++c) {
     __m256i sums[T];
+    #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) sums[t] = _mm256_setzero_si256();
+    #pragma GCC unroll 8
     for (int g = 0; g < 8; ++g) {
       const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 256 + g * 32));
+      #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) {
         const __m256i x = broadcast4(a.codes + t * a.code_stride + c * kChunk + 4 * g);
         const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(w, x));
@@ -80,11 +91,13 @@ void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunk
       }
     }
     const __m256 row_scales = _mm256_loadu_ps(scales + c * kPanel);
+    #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
       const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(a.scales[t * a.chunk_stride + c]), row_scales);
       y[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t]), scale, y[t]);
     }
   }
+  #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) _mm256_storeu_ps(acc + t * kPanel, y[t]);
 }
 
@@ -102,15 +115,34 @@ LORAQ_TOKEN_DISPATCH(panel_w4)
 LORAQ_TOKEN_DISPATCH(panel_w8)
 #undef LORAQ_TOKEN_DISPATCH
 
+// Two chains per token (even and odd j) over the tile's tokens: 8 independent fused multiply-adds
+// hide their latency; the up vector is loaded once for all tokens.
 void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, const float* up, std::int64_t rank,
               const float* bias, int tokens, float* out) {
+  __m256 even[4], odd[4];
+  for (int t = 0; t < tokens; ++t) {
+    even[t] = _mm256_loadu_ps(acc + t * kPanel);
+    odd[t] = _mm256_setzero_ps();
+  }
+  std::int64_t j = 0;
+  if (tokens == 4) {
+    for (; j + 1 < rank; j += 2) {
+      const __m256 u0 = _mm256_loadu_ps(up + j * kPanel), u1 = _mm256_loadu_ps(up + (j + 1) * kPanel);
+#pragma GCC unroll 4
+      for (int t = 0; t < 4; ++t) {
+        even[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(t_rows + t * t_stride + j), u0, even[t]);
+        odd[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(t_rows + t * t_stride + j + 1), u1, odd[t]);
+      }
+    }
+  }
   const __m256 b = _mm256_loadu_ps(bias);
   for (int t = 0; t < tokens; ++t) {
-    __m256 y = _mm256_loadu_ps(acc + t * kPanel);
     const float* tr = t_rows + t * t_stride;
-    for (std::int64_t j = 0; j < rank; ++j)
-      y = _mm256_fmadd_ps(_mm256_set1_ps(tr[j]), _mm256_loadu_ps(up + j * kPanel), y);
-    _mm256_storeu_ps(out + t * kPanel, _mm256_add_ps(y, b));
+    for (std::int64_t i = j; i < rank; ++i) {
+      __m256& chain = i % 2 ? odd[t] : even[t];
+      chain = _mm256_fmadd_ps(_mm256_set1_ps(tr[i]), _mm256_loadu_ps(up + i * kPanel), chain);
+    }
+    _mm256_storeu_ps(out + t * kPanel, _mm256_add_ps(_mm256_add_ps(even[t], odd[t]), b));
   }
 }
 

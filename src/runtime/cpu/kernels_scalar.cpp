@@ -50,9 +50,13 @@ void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, cons
               const float* bias, int tokens, float* out) {
   for (int t = 0; t < tokens; ++t)
     for (int r = 0; r < kPanel; ++r) {
-      float y = acc[t * kPanel + r];
-      for (std::int64_t j = 0; j < rank; ++j) y = std::fma(t_rows[t * t_stride + j], up[j * kPanel + r], y);
-      out[t * kPanel + r] = y + bias[r];
+      // Two chains, even and odd j, so that vector code can overlap them.
+      float even = acc[t * kPanel + r], odd = 0.0f;
+      for (std::int64_t j = 0; j < rank; ++j) {
+        float& chain = j % 2 ? odd : even;
+        chain = std::fma(t_rows[t * t_stride + j], up[j * kPanel + r], chain);
+      }
+      out[t * kPanel + r] = (even + odd) + bias[r];
     }
 }
 
