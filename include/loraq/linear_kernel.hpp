@@ -38,9 +38,12 @@ bool integer_kernel_supports(Format weight, Format activation);
 
 class QuantizedLinearKernel {
  public:
-  // Repacks the layer's weights for the kernels. `bias` is empty or [out_features]. Throws Error
-  // when the layer is inconsistent (sizes, a branch whose factors disagree) naming `name`.
-  QuantizedLinearKernel(const QuantizedLayer& layer, Format residual_activation, Format branch_activation,
+  // Repacks the layer's weights for the kernels. An activation format left unset means fp32
+  // activations (the float path, as loraq.torch does for 16-bit inputs). `bias` is empty or
+  // [out_features]. Throws Error when the layer is inconsistent (sizes, a branch whose factors
+  // disagree) naming `name`.
+  QuantizedLinearKernel(const QuantizedLayer& layer, std::optional<Format> residual_activation,
+                        std::optional<Format> branch_activation,
                         std::span<const float> bias = {}, std::string name = "layer");
   ~QuantizedLinearKernel();
   QuantizedLinearKernel(QuantizedLinearKernel&&) noexcept;

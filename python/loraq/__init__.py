@@ -11,16 +11,18 @@ Formats (loraq.formats), methods (loraq.methods) and whole checkpoints (loraq.ch
 wrappers over the C++ library; its errors arrive as loraq.Error, a ValueError that carries the C++
 message (which names the format, method, parameter, file or tensor at fault).
 
-With PyTorch: loraq.torch (QuantizedLinear, quantize_module, load_quantized) and loraq.capture
+loraq.LinearKernel runs a quantized layer on the CPU kernels (integer dot products from the packed
+codes). With PyTorch: loraq.torch (QuantizedLinear, quantize_module, load_quantized) and loraq.capture
 (capture_activations, save_activations); `import loraq` does not import them (docs/python.md).
 """
-from ._core import Error, PackedMatrix, QuantizedWeight, __version__
+from ._core import Error, LinearKernel, PackedMatrix, QuantizedWeight, __version__
 from .checkpoint import evaluate, export_dequantized, load_recipe, quantize_model
 from .formats import fake_quant, format_info, formats, pack, unpack
 from .methods import method_info, methods, quantize_weight
 
 __all__ = [
     "Error",
+    "LinearKernel",
     "PackedMatrix",
     "QuantizedWeight",
     "__version__",

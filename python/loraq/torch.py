@@ -14,9 +14,12 @@ P is the residual [out, in], down [rank, in] and up [out, rank] the low-rank bra
 dequantized in float32 buffers. Qa1 and Qa2 are the activation formats of the residual and branch
 inputs (None: 16-bit, left as they are): dynamic per-token fake quantization, blocks along
 in_features, computed by loraq.fake_quant on CPU float32, so bit for bit what the C++ codecs give.
-A CUDA input is copied to the CPU for Qa and back (correct, slow): loraq's own kernels replace
-this path once the kernels issue brings them. The matmuls run in float32 on the input's device;
-the output has the input's dtype. Nothing here computes gradients through Qa.
+A CUDA input is copied to the CPU for Qa and back (correct, slow). The matmuls run in float32 on
+the input's device; the output has the input's dtype. Nothing here computes gradients through Qa.
+
+backend="kernel" runs the layer on loraq's quantized CPU kernels instead (loraq.LinearKernel:
+integer dot products straight from the packed codes where the formats are integer, docs/kernels.md).
+Its output equals the fake-quantized computation within fp32 accumulation error.
 
 Importing this module needs torch; `import loraq` alone does not import it.
 """
@@ -95,11 +98,16 @@ class QuantizedLinear(nn.Module):
     all signed and symmetric, so a shifted input uses half of the grid and gains nothing from the
     shift by itself. The option reproduces the computation and its weight-side correction exactly;
     an unsigned element format in the table is what would make it pay.
+
+    backend: "fake_quant" (the computation above in torch) or "kernel" (loraq.LinearKernel on the
+    packed parts, CPU; needs packed=(residual, down, up) PackedMatrix objects, down and up None
+    without a branch, and no unsigned_shift).
     """
 
     def __init__(self, residual: Any, down: Any = None, up: Any = None, bias: Any = None, smooth: Any = None, *,
                  residual_activation: Optional[str] = None, branch_activation: Optional[str] = None,
-                 activation_rounding: str = "nearest_even", unsigned_shift: Shift = None, name: str = "") -> None:
+                 activation_rounding: str = "nearest_even", unsigned_shift: Shift = None, name: str = "",
+                 backend: str = "fake_quant", packed: Optional[tuple] = None) -> None:
         super().__init__()
         residual = _as_float32(residual, "residual")
         down, up = _as_float32(down, "down"), _as_float32(up, "up")
@@ -132,6 +140,19 @@ class QuantizedLinear(nn.Module):
                 raise ValueError(f"{where}: unsigned_shift must be None, 'token' or a finite number >= 0, "
                                  f"got {unsigned_shift!r}")
             unsigned_shift = float(unsigned_shift)
+        if backend not in ("fake_quant", "kernel"):
+            raise ValueError(f"{where}: backend must be 'fake_quant' or 'kernel', got {backend!r}")
+        self.backend, self._kernel = backend, None
+        if backend == "kernel":
+            if packed is None:
+                raise ValueError(f"{where}: backend='kernel' needs packed=(residual, down, up) PackedMatrix parts")
+            if unsigned_shift is not None:
+                raise ValueError(f"{where}: backend='kernel' does not take unsigned_shift")
+            if activation_rounding != "nearest_even":
+                raise ValueError(f"{where}: backend='kernel' quantizes activations with nearest_even rounding")
+            np_or_none = lambda t: None if t is None else t.cpu().numpy()  # noqa: E731
+            self._kernel = _core.LinearKernel(packed[0], packed[1], packed[2], np_or_none(smooth), np_or_none(bias),
+                                              residual_activation, branch_activation, name or "layer")
         self.name = name
         self.in_features, self.out_features, self.rank = int(in_features), int(out_features), int(rank)
         self.residual_activation, self.branch_activation = residual_activation, branch_activation
@@ -177,6 +198,10 @@ class QuantizedLinear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"QuantizedLinear '{self.name}': input has {x.shape[-1]} features (shape "
                              f"{tuple(x.shape)}), the layer takes {self.in_features}")
+        if self._kernel is not None:
+            flat = x.detach().to("cpu", torch.float32).reshape(-1, self.in_features).contiguous()
+            y = torch.from_numpy(self._kernel.forward(flat.numpy()))
+            return y.reshape(*x.shape[:-1], self.out_features).to(device=x.device, dtype=x.dtype)
         h = x.to(torch.float32)
         if self.smooth is not None:
             h = h / self.smooth
@@ -202,6 +227,8 @@ class QuantizedLinear(nn.Module):
             text += ", smoothed"
         if self.unsigned_shift is not None:
             text += f", unsigned_shift={self.unsigned_shift!r}"
+        if self._kernel is not None:
+            text += f", backend='kernel' ({self._kernel.describe()})"
         return text
 
 
@@ -285,7 +312,8 @@ def _sqnr_db(signal: "torch.Tensor", noise: "torch.Tensor") -> float:
 
 def quantize_module(module: "nn.Module", recipe: PathLike, *, activations: Any = None,
                     layers: Optional[Iterable[str]] = None, threads: int = 0,
-                    unsigned_shift: Union[Shift, Mapping[str, Shift]] = None) -> dict[str, Any]:
+                    unsigned_shift: Union[Shift, Mapping[str, Shift]] = None,
+                    backend: str = "fake_quant") -> dict[str, Any]:
     """Quantizes, in place, the nn.Linear modules of `module` whose "PATH.weight" the recipe file's
     layer selection picks (the same C++ selection as `loraq quantize`, applied to the Linear weights
     only), each with loraq.quantize_weight(recipe=..., layer="PATH.weight"), and swaps in a
@@ -328,7 +356,8 @@ def quantize_module(module: "nn.Module", recipe: PathLike, *, activations: Any =
         new = QuantizedLinear(q.residual, q.down, q.up, linear.bias, q.smooth,
                               residual_activation=entry["residual_activation"],
                               branch_activation=entry["branch_activation"], unsigned_shift=shift,
-                              name=path).to(linear.weight.device)
+                              name=path, backend=backend,
+                              packed=(q.packed_residual, q.packed_down, q.packed_up)).to(linear.weight.device)
         row = {"name": weight_name, "out_features": q.out_features, "in_features": q.in_features, "method": q.method,
                "residual_format": q.residual_format, "branch_format": q.branch_format, "rank": q.rank,
                "residual_activation": entry["residual_activation"], "branch_activation": entry["branch_activation"],
@@ -404,14 +433,16 @@ def _uint8(t: "torch.Tensor", what: str) -> np.ndarray:
     return np.ascontiguousarray(t.numpy())
 
 
-def _decode(tensors: _Tensors, fmt: str, base: str, rows: int, cols: int, layer: str) -> "torch.Tensor":
-    """The float32 values of one stored matrix (docs/checkpoint.md), decoded by loraq.unpack."""
+def _decode(tensors: _Tensors, fmt: str, base: str, rows: int, cols: int, layer: str) -> tuple:
+    """The float32 values of one stored matrix (docs/checkpoint.md), decoded by loraq.unpack, and
+    its PackedMatrix (for backend="kernel")."""
     if fmt in ("fp16", "bf16") and base in tensors:  # a 16-bit branch factor, stored as itself
         t = tensors[base]
         if tuple(t.shape) != (rows, cols):
             raise ValueError(f"load_quantized: layer '{layer}': {base} has shape {tuple(t.shape)}, expected "
                              f"({rows}, {cols})")
-        return t.to(torch.float32)  # exact widening
+        values = t.to(torch.float32)  # exact widening
+        return values, _core.pack(np.ascontiguousarray(values.numpy()), fmt)  # exact: the values are 16-bit
     if base + ".qweight" not in tensors:
         raise ValueError(f"load_quantized: layer '{layer}': the checkpoint has no tensor {base}.qweight")
     codes = _uint8(tensors[base + ".qweight"], base + ".qweight")
@@ -423,11 +454,11 @@ def _decode(tensors: _Tensors, fmt: str, base: str, rows: int, cols: int, layer:
         packed = PackedMatrix(fmt, rows, cols, codes, scales, tensor_scale)
     except ValueError as e:
         raise type(e)(f"load_quantized: layer '{layer}': {base}: {e}") from None
-    return torch.from_numpy(unpack(packed))
+    return torch.from_numpy(unpack(packed)), packed
 
 
 def load_quantized(module: "nn.Module", checkpoint: PathLike, *,
-                   unsigned_shift: Union[Shift, Mapping[str, Shift]] = None) -> list[str]:
+                   unsigned_shift: Union[Shift, Mapping[str, Shift]] = None, backend: str = "fake_quant") -> list[str]:
     """Swaps in a QuantizedLinear for every layer of a quantized checkpoint written by `loraq quantize`
     (a folder, a .safetensors file or a shard index; layout in docs/checkpoint.md), with the layer's
     activation formats from the metadata (loraq.layers: residual_activation, branch_activation; 16-bit
@@ -460,12 +491,12 @@ def load_quantized(module: "nn.Module", checkpoint: PathLike, *,
         if have != (out_features, in_features) or (len(shape) == 4 and tuple(shape[2:]) != (1, 1)):
             raise ValueError(f"{what}: layer '{name}': the checkpoint's weight is {list(shape)}, the module's "
                              f"nn.Linear is [{have[0]}, {have[1]}]")
-        residual = _decode(tensors, layer["residual"], path, out_features, in_features, name)
-        down = up = None
+        residual, packed_residual = _decode(tensors, layer["residual"], path, out_features, in_features, name)
+        down = up = packed_down = packed_up = None
         if layer.get("branch"):
             rank = int(layer["rank"])
-            down = _decode(tensors, layer["branch"], path + ".lora_down", rank, in_features, name)
-            up = _decode(tensors, layer["branch"], path + ".lora_up", out_features, rank, name)
+            down, packed_down = _decode(tensors, layer["branch"], path + ".lora_down", rank, in_features, name)
+            up, packed_up = _decode(tensors, layer["branch"], path + ".lora_up", out_features, rank, name)
         smooth = None
         if layer.get("smoothed"):
             if path + ".smooth_factor" not in tensors:
@@ -478,7 +509,8 @@ def load_quantized(module: "nn.Module", checkpoint: PathLike, *,
             swaps[path] = QuantizedLinear(residual, down, up, bias, smooth,
                                           residual_activation=layer.get("residual_activation"),
                                           branch_activation=layer.get("branch_activation"),
-                                          unsigned_shift=shift, name=path).to(device)
+                                          unsigned_shift=shift, name=path, backend=backend,
+                                          packed=(packed_residual, packed_down, packed_up)).to(device)
         except ValueError as e:
             raise ValueError(f"{what}: layer '{name}': {e}") from None
     for path, new in swaps.items():

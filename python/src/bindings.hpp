@@ -61,5 +61,6 @@ void register_formats(nb::module_& m);
 void register_methods(nb::module_& m);
 void register_checkpoint(nb::module_& m);
 void register_recipes(nb::module_& m);
+void register_kernels(nb::module_& m);
 
 }  // namespace loraq::python

@@ -49,4 +49,5 @@ NB_MODULE(_core, m) {
   loraq::python::register_methods(m);
   loraq::python::register_checkpoint(m);
   loraq::python::register_recipes(m);
+  loraq::python::register_kernels(m);
 }

@@ -14,14 +14,16 @@ namespace loraq {
 namespace {
 
 struct Case {
-  Format residual, branch, act1, act2;
+  Format residual, branch;
+  std::optional<Format> act1, act2;  // unset: fp32 activations
   std::int64_t rows, out, in, rank;
   bool smooth = true, bias = true;
 };
 
+std::string name_of(std::optional<Format> f) { return f ? std::string(format_info(*f).name) : "fp32"; }
+
 std::string describe(const Case& c) {
-  return std::string(format_info(c.residual).name) + "/" + std::string(format_info(c.branch).name) + " A " +
-         std::string(format_info(c.act1).name) + "/" + std::string(format_info(c.act2).name) + " M=" +
+  return name_of(c.residual) + "/" + name_of(c.branch) + " A " + name_of(c.act1) + "/" + name_of(c.act2) + " M=" +
          std::to_string(c.rows) + " out=" + std::to_string(c.out) + " in=" + std::to_string(c.in) +
          " r=" + std::to_string(c.rank);
 }
@@ -70,8 +72,14 @@ Reference reference(const Case& c, const Fixture& f, const QuantizedLinearKernel
     for (std::int64_t i = 0; i < c.rows; ++i)
       for (std::int64_t k = 0; k < c.in; ++k) xs[std::size_t(i * c.in + k)] /= f.layer.smooth[std::size_t(k)];
   std::vector<float> qa1(xs.size()), qa2(xs.size());
-  fake_quantize(c.act1, xs, qa1, c.rows, c.in);
-  fake_quantize(c.act2, xs, qa2, c.rows, c.in);
+  if (c.act1)
+    fake_quantize(*c.act1, xs, qa1, c.rows, c.in);
+  else
+    qa1 = xs;
+  if (c.act2)
+    fake_quantize(*c.act2, xs, qa2, c.rows, c.in);
+  else
+    qa2 = xs;
   const std::vector<float> p = unpack(f.layer.residual);
   std::vector<float> down, up;
   if (f.layer.branch) {
@@ -156,6 +164,8 @@ TEST(LinearKernel, FloatPathWithinBound) {
       {Format::sint4, Format::fp16, Format::fp16, Format::fp16, 9, 33, 130, 32},
       {Format::nvfp4, Format::mxfp6_e2m3, Format::mxint8, Format::mxfp8_e4m3, 18, 16, 64, 86},
       {Format::sint4, Format::mxint8, Format::fp16, Format::mxint8, 6, 24, 128, 62},
+      {Format::sint4, Format::fp16, std::nullopt, std::nullopt, 7, 24, 96, 32},  // W4A16 without Qa
+      {Format::mxint4, Format::mxint8, Format::mxint8, std::nullopt, 5, 16, 64, 16},
   };
   unsigned seed = 100;
   for (const Case& c : cases) expect_within_bound(c, seed++);

@@ -20,7 +20,10 @@ namespace {
 
 constexpr std::int64_t kTokenBlock = 16;
 
-std::string format_name(Format f) { return std::string(format_info(f).name); }
+std::string format_name(std::optional<Format> f) { return f ? std::string(format_info(*f).name) : "fp32"; }
+bool integer_pair(Format weight, std::optional<Format> activation) {
+  return activation && integer_kernel_supports(weight, *activation);
+}
 
 }  // namespace
 
@@ -31,7 +34,8 @@ bool integer_kernel_supports(Format weight, Format activation) {
 struct QuantizedLinearKernel::Impl {
   std::string name;
   std::int64_t out = 0, in = 0, rank = 0;
-  Format residual_weight{}, branch_weight{}, residual_activation{}, branch_activation{};
+  Format residual_weight{}, branch_weight{};
+  std::optional<Format> residual_activation, branch_activation;  // unset: fp32
   bool int_residual = false, int_branch = false;
   runtime::WeightPanels residual, down;  // integer path
   std::vector<float> residual_f, down_f;  // float path: dequantized [out, in] and [rank, in]
@@ -45,8 +49,8 @@ struct QuantizedLinearKernel::Impl {
                  std::int64_t p1, bool with_branch, float* y) const;
 };
 
-QuantizedLinearKernel::QuantizedLinearKernel(const QuantizedLayer& layer, Format residual_activation,
-                                             Format branch_activation, std::span<const float> bias, std::string name)
+QuantizedLinearKernel::QuantizedLinearKernel(const QuantizedLayer& layer, std::optional<Format> residual_activation,
+                                             std::optional<Format> branch_activation, std::span<const float> bias, std::string name)
     : impl_(std::make_unique<Impl>()) {
   Impl& k = *impl_;
   k.name = std::move(name);
@@ -64,7 +68,7 @@ QuantizedLinearKernel::QuantizedLinearKernel(const QuantizedLayer& layer, Format
   k.residual_activation = residual_activation;
   k.branch_activation = branch_activation;
   k.smooth = layer.smooth;
-  k.int_residual = integer_kernel_supports(k.residual_weight, residual_activation);
+  k.int_residual = integer_pair(k.residual_weight, residual_activation);
   if (k.int_residual)
     k.residual = runtime::make_panels(layer.residual);
   else
@@ -81,7 +85,7 @@ QuantizedLinearKernel::QuantizedLinearKernel(const QuantizedLayer& layer, Format
                   " and up " + std::to_string(u.rows) + "x" + std::to_string(u.cols) + ", expected down [rank, " +
                   std::to_string(k.in) + "] and up [" + std::to_string(k.out) + ", rank]");
     k.branch_weight = d.format;
-    k.int_branch = integer_kernel_supports(d.format, branch_activation);
+    k.int_branch = integer_pair(d.format, branch_activation);
     if (k.int_branch)
       k.down = runtime::make_panels(d);
     else
@@ -108,7 +112,7 @@ bool QuantizedLinearKernel::branch_is_integer() const { return impl_->int_branch
 std::string QuantizedLinearKernel::describe(const LinearKernelOptions& options) const {
   const Impl& k = *impl_;
   const std::string isa(isa_name(runtime::kernels_for(options.isa.value_or(default_isa())).isa));
-  auto part = [&](bool integer, Format w, Format a) {
+  auto part = [&](bool integer, Format w, std::optional<Format> a) {
     return (integer ? "integer " : "float ") + format_name(w) + " x " + format_name(a) + " (" +
            (integer ? isa : std::string("sgemm")) + ")";
   };
@@ -137,12 +141,18 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
   QuantOptions one_thread;
   one_thread.threads = 1;
   const std::span<const float> src_span(src, std::size_t(rows * in));
-  if (int_residual) {
-    runtime::quantize_activations(residual_activation, src, rows, in, a1);
-  } else {
-    xq1.resize(std::size_t(rows * in));
-    fake_quantize(residual_activation, src_span, xq1, rows, in, one_thread);
-  }
+  // Float-path inputs: fake-quantized, or the fp32 values themselves without an activation format.
+  auto float_input = [&](std::optional<Format> format, std::vector<float>& buffer) -> const float* {
+    if (!format) return src;
+    buffer.resize(std::size_t(rows * in));
+    fake_quantize(*format, src_span, buffer, rows, in, one_thread);
+    return buffer.data();
+  };
+  const float* q1 = nullptr;
+  if (int_residual)
+    runtime::quantize_activations(*residual_activation, src, rows, in, a1);
+  else
+    q1 = float_input(residual_activation, xq1);
 
   // The branch's intermediate T [rows, t_stride()], from the same activations where the formats agree.
   const std::int64_t ts = t_stride();
@@ -151,7 +161,7 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
     if (int_branch) {
       const runtime::ActivationRows* a = &a1;
       if (!(int_residual && branch_activation == residual_activation)) {
-        runtime::quantize_activations(branch_activation, src, rows, in, a2);
+        runtime::quantize_activations(*branch_activation, src, rows, in, a2);
         a = &a2;
       }
       const runtime::PanelKernel kernel = down.bits == 4 ? ks.w4 : ks.w8;
@@ -169,12 +179,7 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
         }
       }
     } else {
-      const float* q = xq1.data();
-      if (int_residual || branch_activation != residual_activation) {
-        xq2.resize(std::size_t(rows * in));
-        fake_quantize(branch_activation, src_span, xq2, rows, in, one_thread);
-        q = xq2.data();
-      }
+      const float* q = int_residual || branch_activation != residual_activation ? float_input(branch_activation, xq2) : q1;
       linalg::gemm(false, true, rows, rank, in, 1.0f, q, in, down_f.data(), in, 0.0f, t_rows.data(), ts);
     }
   }
@@ -183,7 +188,7 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
   const std::int64_t col0 = p0 * kPanel, cols = std::min(out, p1 * kPanel) - col0;
   if (!int_residual) {
     float_out.resize(std::size_t(rows * cols));
-    linalg::gemm(false, true, rows, cols, in, 1.0f, xq1.data(), in, residual_f.data() + col0 * in, in, 0.0f,
+    linalg::gemm(false, true, rows, cols, in, 1.0f, q1, in, residual_f.data() + col0 * in, in, 0.0f,
                  float_out.data(), cols);
   }
   const runtime::PanelKernel kernel = residual.bits == 4 ? ks.w4 : ks.w8;

@@ -1,0 +1,81 @@
+// loraq._core.LinearKernel: the quantized linear kernels (include/loraq/linear_kernel.hpp) on numpy
+// arrays; loraq.torch's QuantizedLinear(backend="kernel") runs on it.
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+
+#include "bindings.hpp"
+#include "loraq/error.hpp"
+#include "loraq/linear_kernel.hpp"
+
+namespace loraq::python {
+namespace {
+
+std::optional<Format> format_or_fp32(const std::optional<std::string>& name) {
+  if (!name) return std::nullopt;
+  return parse_format(*name);
+}
+
+std::vector<float> vector_of(const std::optional<FloatArray>& a, const std::string& what) {
+  if (!a) return {};
+  if (a->ndim() != 1) throw Error(what + ": expected a 1-D array, got shape " + shape_text(*a));
+  return {a->data(), a->data() + a->size()};
+}
+
+}  // namespace
+
+void register_kernels(nb::module_& m) {
+  nb::class_<QuantizedLinearKernel>(
+      m, "LinearKernel",
+      "Y = Qa1(X/s) Q1(P)^T + (Qa2(X/s) Q2(down)^T) Q2(up)^T + bias from the packed parts: integer kernels "
+      "where weight and activation formats are integer (sint4, mxint4, mxint8, int8_channel), fp32 GEMM "
+      "on fake-quantized inputs otherwise. Activation format None: fp32 inputs.")
+      .def(
+          "__init__",
+          [](QuantizedLinearKernel* self, const PackedMatrix& residual, const PackedMatrix* down, const PackedMatrix* up,
+             std::optional<FloatArray> smooth, std::optional<FloatArray> bias,
+             const std::optional<std::string>& residual_activation, const std::optional<std::string>& branch_activation,
+             const std::string& name) {
+            if ((down == nullptr) != (up == nullptr)) throw Error(name + ": give both down and up, or neither");
+            QuantizedLayer layer;
+            layer.out_features = residual.rows;
+            layer.in_features = residual.cols;
+            layer.residual = residual;
+            if (down) layer.branch = LowRankBranch{*down, *up};
+            layer.smooth = vector_of(smooth, name + ": smooth");
+            const std::vector<float> b = vector_of(bias, name + ": bias");
+            new (self) QuantizedLinearKernel(layer, format_or_fp32(residual_activation),
+                                             format_or_fp32(branch_activation), b, name);
+          },
+          nb::arg("residual"), nb::arg("down").none() = nb::none(), nb::arg("up").none() = nb::none(),
+          nb::arg("smooth").noconvert().none() = nb::none(), nb::arg("bias").noconvert().none() = nb::none(),
+          nb::arg("residual_activation").none() = nb::none(), nb::arg("branch_activation").none() = nb::none(),
+          nb::arg("name") = "layer")
+      .def(
+          "forward",
+          [](const QuantizedLinearKernel& k, const FloatArray& x, int threads, std::optional<std::string> isa,
+             bool skip_branch) {
+            const MatrixShape shape = matrix_shape(x, "LinearKernel.forward: x");
+            if (shape.cols != k.in_features())
+              throw Error("LinearKernel.forward: x has " + std::to_string(shape.cols) + " features, the layer takes " +
+                          std::to_string(k.in_features()));
+            LinearKernelOptions options;
+            options.threads = threads;
+            options.skip_branch = skip_branch;
+            if (isa) options.isa = parse_isa(*isa);
+            std::vector<float> y(std::size_t(shape.rows * k.out_features()));
+            {
+              nb::gil_scoped_release release;
+              k.forward(values_of(x), shape.rows, y, options);
+            }
+            return to_numpy(std::move(y), {std::size_t(shape.rows), std::size_t(k.out_features())});
+          },
+          nb::arg("x").noconvert(), nb::arg("threads") = 0, nb::arg("isa").none() = nb::none(),
+          nb::arg("skip_branch") = false, "y [rows, out] for C-contiguous float32 x [rows, in] (or one row).")
+      .def_prop_ro("in_features", &QuantizedLinearKernel::in_features)
+      .def_prop_ro("out_features", &QuantizedLinearKernel::out_features)
+      .def_prop_ro("rank", &QuantizedLinearKernel::rank)
+      .def("describe", [](const QuantizedLinearKernel& k) { return k.describe(); },
+           "What forward() runs for each part, e.g. 'residual integer sint4 x mxint8 (avx2); ...'");
+}
+
+}  // namespace loraq::python
