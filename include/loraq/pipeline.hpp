@@ -10,6 +10,7 @@
 
 #include "loraq/dist.hpp"
 #include "loraq/format.hpp"
+#include "loraq/quantized_checkpoint.hpp"
 #include "loraq/quantized_layer.hpp"
 #include "loraq/recipe.hpp"
 
@@ -56,6 +57,16 @@ struct QuantizeSummary {
 // quantized checkpoint (docs/checkpoint.md), the reports (JSON, CSV, Markdown) beside it, and keeps
 // finished layers in "<output>.partial" until the end so that an interrupted run can resume.
 QuantizeSummary quantize_model(const QuantizeOptions& options);
+
+// One layer of a quantized checkpoint, as the kernels take it: its table entry, its packed parts and
+// the checkpoint's P.bias in fp32 (empty when it has none). `layer` is "P.weight" or "P". Throws
+// Error naming the file and the layer (listing a few of the layers it has) when it is not there.
+struct StoredLinear {
+  QuantizedLayerInfo info;
+  QuantizedLayer layer;
+  std::vector<float> bias;
+};
+StoredLinear load_quantized_linear(const std::filesystem::path& quantized, const std::string& layer);
 
 // Writes the effective weights of a quantized checkpoint under their original names and dtype
 // (or `dtype` when given: "F32", "F16", "BF16"), every other tensor as it is: what a diffusers user

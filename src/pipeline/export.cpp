@@ -1,6 +1,7 @@
 // `loraq export --dequantized` and `loraq eval`: the effective weights of a quantized checkpoint.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 
@@ -29,6 +30,25 @@ QuantizedLayer read_layer(const io::Checkpoint& q, const QuantizedLayerInfo& inf
 }
 
 }  // namespace
+
+StoredLinear load_quantized_linear(const std::filesystem::path& quantized, const std::string& layer) {
+  const io::Checkpoint q(quantized);
+  const std::vector<QuantizedLayerInfo> layers = layer_table(q);
+  const std::string weight = layer.ends_with(".weight") ? layer : layer + ".weight";
+  for (const QuantizedLayerInfo& info : layers) {
+    if (info.weight_name != weight) continue;
+    StoredLinear out{info, read_layer(q, info), {}};
+    const std::string bias = layer_prefix(info.weight_name) + ".bias";
+    const auto& all = q.tensors();
+    if (std::any_of(all.begin(), all.end(), [&](const io::TensorInfo& t) { return t.name == bias; }))
+      out.bias = read_weight(q, bias);
+    return out;
+  }
+  std::string known;
+  for (std::size_t i = 0; i < layers.size() && i < 4; ++i) known += (i ? ", " : "") + layers[i].weight_name;
+  throw Error(fmt::format("{}: no quantized layer '{}' (it has {} layers{}{})", q.path().string(), weight, layers.size(),
+                          layers.empty() ? "" : ": ", known + (layers.size() > 4 ? ", ..." : "")));
+}
 
 void export_dequantized(const std::filesystem::path& quantized, const std::filesystem::path& output,
                         const std::string& dtype, std::uint64_t max_shard_bytes) {

@@ -119,3 +119,49 @@ def test_torch_kernel_backend_matches_fake_quant(tmp_path):
                            packed=(loraq.pack(np.zeros((8, 32), np.float32), "sint4"), None, None))
     with pytest.raises(ValueError, match="backend must be"):
         lt.QuantizedLinear(np.zeros((8, 32), np.float32), backend="cuda")
+
+
+# ---- loraq run-linear ------------------------------------------------------------------------------------------
+
+def test_run_linear_command(tmp_path, loraq_bin):
+    """`loraq run-linear` on a `loraq quantize` output: --check passes, Y equals loraq.LinearKernel on
+    the layer's packed parts read back by load_quantized's decoder (same kernels: same bits), and a
+    wrong layer or input is refused by name."""
+    import pathlib
+    import subprocess
+
+    st = pytest.importorskip("safetensors.numpy", reason="the safetensors library is not installed")
+    rng = np.random.default_rng(21)
+    weight = heavy_tailed(rng, (96, 160))
+    bias = heavy_tailed(rng, (96,))
+    st.save_file({"blocks.0.ff.weight": weight, "blocks.0.ff.bias": bias}, str(tmp_path / "model.safetensors"))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nmethod: svd_lowrank\nresidual: {format: sint4}\nbranch: {format: mxint8, rank: 86}\n"
+                      "activations: {residual: mxint8, branch: mxint8}\nlayers: {include: ['*.weight']}\n")
+    quantized = tmp_path / "q.safetensors"
+    subprocess.run([loraq_bin, "quantize", str(tmp_path / "model.safetensors"), "-r", str(recipe), "-o", str(quantized)],
+                   check=True, capture_output=True, text=True, timeout=300)
+    x = heavy_tailed(rng, (33, 160))
+    np.save(tmp_path / "x.npy", x)
+    result = subprocess.run([loraq_bin, "run-linear", str(quantized), "--layer", "blocks.0.ff", "--input",
+                             str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy"), "--check", "--repeat", "3"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "integer sint4 x mxint8" in result.stdout and ": ok" in result.stdout
+
+    tensors = st.load_file(str(quantized))
+    def packed(base, fmt, rows, cols):
+        return loraq.PackedMatrix(fmt, rows, cols, tensors[base + ".qweight"], tensors[base + ".wscales"])
+    kernel = loraq.LinearKernel(packed("blocks.0.ff", "sint4", 96, 160), packed("blocks.0.ff.lora_down", "mxint8", 86, 160),
+                                packed("blocks.0.ff.lora_up", "mxint8", 96, 86), None, bias, "mxint8", "mxint8")
+    assert np.array_equal(np.load(tmp_path / "y.npy"), kernel.forward(x))
+
+    wrong = subprocess.run([loraq_bin, "run-linear", str(quantized), "--layer", "blocks.9.ff", "--input",
+                            str(tmp_path / "x.npy")], capture_output=True, text=True, timeout=60)
+    assert wrong.returncode != 0 and "no quantized layer 'blocks.9.ff.weight'" in wrong.stderr
+    assert "blocks.0.ff.weight" in wrong.stderr
+    np.save(tmp_path / "bad.npy", x[:, :100])
+    bad = subprocess.run([loraq_bin, "run-linear", str(quantized), "--layer", "blocks.0.ff.weight", "--input",
+                          str(tmp_path / "bad.npy")], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "expected float32 [rows, 160]" in bad.stderr
+    assert not pathlib.Path(tmp_path / "y2.npy").exists()

@@ -20,5 +20,6 @@ Command add_export_command(CLI::App& app);
 Command add_eval_command(CLI::App& app);
 Command add_inspect_command(CLI::App& app);
 Command add_bench_command(CLI::App& app);
+Command add_run_linear_command(CLI::App& app);
 
 }  // namespace loraq::cli

@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
       loraq::cli::add_eval_command(app),
       loraq::cli::add_inspect_command(app),
       loraq::cli::add_bench_command(app),
+      loraq::cli::add_run_linear_command(app),
   };
   try {
     app.parse(argc, argv);
