@@ -235,7 +235,10 @@ void QuantizedLinearKernel::forward(std::span<const float> x, std::int64_t rows,
   const std::int64_t blocks = (rows + kTokenBlock - 1) / kTokenBlock;
   const std::int64_t panels = k.panels();
   const std::int64_t per_block =
-      blocks >= 2 * threads ? 1 : std::clamp<std::int64_t>((2 * threads + blocks - 1) / std::max<std::int64_t>(1, blocks), 1, panels);
+      blocks >= 2 * threads
+          ? 1
+          : std::clamp<std::int64_t>((2 * threads + blocks - 1) / std::max<std::int64_t>(1, blocks), 1,
+                                     std::max<std::int64_t>(1, panels));
   const std::int64_t items = blocks * per_block;
   std::exception_ptr failure;
   std::mutex failure_mutex;
