@@ -48,15 +48,35 @@ struct RowDecoder {
 
   void decode_row(const PackedMatrix& m, std::int64_t row, std::int8_t* codes, float* chunk_scales) {
     const int bits = element_bits(format);
-    detail::unpack_codes(bits, m.codes.data() + row * row_bytes, std::int64_t(raw.size()), raw.data());
+    const std::uint8_t* packed = m.codes.data() + row * row_bytes;
+    const std::int64_t padded = chunks * kChunk, n = std::min(cols, padded);
+    // Bytes and nibbles straight to int8 (the common cases, on every activation row); other widths
+    // through the generic unpacker.
+    if (bits == 8) {
+      std::memcpy(codes, packed, std::size_t(n));
+    } else if (bits == 4) {
+      for (std::int64_t c = 0; c + 1 < n; c += 2) {
+        const std::uint8_t b = packed[c / 2];
+        codes[c] = std::int8_t(std::int8_t(b << 4) >> 4);
+        codes[c + 1] = std::int8_t(std::int8_t(b) >> 4);
+      }
+      if (n % 2) codes[n - 1] = std::int8_t(std::int8_t(packed[n / 2] << 4) >> 4);
+    } else {
+      detail::unpack_codes(bits, packed, std::int64_t(raw.size()), raw.data());
+      for (std::int64_t c = 0; c < n; ++c) codes[c] = std::int8_t(signed_code(raw[std::size_t(c)], bits));
+    }
+    std::fill(codes + n, codes + padded, std::int8_t(0));
     detail::load_scales(info.scale, m.scales.data() + row * blocks * scale_bytes(format), blocks, raw_scales.data());
-    const std::int64_t padded = chunks * kChunk;
-    for (std::int64_t c = 0; c < padded; ++c)
-      codes[c] = c < cols ? std::int8_t(signed_code(raw[std::size_t(c)], bits)) : 0;
     const float unit = element_unit(format);
+    float block_scale = 0.0f;
+    std::int64_t last_block = -1;
     for (std::int64_t c = 0; c < chunks; ++c) {
       const std::int64_t block = info.block_size == 0 ? 0 : c * kChunk / info.block_size;
-      chunk_scales[c] = scale_value(info.scale, raw_scales[std::size_t(block)]) * unit;
+      if (block != last_block) {
+        block_scale = scale_value(info.scale, raw_scales[std::size_t(block)]) * unit;
+        last_block = block;
+      }
+      chunk_scales[c] = block_scale;
     }
   }
 };
