@@ -11,8 +11,10 @@ images, class accuracy (the classifier's label against the conditioning class), 
 value, and (in timings.md only, so that two runs give identical tables) the quantization and
 generation times. The weights are quantized with loraq.torch.quantize_module from the recipe; the
 activations it needs for smoothing and the output SQNR are captured from the 16-bit model while it
-generates the first --capture images. Each configuration's images are kept in OUT/images/ and reused
-by a later run with the same settings, so a killed evaluation resumes.
+generates the first --capture images. Each configuration's images, bits per value and quantization
+time are kept in OUT/images/ and reused by a later run with the same settings and the same recipe
+text (neither quantizing nor generating again), so a killed evaluation resumes. --backend kernel
+runs the quantized layers on loraq's CPU kernels instead of fake quantization.
 
 Writes OUT/results.{md,csv,json}, OUT/timings.md and OUT/grid.png (rows: configurations; columns:
 the first --grid-columns seeds).
@@ -70,20 +72,30 @@ class Evaluation:
         digest.update(json.dumps([args.samples, args.steps, args.guidance, args.seed, args.capture]).encode())
         self.settings = digest.hexdigest()[:16]
 
-    def generate(self, name: str, model) -> tuple[np.ndarray, float]:
-        """The configuration's images [n, 28, 28] in [-1, 1], from OUT/images when there already."""
+    def cached(self, name: str, recipe_bytes: bytes = b"") -> dict | None:
+        """The stored images and figures of a configuration made with these settings (and this
+        recipe text), or None."""
         cache = self.out / "images" / f"{name}.npz"
-        if cache.exists():
-            stored = np.load(cache)
-            if str(stored["settings"]) == self.settings:
-                return stored["images"], float(stored["seconds"])
+        if not cache.exists():
+            return None
+        stored = np.load(cache)
+        if str(stored["settings"]) != self.settings_for(recipe_bytes):
+            return None
+        return {k: stored[k] for k in stored.files}
+
+    def settings_for(self, recipe_bytes: bytes) -> str:
+        return hashlib.sha256(self.settings.encode() + recipe_bytes).hexdigest()[:16]
+
+    def generate(self, name: str, model, recipe_bytes: bytes = b"", **figures) -> tuple[np.ndarray, float]:
+        """The configuration's images [n, 28, 28] in [-1, 1], generated and stored in OUT/images with
+        `figures` (bits per value, quantization time) so that a later run skips both."""
         start = time.time()
         images = dit_sampling.sample(model, self.labels, seed=self.args.seed, steps=self.args.steps,
                                      guidance=self.args.guidance, scheduler_config=self.scheduler).squeeze(1).numpy()
         seconds = time.time() - start
         buffer = io.BytesIO()
-        np.savez(buffer, images=images, seconds=seconds, settings=self.settings)
-        atomic_write(cache, buffer.getvalue())
+        np.savez(buffer, images=images, seconds=seconds, settings=self.settings_for(recipe_bytes), **figures)
+        atomic_write(self.out / "images" / f"{name}.npz", buffer.getvalue())
         return images, seconds
 
     def capture(self):
@@ -117,6 +129,8 @@ def main():
     p.add_argument("--classifier", default="models/fashion-classifier")
     p.add_argument("--grid-columns", type=int, default=10)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--backend", default="fake_quant", choices=["fake_quant", "kernel"],
+                   help="how quantized layers run: fake quantization in torch, or loraq's CPU kernels")
     p.add_argument("-o", "--output", required=True)
     args = p.parse_args()
     if args.threads:
@@ -125,20 +139,30 @@ def main():
     import loraq.torch as lt
 
     ev = Evaluation(args)
-    reference, seconds = ev.generate("fp32", ev.model)
+    stored = ev.cached("fp32")
+    reference, seconds = (stored["images"], float(stored["seconds"])) if stored else ev.generate("fp32", ev.model)
     rows = [{"configuration": "fp32", "recipe": "", "bits_per_value": 32.0, **ev.metrics(reference, reference)}]
     timings = [("fp32", 0.0, seconds)]
     grids = [reference[: args.grid_columns]]
-    stats = ev.capture() if args.recipes else None
+    stats = None
     for recipe in args.recipes:
         name = pathlib.Path(recipe).stem
-        model = copy.deepcopy(ev.model)
-        start = time.time()
-        report = lt.quantize_module(model, recipe, activations=stats)
-        quantize_seconds = time.time() - start
-        params = sum(r["out_features"] * r["in_features"] for r in report["layers"])
-        bits = sum(r["bits_per_value"] * r["out_features"] * r["in_features"] for r in report["layers"]) / params
-        images, seconds = ev.generate(name, model)
+        recipe_bytes = pathlib.Path(recipe).read_bytes() + args.backend.encode()
+        stored = ev.cached(name, recipe_bytes)
+        if stored:
+            images, seconds = stored["images"], float(stored["seconds"])
+            bits, quantize_seconds = float(stored["bits_per_value"]), float(stored["quantize_seconds"])
+        else:
+            if stats is None:
+                stats = ev.capture()
+            model = copy.deepcopy(ev.model)
+            start = time.time()
+            report = lt.quantize_module(model, recipe, activations=stats, backend=args.backend)
+            quantize_seconds = time.time() - start
+            params = sum(r["out_features"] * r["in_features"] for r in report["layers"])
+            bits = sum(r["bits_per_value"] * r["out_features"] * r["in_features"] for r in report["layers"]) / params
+            images, seconds = ev.generate(name, model, recipe_bytes, bits_per_value=bits,
+                                          quantize_seconds=quantize_seconds)
         rows.append({"configuration": name, "recipe": os.fspath(recipe), "bits_per_value": bits,
                      **ev.metrics(images, reference)})
         timings.append((name, quantize_seconds, seconds))
@@ -148,7 +172,7 @@ def main():
     out = ev.out
     header = ["configuration", "bits_per_value", "psnr_db", "ssim", "frechet_distance", "class_accuracy"]
     title = (f"{args.samples} samples per configuration, DDIM {args.steps} steps, guidance {args.guidance}, seed "
-             f"{args.seed}; model {args.model}")
+             f"{args.seed}; model {args.model}; quantized layers run by {args.backend}")
     md = [f"# End-to-end evaluation\n\n{title}.\n", "PSNR and SSIM: against the unquantized (fp32) model's image from the same "
           "seed (mean over images). Frechet distance: the classifier's 128-d features against the 10 000 real test "
           "images. Class accuracy: the classifier's label against the conditioning class. Bits per value: the "

@@ -1,6 +1,7 @@
 """tools/evaluate.py end to end on a small untrained DiT (the trained one is issue 6's model): the
 tables, grid and timings are written, the unquantized row compares with itself (99 dB, SSIM 1), the
-rows follow the recipes, and two runs from scratch give identical tables."""
+rows follow the recipes, a second run into the same folder reuses every stored configuration, and two
+runs from scratch give identical tables."""
 import json
 import pathlib
 import subprocess
@@ -51,6 +52,11 @@ def test_evaluation_tables_and_determinism(model, tmp_path):
     assert first["rows"][1]["bits_per_value"] == pytest.approx(4 + 16 / 64)  # sint4: int4 codes, an fp16 scale per 64
     for f in ("results.md", "results.csv", "timings.md", "grid.png"):
         assert (tmp_path / "a" / f).exists(), f
+    timings = (tmp_path / "a" / "timings.md").read_text()
+    again = evaluate(model, tmp_path / "a")  # resumed: every configuration from OUT/images
+    assert again["rows"] == first["rows"]
+    # The stored times come back as they were: nothing was quantized or generated again.
+    assert (tmp_path / "a" / "timings.md").read_text() == timings
     evaluate(model, tmp_path / "b")  # from scratch: no cached images
     assert (tmp_path / "a" / "results.md").read_text() == (tmp_path / "b" / "results.md").read_text()
     assert (tmp_path / "a" / "results.csv").read_text() == (tmp_path / "b" / "results.csv").read_text()
