@@ -24,14 +24,11 @@ echo "== Python package: pip install . into a fresh virtual environment"
 fresh=build/python-venv
 rm -rf "$fresh"
 "$venv/bin/python" -m venv "$fresh"
-"$fresh/bin/python" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))' \
-  > build/python-build-requirements.txt
-pip_quiet=(-q --disable-pip-version-check)
-"$fresh/bin/pip" install "${pip_quiet[@]}" -r build/python-build-requirements.txt
-"$fresh/bin/pip" install "${pip_quiet[@]}" --no-build-isolation -C build-dir=build/python-wheel .
+scripts/python-package.sh "$fresh"
 "$fresh/bin/python" -c "import loraq; print('import loraq:', loraq.__version__)"
 # The same build, as a wheel, into the test environment (ninja finds nothing to do).
 rm -rf build/python-dist
+pip_quiet=(-q --disable-pip-version-check)
 "$fresh/bin/pip" wheel "${pip_quiet[@]}" --no-build-isolation --no-deps -C build-dir=build/python-wheel -w build/python-dist .
 "$venv/bin/pip" install "${pip_quiet[@]}" --no-deps --force-reinstall build/python-dist/loraq-*.whl
 
