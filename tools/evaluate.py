@@ -16,8 +16,8 @@ time are kept in OUT/images/ and reused by a later run with the same settings an
 text (neither quantizing nor generating again), so a killed evaluation resumes. --backend kernel
 runs the quantized layers on loraq's CPU kernels instead of fake quantization.
 
-Writes OUT/results.{md,csv,json}, OUT/timings.md and OUT/grid.png (rows: configurations; columns:
-the first --grid-columns seeds).
+Writes OUT/results.{md,csv,json}, OUT/claims.md (the paper's orderings, tools/paper_claims.py),
+OUT/timings.md and OUT/grid.png (rows: configurations; columns: the first --grid-columns seeds).
 """
 import argparse
 import copy
@@ -39,6 +39,7 @@ import dit_sampling  # noqa: E402
 import fashion_classifier  # noqa: E402
 import fashion_mnist  # noqa: E402
 import image_metrics  # noqa: E402
+import paper_claims  # noqa: E402
 
 
 def load_model(folder: pathlib.Path):
@@ -188,6 +189,7 @@ def main():
     for r in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
     atomic_write(out / "results.csv", buffer.getvalue().encode())
+    atomic_write(out / "claims.md", paper_claims.claims_markdown(rows).encode())
     atomic_write(out / "results.json", (json.dumps({"settings": vars(args), "rows": rows}, indent=1) + "\n").encode())
     timing_md = ["| configuration | quantize s | generate s |", "|---|---|---|"] + [
         f"| {n} | {q:.1f} | {g:.1f} |" for n, q, g in timings]
@@ -195,7 +197,7 @@ def main():
                                       "\n".join(timing_md) + "\n").encode())
     dit_sampling.save_grid(torch.from_numpy(np.concatenate(grids))[:, None], out / "grid.png",
                            columns=args.grid_columns, labels=[r["configuration"] for r in rows])
-    print(f"wrote {out}/results.md, results.csv, results.json, timings.md, grid.png")
+    print(f"wrote {out}/results.md, results.csv, results.json, claims.md, timings.md, grid.png")
 
 
 if __name__ == "__main__":

@@ -60,3 +60,19 @@ def test_evaluation_tables_and_determinism(model, tmp_path):
     evaluate(model, tmp_path / "b")  # from scratch: no cached images
     assert (tmp_path / "a" / "results.md").read_text() == (tmp_path / "b" / "results.md").read_text()
     assert (tmp_path / "a" / "results.csv").read_text() == (tmp_path / "b" / "results.csv").read_text()
+
+
+def test_paper_claims_are_checked_per_metric():
+    sys.path.insert(0, str(ROOT / "tools"))
+    import paper_claims  # noqa: PLC0415
+
+    def row(name, psnr, ssim, fd, acc):
+        return {"configuration": name, "psnr_db": psnr, "ssim": ssim, "frechet_distance": fd, "class_accuracy": acc}
+    rows = [row("rtn-sint4-w4a4", 15.0, 0.70, 2.0, 0.90), row("svdquant-sint4-w4a4", 18.0, 0.65, 1.0, 0.90),
+            row("unrelated", 1.0, 0.1, 9.0, 0.1)]
+    text = paper_claims.claims_markdown(rows)
+    lines = [line for line in text.splitlines() if line.startswith("| 1 ")]
+    # Only the claim whose two configurations were evaluated; PSNR and Frechet hold, SSIM fails, a tie fails.
+    assert lines == ["| 1 | svdquant-sint4-w4a4 | rtn-sint4-w4a4 | holds (18 vs 15) | fails (0.65 vs 0.7) | "
+                     "holds (1 vs 2) | fails (0.9 vs 0.9) |"]
+    assert "2 of 4 (claim, metric) pairs hold" in text
