@@ -146,7 +146,10 @@ def export(args):
     out = pathlib.Path(args.export)
     model = make_model()
     model.load_state_dict(state["ema"])
-    model.save_pretrained(out / "transformer", safe_serialization=True)
+    # Stored in fp16: the paper's reference is the 16-bit model, and the file is half the size. The
+    # samples below come from the fp16 weights, computed in fp32 as the evaluation does.
+    model.to(torch.float16).save_pretrained(out / "transformer", safe_serialization=True)
+    model.to(torch.float32)
     DDIMScheduler(**SCHEDULER).save_pretrained(out / "scheduler")
     losses = np.array(state["losses"])
     (out / "loss.json").write_text(json.dumps(state["losses"]) + "\n")
@@ -162,13 +165,14 @@ def export(args):
                          for (first, steps), end in zip(segments, ends))
     (out / "README.md").write_text(f"""# fashion-dit: loraq's embedded default model
 
-A class-conditional diffusion transformer, diffusers' `DiTTransformer2DModel` ({params / 1e6:.2f} M parameters:
-width {MODEL['num_attention_heads'] * MODEL['attention_head_dim']}, {MODEL['num_layers']} blocks, 4x4 patches of
-28x28 images, adaLN-zero class and timestep conditioning, class index 10 = no class), trained by
-`tools/train_dit.py` on the 60 000 training images of Fashion-MNIST (Debian package
-dataset-fashion-mnist) for {state['step']} steps of batch {state['config']['batch']} (AdamW, lr
-{state['config']['lr']}, warm-up and cosine decay, EMA {state['config']['ema']}), noise prediction on a
-cosine schedule of 1000 steps, 10% class dropout for classifier-free guidance, on {state['config']['device']}.
+A class-conditional diffusion transformer, diffusers' `DiTTransformer2DModel`
+({params / 1e6:.2f} M parameters: width {MODEL['num_attention_heads'] * MODEL['attention_head_dim']},
+{MODEL['num_layers']} blocks, 4x4 patches of 28x28 images, adaLN-zero class and timestep conditioning,
+class index 10 = no class), trained by `tools/train_dit.py` on the 60 000 training images of
+Fashion-MNIST (Debian package dataset-fashion-mnist) for {state['step']} steps of batch
+{state['config']['batch']} (AdamW, lr {state['config']['lr']}, warm-up and cosine decay, EMA
+{state['config']['ema']}), noise prediction on a cosine schedule of 1000 steps, 10% class dropout for
+classifier-free guidance, on {state['config']['device']}. The weights are stored in fp16.
 
 - Loss (mean squared error of the predicted noise, per 50 steps): `loss.json`, plotted in `loss.svg`;
   last value {losses[-1][1]:.4f}.
