@@ -45,7 +45,7 @@ import paper_claims  # noqa: E402
 def load_model(folder: pathlib.Path):
     from diffusers import DiTTransformer2DModel
     # Computed in fp32 whatever the stored dtype (the embedded model is stored in fp16).
-    model = DiTTransformer2DModel.from_pretrained(str(folder / "transformer")).to(torch.float32)
+    model = DiTTransformer2DModel.from_pretrained(str(folder / "transformer"), torch_dtype=torch.float32)
     scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     keep = {"num_train_timesteps", "beta_schedule", "prediction_type", "clip_sample", "beta_start", "beta_end"}
     return model.eval(), {k: v for k, v in scheduler.items() if k in keep}

@@ -20,10 +20,9 @@ CLAIMS = [
     ("4", "loraq-mxfp4-mxfp8_e4m3-r64-a8", "loraq-mxfp4-mxfp8_e4m3-r32-a8"),
     ("4", "loraq-mxfp4-mxfp8_e4m3-r96-a8", "loraq-mxfp4-mxfp8_e4m3-r64-a8"),
     ("4", "loraq-mxfp4-mxfp8_e4m3-r128-a8", "loraq-mxfp4-mxfp8_e4m3-r96-a8"),
-    ("4", "loraq-sint4-r64-w4a4", "loraq-sint4-r32-w4a4"),
-    ("4", "loraq-sint4-r128-w4a4", "loraq-sint4-r64-w4a4"),
     # Table 5: the learned rotation lowers the error.
-    ("5", "loraq-sint4-r128-w4a4", "loraq-sint4-r128-w4a4-norotation"),
+    ("5", "loraq-mxfp4-mxfp8_e4m3-r64-a8", "loraq-mxfp4-mxfp8_e4m3-r64-a8-norotation"),
+    ("5", "loraq-mxfp4-mxfp4-r128-a8", "loraq-mxfp4-mxfp4-r128-a8-norotation"),
 ]
 METRICS = [("psnr_db", "PSNR", 1), ("ssim", "SSIM", 1), ("frechet_distance", "Frechet", -1),
            ("class_accuracy", "class acc.", 1)]
