@@ -59,6 +59,12 @@ struct ActivationTile {
   std::int64_t code_stride, chunk_stride;
 };
 
+// The tile of `rows` starting at token t0.
+inline ActivationTile tile_at(const ActivationRows& rows, std::int64_t t0) {
+  return {rows.codes.data() + t0 * rows.chunks * kChunk, rows.scales.data() + t0 * rows.chunks,
+          rows.sums8.data() + t0 * rows.chunks, rows.chunks * kChunk, rows.chunks};
+}
+
 // acc[t * kPanel + r] = sum over chunks c of float(int32 dot of token t and row r over chunk c)
 // x (activation scale x weight scale), accumulated in chunk order with fused multiply-adds from 0.
 using PanelKernel = void (*)(const std::uint8_t* codes, const float* scales, std::int64_t chunks,

@@ -168,9 +168,7 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
       float acc[kTile * kPanel];
       for (std::int64_t t0 = 0; t0 < rows; t0 += kTile) {
         const int nt = int(std::min<std::int64_t>(kTile, rows - t0));
-        const runtime::ActivationTile tile{a->codes.data() + t0 * a->chunks * runtime::kChunk,
-                                           a->scales.data() + t0 * a->chunks, a->sums8.data() + t0 * a->chunks,
-                                           a->chunks * runtime::kChunk, a->chunks};
+        const runtime::ActivationTile tile = runtime::tile_at(*a, t0);
         for (std::int64_t p = 0; p < down.panels; ++p) {
           kernel(down.codes.data() + p * down.chunks * down.chunk_bytes(), down.scales.data() + p * down.chunks * kPanel,
                  down.chunks, tile, nt, acc);
@@ -198,11 +196,8 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
     for (std::int64_t t0 = 0; t0 < rows; t0 += kTile) {
       const int nt = int(std::min<std::int64_t>(kTile, rows - t0));
       if (int_residual) {
-        const runtime::ActivationTile tile{a1.codes.data() + t0 * a1.chunks * runtime::kChunk,
-                                           a1.scales.data() + t0 * a1.chunks, a1.sums8.data() + t0 * a1.chunks,
-                                           a1.chunks * runtime::kChunk, a1.chunks};
         kernel(residual.codes.data() + p * residual.chunks * residual.chunk_bytes(),
-               residual.scales.data() + p * residual.chunks * kPanel, residual.chunks, tile, nt, acc);
+               residual.scales.data() + p * residual.chunks * kPanel, residual.chunks, runtime::tile_at(a1, t0), nt, acc);
       } else {
         for (int t = 0; t < nt; ++t)
           for (int r = 0; r < kPanel; ++r)
