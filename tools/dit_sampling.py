@@ -44,21 +44,9 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def save_grid(images: torch.Tensor, path: pathlib.Path, columns: int, pad: int = 2, labels: list[str] | None = None):
-    """A grid PNG, `columns` images per row (row labels written on the left when given)."""
-    from PIL import Image, ImageDraw
-
-    pixels = to_uint8(images)
-    rows = (len(pixels) + columns - 1) // columns
-    left = 110 if labels else 0
-    grid = Image.new("L", (left + columns * (28 + pad) + pad, rows * (28 + pad) + pad), 255)
-    for i, img in enumerate(pixels):
-        r, c = divmod(i, columns)
-        grid.paste(Image.fromarray(img), (left + pad + c * (28 + pad), pad + r * (28 + pad)))
-    if labels:
-        draw = ImageDraw.Draw(grid)
-        for r, text in enumerate(labels):
-            draw.text((4, pad + r * (28 + pad) + 8), text[:18], fill=0)
-    grid.save(path)
+    """A grid PNG of images [n, 1, 28, 28] in [-1, 1], `columns` per row (row labels on the left when given)."""
+    import image_grid  # noqa: PLC0415
+    image_grid.save_grid(to_uint8(images), path, columns, pad, labels)
 
 
 def save_loss_curve(losses: np.ndarray, path: pathlib.Path):

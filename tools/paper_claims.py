@@ -1,7 +1,8 @@
 """The paper's orderings between configurations of recipes/fashion-dit/, checked on an evaluation's
 rows (tools/evaluate.py writes OUT/claims.md with them): for each pair "A better than B" and each
 metric (PSNR, SSIM and class accuracy higher, Frechet distance lower), whether it holds here.
-A pair whose configurations were not both evaluated is left out."""
+A pair whose configurations were not both evaluated is left out, and so is a metric the evaluation
+did not compute (a text-to-image pipeline has no class accuracy)."""
 
 # (table, better, worse): what the paper reports or argues.
 CLAIMS = [
@@ -38,7 +39,10 @@ def claims_markdown(rows: list[dict]) -> str:
             continue
         cells = []
         for key, _, sign in METRICS:
-            a, b = by_name[better][key], by_name[worse][key]
+            a, b = by_name[better].get(key), by_name[worse].get(key)
+            if a is None or b is None:
+                cells.append("-")
+                continue
             ok = sign * (a - b) > 0
             held, total = held + ok, total + 1
             cells.append(f"{'holds' if ok else 'fails'} ({a:.4g} vs {b:.4g})")
