@@ -5,8 +5,8 @@ output-error metrics (`loraq quantize --activations`, `loraq bench --activations
     stats = capture_activations(transformer, lambda: [pipe(p, num_inference_steps=20) for p in prompts])
     save_activations(stats, "stats.safetensors")       # docs/activations.md
 
-Forward pre-hooks on the selected nn.Linear modules record, for every row (token) each layer sees
-while run_fn runs: the per-input-channel max |x| over all rows, and a uniform sample of at most
+Forward pre-hooks on the selected nn.Linear (and 1x1 nn.Conv2d) modules record, for every row (a
+token, or a pixel's channels) each layer sees while run_fn runs: the per-input-channel max |x| over all rows, and a uniform sample of at most
 max_rows rows (reservoir sampling, Algorithm R, with a generator per layer seeded from `seed` and
 the layer's name: the same seed and the same sequence of calls give the same rows). Rows are the
 input flattened to [-1, in_features], cast to float32.
@@ -94,7 +94,7 @@ class ActivationCapture:
             run_pipeline()
         stats = cap.stats
 
-    layers: None (every nn.Linear), module paths (or "PATH.weight" names), or recipe= a recipe file
+    layers: None (every nn.Linear and 1x1 nn.Conv2d), module paths (or "PATH.weight" names), or recipe= a recipe file
     whose layer selection picks them (as loraq.torch.quantize_module does)."""
 
     def __init__(self, module: Any, layers: Optional[Iterable[str]] = None, max_rows: int = 256, seed: int = 0, *,
@@ -114,23 +114,24 @@ class ActivationCapture:
                 for name in ([layers] if isinstance(layers, str) else layers):
                     path = lt._strip_weight(name)
                     if path not in linears:
-                        raise ValueError(f"capture_activations: layer '{path}' is not an nn.Linear of the module")
+                        raise ValueError(f"capture_activations: layer '{path}' is not an nn.Linear or 1x1 nn.Conv2d of the module")
                     self.modules[path] = linears[path]
             if not self.modules:
-                raise ValueError("capture_activations: the module has no nn.Linear to capture")
+                raise ValueError("capture_activations: the module has no nn.Linear or 1x1 nn.Conv2d to capture")
         self.max_rows, self.seed = max_rows, seed
-        self._reservoirs = {p: _Reservoir(m.in_features, max_rows, _layer_seed(seed, p))
+        self._reservoirs = {p: _Reservoir(lt._features(m)[1], max_rows, _layer_seed(seed, p))
                             for p, m in self.modules.items()}
         self._handles: list = []
 
     def _hook(self, path: str) -> Callable:
+        from . import torch as lt  # noqa: PLC0415
         reservoir = self._reservoirs[path]
 
         def hook(mod: Any, args: tuple, kwargs: dict) -> None:
             x = args[0] if args else kwargs.get("input")
             if x is None:
                 raise ValueError(f"capture_activations: layer '{path}' was called without an input tensor")
-            reservoir.add(x)
+            reservoir.add(x.movedim(1, -1) if x.ndim == 4 and lt._is_pointwise_conv(mod) else x)  # pixels as rows
 
         return hook
 
@@ -160,8 +161,8 @@ def capture_activations(module: Any, run_fn: Callable[[], Any], layers: Optional
                         max_rows: int = 256, seed: int = 0, *,
                         recipe: Optional[PathLike] = None) -> dict[str, LayerActivations]:
     """Runs run_fn() (the user's pipeline over prompts or class labels and timesteps) with hooks on the
-    selected nn.Linear modules of `module` and returns {module path: LayerActivations}. A selected layer
-    that never ran is an error naming it (a capture file missing a layer fails later, in the CLI)."""
+    selected nn.Linear and 1x1 nn.Conv2d modules of `module` and returns {module path:
+    LayerActivations}. A selected layer that never ran is an error naming it (a capture file missing a layer fails later, in the CLI)."""
     with ActivationCapture(module, layers, max_rows, seed, recipe=recipe) as cap:
         run_fn()
     stats = cap.stats

@@ -232,21 +232,61 @@ class QuantizedLinear(nn.Module):
         return text
 
 
+class QuantizedPointwiseConv2d(nn.Module):
+    """A quantized 1x1 nn.Conv2d: the QuantizedLinear `linear` applied to each pixel's channels of an
+    [N, C, H, W] input. quantize_module and load_quantized swap it in for pointwise convolutions."""
+
+    def __init__(self, linear: QuantizedLinear) -> None:
+        super().__init__()
+        self.linear = linear
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def effective_weight(self) -> "torch.Tensor":
+        return self.linear.effective_weight()
+
+    def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+        if x.ndim != 4:
+            raise ValueError(f"QuantizedPointwiseConv2d '{self.linear.name}': input has shape {tuple(x.shape)}, "
+                             f"expected [N, {self.in_features}, H, W]")
+        return self.linear(x.movedim(1, -1)).movedim(-1, 1)
+
+
+def _quantized_like(target: Any, linear: QuantizedLinear) -> "nn.Module":
+    """`linear` as the replacement of `target`: wrapped when target is a pointwise convolution."""
+    conv = _is_pointwise_conv(target) or isinstance(target, QuantizedPointwiseConv2d)
+    return QuantizedPointwiseConv2d(linear) if conv else linear
+
+
 # ---- which modules -----------------------------------------------------------------------------------
 
 def _strip_weight(name: str) -> str:
     return name[: -len(".weight")] if name.endswith(".weight") else name
 
 
-def linear_layers(module: "nn.Module") -> dict[str, "nn.Linear"]:
-    """Every nn.Linear of `module` by module path (the tensor name without ".weight")."""
-    return {path: m for path, m in module.named_modules() if isinstance(m, nn.Linear)}
+def _is_pointwise_conv(m: Any) -> bool:
+    """A 1x1 nn.Conv2d without stride, padding, dilation or groups: a linear layer applied to each
+    pixel's channels (SANA's GLUMBConv conv_inverted and conv_point)."""
+    return isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride == (1, 1) and m.groups == 1 and \
+        m.dilation == (1, 1) and m.padding in ((0, 0), "valid")
+
+
+def _features(m: Any) -> tuple[int, int]:
+    """(out, in) of an nn.Linear, a pointwise nn.Conv2d or their quantized forms."""
+    if isinstance(m, nn.Conv2d):
+        return m.out_channels, m.in_channels
+    return m.out_features, m.in_features
+
+
+def linear_layers(module: "nn.Module") -> dict[str, "nn.Module"]:
+    """Every nn.Linear and pointwise (1x1) nn.Conv2d of `module` by module path (the tensor name
+    without ".weight")."""
+    return {path: m for path, m in module.named_modules() if isinstance(m, nn.Linear) or _is_pointwise_conv(m)}
 
 
 def _selected_linears(module: "nn.Module", recipe: PathLike, layers: Optional[Iterable[str]],
-                      what: str) -> dict[str, "nn.Linear"]:
-    """The nn.Linear modules whose `path.weight` the recipe's selection picks (the C++ selection of
-    `loraq quantize`, given the Linear weights only), optionally restricted to `layers`."""
+                      what: str) -> dict[str, "nn.Module"]:
+    """The nn.Linear and 1x1 nn.Conv2d modules whose `path.weight` the recipe's selection picks (the
+    C++ selection of `loraq quantize`, given their weights only), optionally restricted to `layers`."""
     linears = linear_layers(module)
     tensors = [(f"{p}.weight", list(m.weight.shape), m.weight.is_floating_point()) for p, m in linears.items()]
     selected = [_strip_weight(n) for n in _core.select_layers(os.fspath(recipe), tensors)] if tensors else []
@@ -254,16 +294,17 @@ def _selected_linears(module: "nn.Module", recipe: PathLike, layers: Optional[It
         wanted = [_strip_weight(n) for n in ([layers] if isinstance(layers, str) else layers)]
         for name in wanted:
             if name not in linears:
-                hint = f"{len(linears)} nn.Linear modules, e.g. {', '.join(list(linears)[:3])}" if linears \
-                    else "no nn.Linear"
-                raise ValueError(f"{what}: layer '{name}' is not an nn.Linear of the module (it has {hint})")
+                hint = f"{len(linears)} linear modules, e.g. {', '.join(list(linears)[:3])}" if linears \
+                    else "no nn.Linear or 1x1 nn.Conv2d"
+                raise ValueError(f"{what}: layer '{name}' is not an nn.Linear or 1x1 nn.Conv2d of the module "
+                                 f"(it has {hint})")
             if name not in selected:
                 raise ValueError(f"{what}: layer '{name}' is not selected by the recipe {os.fspath(recipe)} "
                                  f"(layers.preset / include / exclude)")
         selected = [n for n in selected if n in set(wanted)]
     if not selected:
-        raise ValueError(f"{what}: the recipe {os.fspath(recipe)} selects no nn.Linear of the module "
-                         f"({len(linears)} nn.Linear weights, e.g. {', '.join(list(linears)[:3]) or 'none'}.weight); "
+        raise ValueError(f"{what}: the recipe {os.fspath(recipe)} selects no linear layer of the module "
+                         f"({len(linears)} nn.Linear / 1x1 nn.Conv2d weights, e.g. {', '.join(list(linears)[:3]) or 'none'}.weight); "
                          f"check layers.preset and layers.include")
     return {n: linears[n] for n in selected}
 
@@ -314,10 +355,11 @@ def quantize_module(module: "nn.Module", recipe: PathLike, *, activations: Any =
                     layers: Optional[Iterable[str]] = None, threads: int = 0,
                     unsigned_shift: Union[Shift, Mapping[str, Shift]] = None,
                     backend: str = "fake_quant") -> dict[str, Any]:
-    """Quantizes, in place, the nn.Linear modules of `module` whose "PATH.weight" the recipe file's
-    layer selection picks (the same C++ selection as `loraq quantize`, applied to the Linear weights
-    only), each with loraq.quantize_weight(recipe=..., layer="PATH.weight"), and swaps in a
-    QuantizedLinear with that layer's activation formats (activations.residual / .branch).
+    """Quantizes, in place, the nn.Linear and pointwise (1x1) nn.Conv2d modules of `module` whose
+    "PATH.weight" the recipe file's layer selection picks (the same C++ selection as `loraq quantize`,
+    applied to these weights only), each with loraq.quantize_weight(recipe=..., layer="PATH.weight"),
+    and swaps in a QuantizedLinear (a QuantizedPointwiseConv2d around one for a convolution) with
+    that layer's activation formats (activations.residual / .branch).
 
     layers: restrict to these module paths (or weight names); each must be an nn.Linear that the
     recipe selects. activations: a capture (loraq.capture.capture_activations) or an activation file
@@ -340,13 +382,14 @@ def quantize_module(module: "nn.Module", recipe: PathLike, *, activations: Any =
     rows = _activation_rows(stats, selected, what) if stats is not None else None
     if rows is not None:
         for n, r in rows.items():
-            if r.ndim != 2 or r.shape[1] != selected[n].in_features:
+            if r.ndim != 2 or r.shape[1] != _features(selected[n])[1]:
                 raise ValueError(f"{what}: activation rows of layer '{n}' have shape {r.shape}, the layer takes "
-                                 f"[n, {selected[n].in_features}]")
+                                 f"[n, {_features(selected[n])[1]}]")
     swaps, report = {}, []
     for path, linear in selected.items():
         weight_name = f"{path}.weight"
-        w = linear.weight.detach().to("cpu", torch.float32).contiguous().numpy()
+        weight = linear.weight.detach().to(torch.float32).reshape(_features(linear))  # [out, in] (1x1 conv too)
+        w = weight.to("cpu").contiguous().numpy()
         captured = stats.get(path) if isinstance(stats, Mapping) else None
         q = quantize_weight(w, recipe=recipe, layer=weight_name, threads=threads,
                             activations=None if captured is None else rows[path],
@@ -365,12 +408,12 @@ def quantize_module(module: "nn.Module", recipe: PathLike, *, activations: Any =
         if rows is not None:
             x = torch.from_numpy(rows[path]).to(linear.weight.device)
             with torch.no_grad():
-                reference = x @ linear.weight.detach().to(torch.float32).T
-                weight_only = x @ (new.effective_weight() - linear.weight.detach().to(torch.float32)).T
+                reference = x @ weight.T
+                weight_only = x @ (new.effective_weight() - weight).T
                 full = new(x) - (new.bias if new.bias is not None else 0)
             row["output_sqnr_db"] = _sqnr_db(reference, full - reference)
             row["output_sqnr_db_weights"] = _sqnr_db(reference, weight_only)
-        swaps[path] = new
+        swaps[path] = _quantized_like(linear, new)
         report.append(row)
     for path, new in swaps.items():
         _swap(module, path, new, what)
@@ -466,8 +509,8 @@ def load_quantized(module: "nn.Module", checkpoint: PathLike, *,
     The bias is the checkpoint's P.bias when it has one, else the module's. Other tensors of the
     checkpoint (norms, embedders) are not loaded: the module keeps its own.
 
-    Every layer must be an nn.Linear of `module` (or one already swapped) with the checkpoint's
-    [out, in]; otherwise ValueError naming the layer, before any module is swapped. Returns the
+    Every layer must be an nn.Linear or 1x1 nn.Conv2d of `module` (or one already swapped) with the
+    checkpoint's [out, in]; otherwise ValueError naming the layer, before any module is swapped. Returns the
     module paths swapped."""
     what = "load_quantized"
     tensors = _Tensors(_checkpoint_shards(pathlib.Path(checkpoint)))
@@ -481,16 +524,16 @@ def load_quantized(module: "nn.Module", checkpoint: PathLike, *,
         name = layer["name"]
         path = _strip_weight(name)
         target = modules.get(path)
-        if not isinstance(target, (nn.Linear, QuantizedLinear)):
+        if not (isinstance(target, (nn.Linear, QuantizedLinear, QuantizedPointwiseConv2d)) or _is_pointwise_conv(target)):
             kind = "does not exist in the module" if target is None \
-                else f"is a {type(target).__name__}, not an nn.Linear"
+                else f"is a {type(target).__name__}, not an nn.Linear or a 1x1 nn.Conv2d"
             raise ValueError(f"{what}: layer '{name}' of {checkpoint}: module '{path}' {kind}")
         shape = layer["shape"]
         out_features, in_features = int(shape[0]), int(shape[1])
-        have = (target.out_features, target.in_features)
+        have = _features(target)
         if have != (out_features, in_features) or (len(shape) == 4 and tuple(shape[2:]) != (1, 1)):
             raise ValueError(f"{what}: layer '{name}': the checkpoint's weight is {list(shape)}, the module's "
-                             f"nn.Linear is [{have[0]}, {have[1]}]")
+                             f"{type(target).__name__} is [{have[0]}, {have[1]}]")
         residual, packed_residual = _decode(tensors, layer["residual"], path, out_features, in_features, name)
         down = up = packed_down = packed_up = None
         if layer.get("branch"):
@@ -502,15 +545,17 @@ def load_quantized(module: "nn.Module", checkpoint: PathLike, *,
             if path + ".smooth_factor" not in tensors:
                 raise ValueError(f"{what}: layer '{name}' is smoothed but the checkpoint has no {path}.smooth_factor")
             smooth = tensors[path + ".smooth_factor"]
-        bias = tensors[path + ".bias"] if path + ".bias" in tensors else target.bias
-        device = target.residual.device if isinstance(target, QuantizedLinear) else target.weight.device
+        inner = target.linear if isinstance(target, QuantizedPointwiseConv2d) else target
+        bias = tensors[path + ".bias"] if path + ".bias" in tensors else inner.bias
+        device = inner.residual.device if isinstance(inner, QuantizedLinear) else inner.weight.device
         shift = unsigned_shift.get(path) if isinstance(unsigned_shift, Mapping) else unsigned_shift
         try:
-            swaps[path] = QuantizedLinear(residual, down, up, bias, smooth,
-                                          residual_activation=layer.get("residual_activation"),
-                                          branch_activation=layer.get("branch_activation"),
-                                          unsigned_shift=shift, name=path, backend=backend,
-                                          packed=(packed_residual, packed_down, packed_up)).to(device)
+            new = QuantizedLinear(residual, down, up, bias, smooth,
+                                  residual_activation=layer.get("residual_activation"),
+                                  branch_activation=layer.get("branch_activation"),
+                                  unsigned_shift=shift, name=path, backend=backend,
+                                  packed=(packed_residual, packed_down, packed_up)).to(device)
+            swaps[path] = _quantized_like(target, new)
         except ValueError as e:
             raise ValueError(f"{what}: layer '{name}': {e}") from None
     for path, new in swaps.items():

@@ -66,7 +66,15 @@ def sana(folder: pathlib.Path):
 
 
 def evaluate(model, extra, out, *more, recipes=("rtn-sint4", "svdquant-sint4-r32")):
-    recipes = [ROOT / "recipes" / f"{r}.yaml" for r in recipes]
+    # The project's recipes, with the layer preset of the model (SANA's includes its 1x1 convolutions).
+    preset = "sana" if "sana" in (model / "model_index.json").read_text().lower() else "pixart-sigma"
+    folder = out.parent / f"recipes-{preset}"
+    folder.mkdir(exist_ok=True)
+    for r in recipes:
+        text = (ROOT / "recipes" / f"{r}.yaml").read_text()
+        assert "preset: pixart-sigma" in text
+        (folder / f"{r}.yaml").write_text(text.replace("preset: pixart-sigma", f"preset: {preset}"))
+    recipes = [folder / f"{r}.yaml" for r in recipes]
     env = {"PATH": "/usr/bin:/bin", "TORCH_HOME": str(out.parent / "torch-home"), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, str(ROOT / "tools/evaluate.py"), "--model", str(model), "--recipes",
                              *map(str, recipes), "-n", "4", "--steps", "2", "--capture", "2", "--threads", "2",
@@ -86,7 +94,9 @@ def test_pipeline_evaluation(build, tmp_path):
     assert first["rows"][0]["psnr_db"] == 99.0 and first["rows"][0]["ssim"] == pytest.approx(1.0)
     for r in first["rows"][1:]:
         assert 0 < r["psnr_db"] < 99 and 0 < r["ssim"] < 1
-    assert first["rows"][1]["bits_per_value"] == pytest.approx(4 + 16 / 64)  # sint4: an fp16 scale per 64
+    # sint4: 4-bit codes and an fp16 scale per 64 values, more where a row ends in a partial block
+    # (SANA's 1x1 convolutions here take 80 channels).
+    assert 4.25 <= first["rows"][1]["bits_per_value"] < 4.5
     # The quantized images differ from the reference's, the same prompts and seeds otherwise.
     cache = tmp_path / "a" / "images"
     reference, rtn = np.load(cache / "fp32.npz")["images"], np.load(cache / "rtn-sint4.npz")["images"]
