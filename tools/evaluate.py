@@ -36,6 +36,7 @@ import os
 import pathlib
 import sys
 import time
+import zipfile
 
 import numpy as np
 import torch
@@ -67,10 +68,14 @@ class Cache:
         path = self.folder / f"{name}.npz"
         if not path.exists():
             return None
-        stored = np.load(path)
-        if str(stored["settings"]) != self.key(recipe_bytes):
+        try:
+            stored = np.load(path)
+            if str(stored["settings"]) != self.key(recipe_bytes):
+                return None
+            return {k: stored[k] for k in stored.files}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:  # unreadable: made again
+            print(f"evaluate: {path} is unreadable ({e}); generating it again", file=sys.stderr)
             return None
-        return {k: stored[k] for k in stored.files}
 
     def store(self, name: str, images: np.ndarray, recipe_bytes: bytes = b"", **figures):
         buffer = io.BytesIO()
@@ -119,6 +124,9 @@ def main():
                    help="how quantized layers run: fake quantization in torch, or loraq's CPU kernels")
     p.add_argument("-o", "--output", required=True)
     args = p.parse_args()
+    if not pathlib.Path(args.model).is_dir():
+        p.error(f"--model {args.model}: not a folder (a DiT with transformer/ and scheduler/, or a diffusers "
+                "pipeline with model_index.json)")
     for recipe in args.recipes:
         if not pathlib.Path(recipe).is_file():
             p.error(f"recipe {recipe}: no such file")
