@@ -23,9 +23,14 @@ void check_shape(Format f, std::size_t size, std::int64_t rows, std::int64_t col
                 std::to_string(cols) + " floats, the buffer holds " + std::to_string(size));
 }
 
-const detail::VectorKernels* vector_kernels(Format f, const QuantOptions& options) {
+// The vectorized kernels for f, or nullptr for the scalar reference. The 16-bit casts are vectorized
+// for fake quantization with ties-even rounding only: F16C has no ties-away, and packing happens once
+// per weight where fake quantization of activations happens on every call.
+const detail::VectorKernels* vector_kernels(Format f, const QuantOptions& options, bool packing = false) {
   const Isa isa = options.isa ? *options.isa : default_isa();
   if (!isa_available(isa)) throw Error("instruction set " + std::string(isa_name(isa)) + " is not available here");
+  if ((f == Format::fp16 || f == Format::bf16) && (packing || options.rounding != Rounding::nearest_even))
+    return nullptr;
   const detail::VectorKernels* kernels = nullptr;
   switch (isa) {
     case Isa::scalar: return nullptr;
@@ -94,7 +99,7 @@ PackedMatrix pack(Format f, std::span<const float> in, std::int64_t rows, std::i
   const int scale_width = scale_bytes(f);
   packed.codes.assign(std::size_t(rows * row_bytes), 0);
   packed.scales.assign(std::size_t(rows * blocks * scale_width), 0);
-  const detail::VectorKernels* kernels = vector_kernels(f, options);
+  const detail::VectorKernels* kernels = vector_kernels(f, options, /*packing=*/true);
   const int bits = element_bits(f);
 #pragma omp parallel num_threads(thread_count(options))
   {

@@ -89,13 +89,40 @@ TEST(SimdLargeOutputs, StreamedStoresMatchReference) {
   const std::span<float> got(aligned, std::size_t(rows * cols));
   for (Isa isa : {Isa::avx2, Isa::avx512}) {
     if (!isa_available(isa)) continue;
-    for (Format f : {Format::mxfp4, Format::mxint8, Format::sint4, Format::nvfp4}) {
+    for (Format f : {Format::mxfp4, Format::mxint8, Format::sint4, Format::nvfp4, Format::fp16}) {
       std::vector<float> want(x.size());
       fake_quantize(f, x, want, rows, cols, {Rounding::nearest_even, Isa::scalar, 2});
       fake_quantize(f, x, got, rows, cols, {Rounding::nearest_even, isa, 2});
       for (std::size_t i = 0; i < x.size(); ++i)
         ASSERT_EQ(std::bit_cast<std::uint32_t>(got[i]), std::bit_cast<std::uint32_t>(want[i]))
             << format_info(f).name << " " << isa_name(isa) << " index " << i << " seed 77";
+    }
+  }
+}
+
+// The vectorized 16-bit casts against the reference over a sweep of every 997th float bit pattern
+// (4.3 million values: every binade, subnormals, NaN payloads and both signs) plus the edges where
+// rounding reaches the largest finite value (fp16 65504 / 65520, bf16 0x7F7F7FFF / 0x7F7F8000).
+TEST(SimdCasts, SixteenBitCastsMatchReferenceOverTheFloats) {
+  std::vector<float> x;
+  for (std::uint64_t b = 0; b <= 0xFFFFFFFFull; b += 997) x.push_back(std::bit_cast<float>(std::uint32_t(b)));
+  for (float edge : {65504.0f, 65519.996f, 65520.0f, 65535.0f, 65536.0f, 6.1035156e-05f, 5.9604645e-08f, 2.9802322e-08f,
+                     std::bit_cast<float>(0x7F7F7FFFu), std::bit_cast<float>(0x7F7F8000u), std::bit_cast<float>(0x7F7FFFFFu),
+                     std::bit_cast<float>(0x00008000u), std::bit_cast<float>(0x0000FFFFu)}) {
+    x.push_back(edge);
+    x.push_back(-edge);
+  }
+  const auto cols = std::int64_t(x.size());
+  for (Isa isa : {Isa::avx2, Isa::avx512}) {
+    if (!isa_available(isa)) continue;
+    for (Format f : {Format::fp16, Format::bf16}) {
+      std::vector<float> want(x.size()), got(x.size());
+      fake_quantize(f, x, want, 1, cols, {Rounding::nearest_even, Isa::scalar, 2});
+      fake_quantize(f, x, got, 1, cols, {Rounding::nearest_even, isa, 2});
+      for (std::size_t i = 0; i < x.size(); ++i)
+        ASSERT_EQ(std::bit_cast<std::uint32_t>(got[i]), std::bit_cast<std::uint32_t>(want[i]))
+            << format_info(f).name << " " << isa_name(isa) << " x bits 0x" << std::hex
+            << std::bit_cast<std::uint32_t>(x[i]);
     }
   }
 }

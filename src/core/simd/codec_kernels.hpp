@@ -515,6 +515,48 @@ void fast_row(const float* in, float* out, std::int64_t cols, float tensor_scale
     fast_block_row<V, Fmt, false, Pack>(in, out, cols, tensor_scale, rounding, codes, scales, stream);
 }
 
+// The 16-bit casts of FORMATS.md ("no quantization, just the cast") as the reference computes them:
+// round to nearest even; a finite value that rounds past the largest finite one saturates to it (the
+// reference's rule for every element format), Inf keeps its sign, NaN becomes the quiet NaN
+// 0x7FC00000. fp16 rounds by F16C after clamping the magnitude at 65504; bf16 rounds on the bit
+// pattern (add 0x7FFF plus the kept lsb, clear the low half), which is exact for subnormals too.
+// Fake quantization with ties-even only: the dispatcher sends ties-away and packing to the reference.
+template <class V, Format Fmt>
+typename V::F cast16(typename V::F x) {
+  using I = typename V::I;
+  const I b = V::bits(x), a = V::and_i(b, V::set_i(0x7FFFFFFF)), inf = V::set_i(0x7F800000);
+  const I sign = V::and_i(b, V::set_i(std::int32_t(0x80000000u)));
+  I magnitude;
+  if constexpr (Fmt == Format::fp16) {
+    magnitude = V::bits(V::fp16_round(V::min_f(V::flt(a), V::set_f(65504.0f))));
+  } else {
+    static_assert(Fmt == Format::bf16);
+    const I lsb = V::and_i(V::template shr_c<16>(a), V::set_i(1));
+    const I rounded = V::and_i(V::add_i(a, V::add_i(V::set_i(0x7FFF), lsb)), V::set_i(std::int32_t(0xFFFF0000u)));
+    const I largest = V::set_i(0x7F7F0000);
+    magnitude = V::select_i(V::gt_i(rounded, largest), largest, rounded);
+  }
+  const I finite = V::or_i(sign, magnitude);
+  const I special = V::select_i(V::gt_i(a, inf), V::set_i(0x7FC00000), b);  // NaN, or +-Inf as it is
+  return V::flt(V::select_i(V::gt_i(inf, a), finite, special));
+}
+
+template <class V, Format Fmt>
+void cast16_row(const float* in, float* out, std::int64_t cols, bool stream) {
+  std::int64_t i = 0;
+  for (; i + V::W <= cols; i += V::W) {
+    const typename V::F r = cast16<V, Fmt>(V::load(in + i));
+    if (stream) V::stream(out + i, r);
+    else V::store(out + i, r);
+  }
+  if (i < cols) {  // the tail through one zero-padded vector
+    float tail[V::W] = {};
+    std::memcpy(tail, in + i, std::size_t(cols - i) * sizeof(float));
+    V::store(tail, cast16<V, Fmt>(V::load(tail)));
+    std::memcpy(out + i, tail, std::size_t(cols - i) * sizeof(float));
+  }
+}
+
 template <class V, bool Pack>
 void quantize_row(Format f, const float* in, float* out, std::int64_t cols, float tensor_scale, Rounding rounding,
                   std::uint8_t* codes, std::uint8_t* scales, bool stream) {
@@ -529,8 +571,12 @@ void quantize_row(Format f, const float* in, float* out, std::int64_t cols, floa
     case Format::sint4: return fast_row<V, Format::sint4, Pack>(in, out, cols, tensor_scale, rounding, codes, scales, stream);
     case Format::nvfp4: return fast_row<V, Format::nvfp4, Pack>(in, out, cols, tensor_scale, rounding, codes, scales, stream);
     case Format::int8_channel: return quantize_channel_row<V>(f, in, out, cols, rounding, codes, scales);
-    case Format::fp16: return;  // not vectorized: supports() sends these to the reference
-    case Format::bf16: return;
+    case Format::fp16:  // fake quantization only (vector_kernels() sends packing to the reference)
+      if constexpr (!Pack) cast16_row<V, Format::fp16>(in, out, cols, stream);
+      return;
+    case Format::bf16:
+      if constexpr (!Pack) cast16_row<V, Format::bf16>(in, out, cols, stream);
+      return;
   }
 }
 
@@ -548,7 +594,7 @@ bool supports(Format f) {
     case Format::nvfp4: return true;
     case Format::int8_channel: return true;
     case Format::fp16:
-    case Format::bf16: return false;
+    case Format::bf16: return true;  // fake quantization with ties-even only (cast16 above)
   }
   return false;
 }

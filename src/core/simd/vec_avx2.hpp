@@ -54,6 +54,8 @@ struct VecAvx2 {
     return static_cast<std::uint16_t>(_cvtss_sh(a < 65504.0f ? a : 65504.0f, _MM_FROUND_TO_NEAREST_INT));
   }
   static float fp16_value(std::uint16_t code) { return _cvtsh_ss(code); }
+  // Each lane rounded to fp16 (nearest even, IEEE: beyond 65520 gives Inf) and widened back.
+  static F fp16_round(F a) { return _mm256_cvtph_ps(_mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)); }
 
   static I cvtt(F a) { return _mm256_cvttps_epi32(a); }
   static F cvt(I a) { return _mm256_cvtepi32_ps(a); }
