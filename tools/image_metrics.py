@@ -12,6 +12,11 @@ def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 2.0) -> np.ndarray:
         return 10 * np.log10(data_range ** 2 / mse)
 
 
+def mean_psnr(a: np.ndarray, b: np.ndarray, data_range: float = 2.0) -> float:
+    """The mean per-image PSNR, identical images counted as 99 dB (so that the mean stays finite)."""
+    return float(np.mean(np.minimum(psnr(a, b, data_range), 99.0)))
+
+
 def _gaussian_window(size: int = 7, sigma: float = 1.5) -> torch.Tensor:
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-x * x / (2 * sigma * sigma))

@@ -102,7 +102,7 @@ def test_pipeline_evaluation(build, tmp_path):
     reference, rtn = np.load(cache / "fp32.npz")["images"], np.load(cache / "rtn-sint4.npz")["images"]
     assert reference.dtype == np.uint8 and reference.shape[0] == 4 and reference.shape[-1] == 3
     assert (reference != rtn).any()
-    # Different seeds give different images.
+    # Different prompts and seeds give different images.
     assert (reference[0] != reference[1]).any()
     md = (tmp_path / "a" / "results.md").read_text()
     # No LPIPS or FID weights in this TORCH_HOME: the columns are '-' and the table says why.
