@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "loraq/accelerator.hpp"
 #include "loraq/pipeline.hpp"
 #include "loraq/recipe.hpp"
 
@@ -50,6 +51,7 @@ struct BenchOptions {
   int jobs_in_flight = 2;               // (layer, configuration) pairs run at once, sharing the threads
   bool resume = false;                  // continue from <output>/rows.jsonl
   std::optional<bool> progress;         // as QuantizeOptions::progress
+  const Accelerator* accelerator = nullptr;  // as QuantizeOptions::accelerator
 };
 
 struct BenchRow {

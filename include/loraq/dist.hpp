@@ -32,5 +32,8 @@ std::unique_ptr<ProcessGroup> default_process_group();
 // Processes of this launch on this machine (the launcher's local size; 1 outside a launcher): the
 // cores are shared among them.
 int local_process_count();
+// This process's index among them (0 outside a launcher): under mpirun each rank takes GPU
+// local_process_rank() % the GPU count.
+int local_process_rank();
 
 }  // namespace loraq

@@ -26,6 +26,8 @@ struct QuantizeOptions {
   std::optional<bool> progress;  // true: a redrawn bar; false: silent; nullopt: a bar on a terminal, else a line per layer
   std::uint64_t max_shard_bytes = 5'000'000'000;
   std::optional<Isa> isa;
+  // LoRaQ's optimization loops on a device (loraq/accelerator.hpp; `--device cuda`); null: the CPU.
+  const Accelerator* accelerator = nullptr;
   // Captured activations (loraq/activations.hpp): every selected layer's input rows, for the
   // output SQNR in the reports. Empty: none.
   std::filesystem::path activations;

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "loraq/accelerator.hpp"
 #include "loraq/format.hpp"
 #include "loraq/recipe.hpp"
 
@@ -49,6 +50,9 @@ struct LayerInput {
   std::int64_t in_features = 0;
   const LayerRecipe* recipe = nullptr;
   QuantOptions codec;                     // rounding, ISA and threads for the codecs
+  // Where LoRaQ's optimization loops run: null for the CPU, else a device (loraq/accelerator.hpp)
+  // for the layers whose formats it supports. Other methods ignore it.
+  const Accelerator* accelerator = nullptr;
   // Optional input rows of the layer, [activation_rows, in_features] (captured activations): when
   // given, the metrics include the output SQNR on them.
   std::span<const float> activations;

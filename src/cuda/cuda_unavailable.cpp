@@ -6,7 +6,13 @@ namespace loraq::cuda {
 bool built() { return false; }
 int device_count() { return 0; }
 bool supports(Format) { return false; }
-void fake_quantize(Format, std::span<const float>, std::span<float>, std::int64_t, std::int64_t, Rounding) {
+namespace {
+[[noreturn]] void unavailable() {
   throw Error("this loraq was built without CUDA: install the CUDA toolkit and rebuild with -DLORAQ_CUDA=ON");
 }
+}  // namespace
+void fake_quantize(Format, std::span<const float>, std::span<float>, std::int64_t, std::int64_t, Rounding) {
+  unavailable();
+}
+std::unique_ptr<Accelerator> make_accelerator(int) { unavailable(); }
 }  // namespace loraq::cuda

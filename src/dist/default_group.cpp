@@ -18,6 +18,12 @@ int local_process_count() {
   return 1;
 }
 
+int local_process_rank() {
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"})
+    if (const char* v = std::getenv(name); v && std::atoi(v) >= 0) return std::atoi(v);
+  return 0;
+}
+
 std::unique_ptr<ProcessGroup> default_process_group() {
   if (mpi_built() && launched_with_several_processes()) return mpi_world_group();
   return single_process_group();

@@ -7,12 +7,10 @@
 namespace loraq::methods {
 namespace {
 
-constexpr double kBeta1 = 0.9, kBeta2 = 0.999, kEps = 1e-8;
-
 template <bool kSave>
 void update(float* x, const float* g, float* m, float* v, float* save, std::int64_t n, float step_size,
             float inv_sqrt_bc2, int threads) {
-  const float b1 = float(kBeta1), b2 = float(kBeta2), eps = float(kEps);
+  const float b1 = float(kAdamBeta1), b2 = float(kAdamBeta2), eps = float(kAdamEps);
 #pragma omp parallel for schedule(static) num_threads(threads) if (n > 65536)
   for (std::int64_t i = 0; i < n; ++i) {
     if constexpr (kSave) save[i] = x[i];
@@ -24,10 +22,13 @@ void update(float* x, const float* g, float* m, float* v, float* save, std::int6
 
 }  // namespace
 
+AdamScalars adam_scalars(double lr, std::int64_t t) {
+  return {float(lr / (1.0 - std::pow(kAdamBeta1, double(t)))), float(1.0 / std::sqrt(1.0 - std::pow(kAdamBeta2, double(t))))};
+}
+
 void Adam::step(float* x, const float* g, double lr, int threads, float* save) {
   ++t_;
-  const float step_size = float(lr / (1.0 - std::pow(kBeta1, double(t_))));
-  const float inv_sqrt_bc2 = float(1.0 / std::sqrt(1.0 - std::pow(kBeta2, double(t_))));
+  const auto [step_size, inv_sqrt_bc2] = adam_scalars(lr, t_);
   const auto n = std::int64_t(m_.size());
   if (save)
     update<true>(x, g, m_.data(), v_.data(), save, n, step_size, inv_sqrt_bc2, threads);

@@ -6,6 +6,15 @@
 
 namespace loraq::methods {
 
+// Adam's constants, and the per-step scalars of its update at step t >= 1 (the CUDA backend's Adam
+// uses the same, so that both make the same update from the same gradient).
+inline constexpr double kAdamBeta1 = 0.9, kAdamBeta2 = 0.999, kAdamEps = 1e-8;
+struct AdamScalars {
+  float step_size;     // lr / (1 - beta1^t)
+  float inv_sqrt_bc2;  // 1 / sqrt(1 - beta2^t)
+};
+AdamScalars adam_scalars(double lr, std::int64_t t);
+
 class Adam {
  public:
   explicit Adam(std::size_t size) : m_(size, 0.0f), v_(size, 0.0f) {}

@@ -184,6 +184,16 @@ QuantizedLayer run(const LayerInput& input, const Options& options, Report* repo
   const float w_scale = std::ldexp(1.0f, 2 * k);
   for (float& v : w) v *= w_scale;
 
+  // A device's errors name the layer, as the CPU path's do.
+  const Accelerator* device = input.accelerator;
+  auto on_device = [&](auto&& loop) -> Trace {
+    try {
+      return loop();
+    } catch (const Error& e) {
+      throw Error(std::string(input.name) + " on " + device->describe() + ": " + e.what());
+    }
+  };
+
   Report rep;
   rep.lr = options.lr > 0 ? options.lr : options.straight_through ? kStraightThroughLr : default_lr(q1);
   Factors f = svd_init(w, out, in, rank, recipe.seed);
@@ -192,9 +202,17 @@ QuantizedLayer run(const LayerInput& input, const Options& options, Report* repo
   auto learn_rotation = [&] {
     rep.branch_error_unrotated = rep.branch_error = branch_quant_error(f, q2, codec) * to_relative;
     if (!options.rotation || !q2_narrow || options.rotation_steps <= 0) return;
-    RotationObjective objective(f, q2, codec);
-    const std::vector<double> omega = optimize_rotation(objective, rank, options.rotation_steps, options.rotation_lr,
-                                                        options.keep_best, &rep.rotation);
+    std::vector<double> omega(std::size_t(rank * rank));
+    if (device && device->supports(q2)) {
+      rep.rotation = on_device([&] {
+        return device->optimize_rotation(f.up, f.down, out, in, rank, q2, codec.rounding, options.rotation_steps,
+                                         options.rotation_lr, options.keep_best, omega);
+      });
+    } else {
+      RotationObjective objective(f, q2, codec);
+      omega = optimize_rotation(objective, rank, options.rotation_steps, options.rotation_lr, options.keep_best,
+                                &rep.rotation);
+    }
     rotate(f, omega);
     rep.branch_error = branch_quant_error(f, q2, codec) * to_relative;
   };
@@ -204,9 +222,13 @@ QuantizedLayer run(const LayerInput& input, const Options& options, Report* repo
   // 0.0588, 0.0630), so there the rotation is learned on the SVD start and Adam trains in the rotated
   // basis (sint4 0.0701, mxfp4 0.0584).
   if (options.straight_through) learn_rotation();
-  {
-    BranchObjective objective(w, out, in, rank, q1, options.straight_through ? std::optional<Format>(q2) : std::nullopt,
-                              codec);
+  const std::optional<Format> q2_inside = options.straight_through ? std::optional<Format>(q2) : std::nullopt;
+  if (device && device->supports(q1) && (!q2_inside || device->supports(*q2_inside))) {
+    const BranchProblem problem{w, out, in, rank, q1, q2_inside, codec.rounding};
+    rep.adam = on_device([&] { return device->optimize_branch(problem, f.up, f.down, options.steps, rep.lr,
+                                                              options.keep_best); });
+  } else {
+    BranchObjective objective(w, out, in, rank, q1, q2_inside, codec);
     rep.adam = optimize_branch(objective, f, options.steps, rep.lr, options.keep_best, threads);
   }
   if (!options.straight_through) learn_rotation();

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "loraq/accelerator.hpp"
 #include "loraq/format.hpp"
 #include "loraq/quantized_layer.hpp"
 
@@ -137,12 +138,7 @@ double cayley_step(std::span<double> omega, std::span<const double> grad, std::i
 // max |Omega^T Omega - I|.
 double orthogonality_error(std::span<const double> omega, std::int64_t n);
 
-struct Trace {
-  double initial = 0;  // objective at the start
-  double last = 0;     // at the last iterate
-  double best = 0;     // lowest seen
-  int best_step = 0;   // iterate with the lowest (0: the start)
-};
+using Trace = OptimizerTrace;  // loraq/accelerator.hpp: a device reports its loops the same way
 
 // Adam (Kingma & Ba; beta1 0.9, beta2 0.999, eps 1e-8, PyTorch's bias correction) on eq. 4 from
 // `factors`, for `steps` steps at rate `lr`. Leaves the best iterate in `factors` when keep_best,
@@ -168,6 +164,8 @@ struct Report {
 };
 
 // The whole method on one layer with explicit options (methods::loraq reads them from the recipe).
+// With input.accelerator set, the Adam loop runs there when it supports Q1 (and Q2 when it is inside
+// the loop), and the rotation when it supports Q2; the rest runs here.
 QuantizedLayer run(const LayerInput& input, const Options& options, Report* report = nullptr);
 
 }  // namespace loraq::methods::loraq_impl

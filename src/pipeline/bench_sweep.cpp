@@ -382,6 +382,7 @@ BenchResult run_bench(const BenchOptions& options) {
       input.in_features = shape[1];
       input.recipe = &recipe_for(result.configs[job.config], name);
       input.codec = {input.recipe->rounding, std::nullopt, threads_per_job};
+      input.accelerator = options.accelerator;
       const LayerActivations captured =
           read_layer_activations(activations ? &*activations : nullptr, *input.recipe, name, input.in_features);
       captured.attach(input);

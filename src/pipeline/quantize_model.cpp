@@ -203,6 +203,7 @@ QuantizeSummary quantize_model(const QuantizeOptions& options) {
       input.in_features = info.in_features;
       input.recipe = &options.recipe.for_layer(info.weight_name);
       input.codec = {input.recipe->rounding, options.isa, threads_per_layer};
+      input.accelerator = options.accelerator;
       const LayerActivations captured = read_layer_activations(activations ? &*activations : nullptr, *input.recipe,
                                                                info.weight_name, info.in_features);
       captured.attach(input);

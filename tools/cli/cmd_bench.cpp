@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "commands.hpp"
+#include "device_option.hpp"
 #include "loraq/bench.hpp"
 #include "loraq/error.hpp"
 
@@ -25,7 +26,7 @@ std::vector<std::string> default_configs(const std::vector<std::string>& residua
 
 Command add_bench_command(CLI::App& app) {
   struct Options {
-    std::string input, output, preset = "generic", activations;
+    std::string input, output, preset = "generic", activations, device = "cpu";
     std::vector<std::string> include, exclude, configs, recipes, methods, residuals, branches, params, claims;
     std::vector<int> ranks;
     std::vector<double> budgets;
@@ -69,13 +70,16 @@ Command add_bench_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--resume", o->resume, "Continue an interrupted sweep in the output folder");
   cmd->add_flag("--no-progress", o->no_progress, "No progress output");
+  add_device_option(cmd, o->device);
   cmd->footer(
       "With no --config, --recipe or --methods: rtn, svd_lowrank, lorc and loftq at fp16 rank 32, and loraq at fp16 "
       "rank 32 and mxint8 at the same 512 bits per channel, for each --residual, with the claims "
       "loraq:mxint8:b512<=loftq<=lorc<=rtn and loraq:mxint8:b512<=svd_lowrank. A claim token is a method, a "
       "label, or a label without its residual field.");
   return {cmd, [o] {
+            const std::unique_ptr<Accelerator> device = open_device(o->device);
             BenchOptions b;
+            b.accelerator = device.get();
             b.input = o->input;
             b.output = o->output;
             b.layers = {o->preset, o->include, o->exclude};

@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "commands.hpp"
+#include "device_option.hpp"
 #include "loraq/dist.hpp"
 #include "loraq/pipeline.hpp"
 
@@ -14,7 +15,7 @@ namespace loraq::cli {
 
 Command add_quantize_command(CLI::App& app) {
   struct Options {
-    std::string input, recipe, output, isa, activations;
+    std::string input, recipe, output, isa, activations, device = "cpu";
     int threads = 0, layers_in_flight = 2;
     bool resume = false, no_progress = false;
     double max_shard_gb = 5.0;
@@ -41,7 +42,9 @@ Command add_quantize_command(CLI::App& app) {
   cmd->add_option("--isa", o->isa, "Force a codec path: scalar, avx2 or avx512");
   cmd->add_option("--activations", o->activations,
                   "Captured activations (docs/activations.md): the reports add each layer's output SQNR");
+  add_device_option(cmd, o->device);
   return {cmd, [o] {
+            const std::unique_ptr<Accelerator> device = open_device(o->device);
             QuantizeOptions q;
             q.input = o->input;
             q.output = o->output;
@@ -53,6 +56,7 @@ Command add_quantize_command(CLI::App& app) {
             q.max_shard_bytes = static_cast<std::uint64_t>(o->max_shard_gb * 1e9);
             if (!o->isa.empty()) q.isa = parse_isa(o->isa);
             q.activations = o->activations;
+            q.accelerator = device.get();
             // Under mpirun every process runs this; they share the layers and this machine's cores.
             const std::unique_ptr<ProcessGroup> group = default_process_group();
             q.group = group.get();

@@ -1,0 +1,113 @@
+// What every CUDA file of the backend shares: errors as loraq::Error, owned device memory, a stream
+// with its cuBLAS and cuSOLVER handles, and row-major GEMMs on cuBLAS's column-major ones.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cusolverDn.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+
+#include "loraq/error.hpp"
+
+namespace loraq::cuda::detail {
+
+inline void check(cudaError_t rc, const char* what) {
+  if (rc != cudaSuccess) throw Error(std::string("CUDA: ") + what + ": " + cudaGetErrorString(rc));
+}
+inline void check(cublasStatus_t rc, const char* what) {
+  if (rc != CUBLAS_STATUS_SUCCESS) throw Error(std::string("cuBLAS: ") + what + ": status " + std::to_string(int(rc)));
+}
+inline void check(cusolverStatus_t rc, const char* what) {
+  if (rc != CUSOLVER_STATUS_SUCCESS)
+    throw Error(std::string("cuSOLVER: ") + what + ": status " + std::to_string(int(rc)));
+}
+
+// n values of T on the device, freed on scope exit (also when an error unwinds).
+template <class T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(std::size_t n) : n_(n) {
+    if (n > 0) check(cudaMalloc(reinterpret_cast<void**>(&p_), n * sizeof(T)), "cudaMalloc");
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  ~DeviceBuffer() {
+    if (p_) cudaFree(p_);
+  }
+  T* get() const { return p_; }
+  std::size_t size() const { return n_; }
+  void upload(const T* host, cudaStream_t s) const {
+    check(cudaMemcpyAsync(p_, host, n_ * sizeof(T), cudaMemcpyHostToDevice, s), "copy to device");
+  }
+  void download(T* host, cudaStream_t s) const {
+    check(cudaMemcpyAsync(host, p_, n_ * sizeof(T), cudaMemcpyDeviceToHost, s), "copy to host");
+  }
+  void copy_from(const DeviceBuffer& o, cudaStream_t s) const {
+    check(cudaMemcpyAsync(p_, o.p_, n_ * sizeof(T), cudaMemcpyDeviceToDevice, s), "device copy");
+  }
+
+ private:
+  T* p_ = nullptr;
+  std::size_t n_ = 0;
+};
+
+// One host thread's work on one GPU: its own stream and handles, so that layers in flight on
+// several host threads never share cuBLAS state. Made per call: the handles cost milliseconds,
+// a layer's loops seconds.
+class Session {
+ public:
+  explicit Session(int device) {
+    check(cudaSetDevice(device), "cudaSetDevice");
+    check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    check(cublasCreate(&blas_), "cublasCreate");
+    check(cublasSetStream(blas_, stream_), "cublasSetStream");
+    // fp32 products (the default math mode; TF32 is not enabled): they round as the CPU SGEMM does.
+    check(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+    check(cusolverDnCreate(&solver_), "cusolverDnCreate");
+    check(cusolverDnSetStream(solver_, stream_), "cusolverDnSetStream");
+  }
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+  ~Session() {
+    if (solver_) cusolverDnDestroy(solver_);
+    if (blas_) cublasDestroy(blas_);
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+  cudaStream_t stream() const { return stream_; }
+  cublasHandle_t blas() const { return blas_; }
+  cusolverDnHandle_t solver() const { return solver_; }
+  void sync() const { check(cudaStreamSynchronize(stream_), "stream synchronize"); }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  cusolverDnHandle_t solver_ = nullptr;
+};
+
+// C[m, n] = alpha op(A) op(B) + beta C over row-major matrices (linalg::gemm's convention). cuBLAS
+// is column-major, where a row-major X is X^T: so it computes C^T = op(B)^T op(A)^T.
+inline void gemm(const Session& s, bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha,
+                 const float* a, std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c,
+                 std::int64_t ldc) {
+  check(cublasSgemm(s.blas(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(n), int(m), int(k),
+                    &alpha, b, int(ldb), a, int(lda), &beta, c, int(ldc)),
+        "cublasSgemm");
+}
+inline void gemm(const Session& s, bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, double alpha,
+                 const double* a, std::int64_t lda, const double* b, std::int64_t ldb, double beta, double* c,
+                 std::int64_t ldc) {
+  check(cublasDgemm(s.blas(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(n), int(m), int(k),
+                    &alpha, b, int(ldb), a, int(lda), &beta, c, int(ldc)),
+        "cublasDgemm");
+}
+
+inline void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
+
+inline unsigned grid_for(std::int64_t threads, int block) { return unsigned((threads + block - 1) / block); }
+
+}  // namespace loraq::cuda::detail
