@@ -1,4 +1,5 @@
 // Stand-in for builds without the CUDA backend.
+#include "cuda/cuda_testing.hpp"
 #include "loraq/cuda.hpp"
 #include "loraq/error.hpp"
 
@@ -15,4 +16,11 @@ void fake_quantize(Format, std::span<const float>, std::span<float>, std::int64_
   unavailable();
 }
 std::unique_ptr<Accelerator> make_accelerator(int) { unavailable(); }
+namespace testing {
+std::vector<double> quantization_error(Format, Rounding, std::span<const float>, std::span<const float>,
+                                       std::span<float>, std::int64_t, std::int64_t) {
+  unavailable();
+}
+void adam_steps(std::span<float>, std::span<const float>, double, int) { unavailable(); }
+}  // namespace testing
 }  // namespace loraq::cuda

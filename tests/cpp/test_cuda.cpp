@@ -1,4 +1,6 @@
-// The CUDA codec is bit-identical to the CPU reference. Needs a GPU: skipped loudly without one.
+// The CUDA backend against the CPU: the codecs, the quantization-error kernel and an Adam step bit
+// for bit, LoRaQ's whole loops within rounding. Needs a GPU: skipped loudly without one (and then
+// only the errors of a machine without one are checked).
 #include <gtest/gtest.h>
 
 #include <bit>
@@ -7,14 +9,37 @@
 #include <string>
 #include <vector>
 
+#include "cuda/cuda_testing.hpp"
+#include "dit_weights.hpp"
 #include "loraq/cuda.hpp"
 #include "loraq/error.hpp"
 #include "loraq/format.hpp"
+#include "loraq/quantized_layer.hpp"
+#include "loraq/recipe.hpp"
+#include "methods/adam.hpp"
+#include "methods/loraq_impl.hpp"
 
 namespace loraq {
 namespace {
 
-TEST(Cuda, MxFakeQuantizeMatchesReference) {
+namespace impl = methods::loraq_impl;
+
+// Skips (loudly) unless a GPU is there to run on.
+#define REQUIRE_GPU()                                                                                      \
+  do {                                                                                                     \
+    if (!cuda::built()) GTEST_SKIP() << "SKIPPED LOUDLY: built without CUDA (LORAQ_CUDA=OFF)";             \
+    if (cuda::device_count() == 0) GTEST_SKIP() << "SKIPPED LOUDLY: no CUDA GPU on this machine: compiled, not run"; \
+  } while (0)
+
+std::vector<float> normal_values(std::size_t n, unsigned seed, float sigma = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, sigma);
+  std::vector<float> v(n);
+  for (float& x : v) x = normal(rng);
+  return v;
+}
+
+TEST(Cuda, FakeQuantizeMatchesReference) {
   if (!cuda::built()) GTEST_SKIP() << "SKIPPED LOUDLY: built without CUDA (LORAQ_CUDA=OFF)";
   if (cuda::device_count() == 0) {
     std::vector<float> in(32), out(32);
@@ -39,6 +64,111 @@ TEST(Cuda, MxFakeQuantizeMatchesReference) {
               << info.name << " cols " << cols << " i " << i << " seed 5";
       }
     }
+  }
+}
+
+}  // namespace
+}  // namespace loraq
+
+namespace loraq {
+namespace {
+
+// Without a GPU the backend says so, by name, instead of failing later.
+TEST(Cuda, NoGpuIsAClearError) {
+  if (cuda::built() && cuda::device_count() > 0) GTEST_SKIP() << "a GPU is present: the error cannot be provoked";
+  try {
+    cuda::make_accelerator(0);
+    FAIL() << "make_accelerator succeeded without a GPU";
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    EXPECT_TRUE(message.find("no CUDA GPU") != std::string::npos || message.find("without CUDA") != std::string::npos)
+        << message;
+  }
+}
+
+TEST(Cuda, DeviceNumberOutOfRangeIsAnError) {
+  REQUIRE_GPU();
+  EXPECT_THROW(cuda::make_accelerator(cuda::device_count()), Error);
+  EXPECT_THROW(cuda::make_accelerator(-1), Error);
+}
+
+// Eq. 4's fused pass, E = Q1(W - B) - (W - B), bit for bit against the CPU's codec, and its row sums
+// against a double sum (the order differs, so to 1e-12).
+TEST(Cuda, QuantizationErrorMatchesCpu) {
+  REQUIRE_GPU();
+  for (Format f : {Format::sint4, Format::mxint8, Format::mxfp4, Format::mxfp6_e2m3}) {
+    for (std::int64_t cols : {33, 64, 100, 1152}) {
+      const std::int64_t rows = 5;
+      const auto n = std::size_t(rows * cols);
+      const std::vector<float> x = normal_values(n, 11), y = normal_values(n, 12, 0.3f);
+      std::vector<float> t(n), q(n), want(n), got(n);
+      for (std::size_t i = 0; i < n; ++i) t[i] = x[i] - y[i];
+      fake_quantize(f, t, q, rows, cols, {Rounding::nearest_even, Isa::scalar, 1});
+      for (std::size_t i = 0; i < n; ++i) want[i] = q[i] - t[i];
+      const std::vector<double> row_ss = cuda::testing::quantization_error(f, Rounding::nearest_even, x, y, got, rows, cols);
+      for (std::size_t i = 0; i < n; ++i)
+        ASSERT_EQ(std::bit_cast<std::uint32_t>(got[i]), std::bit_cast<std::uint32_t>(want[i]))
+            << format_info(f).name << " cols " << cols << " i " << i;
+      for (std::int64_t r = 0; r < rows; ++r) {
+        const double ss = impl::sum_squares(want.data() + r * cols, cols);
+        EXPECT_NEAR(row_ss[std::size_t(r)], ss, 1e-12 * ss) << format_info(f).name << " row " << r;
+      }
+    }
+  }
+}
+
+// Five Adam updates from the same gradient: the device's bits are the CPU's.
+TEST(Cuda, AdamStepMatchesCpu) {
+  REQUIRE_GPU();
+  const std::vector<float> g = normal_values(4099, 21, 1e-3f);
+  std::vector<float> x_cpu = normal_values(g.size(), 22), x_gpu = x_cpu;
+  methods::Adam adam(g.size());
+  for (int t = 0; t < 5; ++t) adam.step(x_cpu.data(), g.data(), 1e-3, 1);
+  cuda::testing::adam_steps(x_gpu, g, 1e-3, 5);
+  for (std::size_t i = 0; i < g.size(); ++i)
+    ASSERT_EQ(std::bit_cast<std::uint32_t>(x_gpu[i]), std::bit_cast<std::uint32_t>(x_cpu[i])) << "i " << i;
+}
+
+// The whole method on the GPU against the CPU: the same start (same objective to 1e-5), the same
+// descent (best objectives within 2%), the same layer quality (relative error within 2%), and the
+// same bytes from two GPU runs. Rank 86 and 400 columns: partial blocks in every factor.
+TEST(Cuda, LoraqOnGpuMatchesCpu) {
+  REQUIRE_GPU();
+  const std::int64_t out = 256, in = 400;
+  const std::vector<float> w = testing::dit_weight(out, in, 31);
+  const std::unique_ptr<Accelerator> device = cuda::make_accelerator(0);
+  for (bool straight_through : {false, true}) {
+    LayerRecipe recipe;
+    recipe.method = "loraq";
+    recipe.residual_format = Format::sint4;
+    recipe.branch_format = Format::mxfp4;
+    recipe.rank = 86;
+    recipe.seed = 5;
+    impl::Options options;
+    options.steps = 200;
+    options.rotation_steps = 100;
+    options.straight_through = straight_through;
+    LayerInput input;
+    input.name = "test.weight";
+    input.weight = w;
+    input.out_features = out;
+    input.in_features = in;
+    input.recipe = &recipe;
+    impl::Report cpu_report, gpu_report, gpu_again;
+    const QuantizedLayer cpu = impl::run(input, options, &cpu_report);
+    input.accelerator = device.get();
+    const QuantizedLayer gpu = impl::run(input, options, &gpu_report);
+    const QuantizedLayer gpu2 = impl::run(input, options, &gpu_again);
+    const std::string what = "straight_through " + std::to_string(straight_through);
+    EXPECT_NEAR(gpu_report.adam.initial, cpu_report.adam.initial, 1e-5 * cpu_report.adam.initial) << what;
+    EXPECT_LT(gpu_report.adam.best, 0.9 * gpu_report.adam.initial) << what << ": Adam did not descend on the GPU";
+    EXPECT_NEAR(gpu_report.adam.best, cpu_report.adam.best, 0.02 * cpu_report.adam.best) << what;
+    EXPECT_NEAR(gpu_report.rotation.best, cpu_report.rotation.best, 0.02 * cpu_report.rotation.best) << what;
+    EXPECT_LE(gpu_report.rotation.best, gpu_report.rotation.initial) << what;
+    EXPECT_NEAR(gpu.metrics.relative_error, cpu.metrics.relative_error, 0.02 * cpu.metrics.relative_error) << what;
+    EXPECT_EQ(gpu.residual.codes, gpu2.residual.codes) << what << ": two GPU runs differ";
+    EXPECT_EQ(gpu.branch->up.codes, gpu2.branch->up.codes) << what;
+    EXPECT_EQ(gpu.branch->down.codes, gpu2.branch->down.codes) << what;
   }
 }
 

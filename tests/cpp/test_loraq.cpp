@@ -4,12 +4,15 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "dit_weights.hpp"
+#include "loraq/accelerator.hpp"
+#include "loraq/error.hpp"
 #include "loraq/format.hpp"
 #include "loraq/linalg.hpp"
 #include "loraq/methods.hpp"
@@ -391,4 +394,122 @@ TEST(Loraq, RunsFromTheMethodTable) {
   ASSERT_TRUE(layer.branch.has_value());
   EXPECT_EQ(layer.branch->down.rows, recipe.branch_rank(in));
   EXPECT_LT(layer.metrics.relative_error, rtn_error(w, out, in, Format::sint4));
+}
+
+namespace {
+
+// A device that runs the CPU loops themselves, counting its calls: with it, the method must hand
+// each loop to the device exactly when the device supports the formats, and make the same bytes.
+class CpuLoopsDevice final : public loraq::Accelerator {
+ public:
+  CpuLoopsDevice(std::vector<Format> formats, bool fail) : formats_(std::move(formats)), fail_(fail) {}
+  std::string describe() const override { return "test-device"; }
+  bool supports(Format f) const override { return std::find(formats_.begin(), formats_.end(), f) != formats_.end(); }
+  loraq::OptimizerTrace optimize_branch(const loraq::BranchProblem& p, std::span<float> up, std::span<float> down,
+                                        int steps, double lr, bool keep_best) const override {
+    ++branch_calls;
+    if (fail_) throw loraq::Error("out of device memory");
+    impl::BranchObjective objective(p.weight, p.out, p.in, p.rank, p.q1, p.q2_inside, codec(p.rounding));
+    impl::Factors f{p.out, p.in, p.rank, {up.begin(), up.end()}, {down.begin(), down.end()}};
+    const impl::Trace trace = impl::optimize_branch(objective, f, steps, lr, keep_best, 1);
+    std::copy(f.up.begin(), f.up.end(), up.begin());
+    std::copy(f.down.begin(), f.down.end(), down.begin());
+    return trace;
+  }
+  loraq::OptimizerTrace optimize_rotation(std::span<const float> up, std::span<const float> down, std::int64_t out,
+                                          std::int64_t in, std::int64_t rank, Format q2, loraq::Rounding rounding,
+                                          int steps, double lr, bool keep_best,
+                                          std::span<double> omega) const override {
+    ++rotation_calls;
+    const impl::Factors f{out, in, rank, {up.begin(), up.end()}, {down.begin(), down.end()}};
+    impl::RotationObjective objective(f, q2, codec(rounding));
+    impl::Trace trace;
+    const std::vector<double> o = impl::optimize_rotation(objective, rank, steps, lr, keep_best, &trace);
+    std::copy(o.begin(), o.end(), omega.begin());
+    return trace;
+  }
+  mutable std::atomic<int> branch_calls{0}, rotation_calls{0};
+
+ private:
+  static loraq::QuantOptions codec(loraq::Rounding rounding) { return {rounding, std::nullopt, 1}; }
+  std::vector<Format> formats_;
+  bool fail_;
+};
+
+void expect_same_bytes(const loraq::QuantizedLayer& a, const loraq::QuantizedLayer& b, const std::string& what) {
+  EXPECT_EQ(a.residual.codes, b.residual.codes) << what;
+  EXPECT_EQ(a.residual.scales, b.residual.scales) << what;
+  ASSERT_TRUE(a.branch && b.branch) << what;
+  EXPECT_EQ(a.branch->up.codes, b.branch->up.codes) << what;
+  EXPECT_EQ(a.branch->up.scales, b.branch->up.scales) << what;
+  EXPECT_EQ(a.branch->down.codes, b.branch->down.codes) << what;
+  EXPECT_EQ(a.branch->down.scales, b.branch->down.scales) << what;
+}
+
+}  // namespace
+
+// The method hands both loops to a device that supports Q1 and Q2, and the layer is made from what
+// the device returns (here the CPU loops again, so the bytes must not change).
+TEST(Loraq, AcceleratorRunsBothLoops) {
+  const std::int64_t out = 96, in = 160;
+  const std::vector<float> w = loraq::testing::dit_weight(out, in, kSeed + 13);
+  const loraq::LayerRecipe recipe = loraq_recipe(Format::sint4, Format::mxint8, 512);
+  for (bool straight_through : {false, true}) {
+    impl::Options options;
+    options.steps = 15;
+    options.rotation_steps = 8;
+    options.straight_through = straight_through;
+    const loraq::QuantizedLayer cpu = impl::run(layer_input(w, out, in, recipe), options);
+    const CpuLoopsDevice device({Format::sint4, Format::mxint8}, false);
+    loraq::LayerInput input = layer_input(w, out, in, recipe);
+    input.accelerator = &device;
+    impl::Report report;
+    const loraq::QuantizedLayer accelerated = impl::run(input, options, &report);
+    EXPECT_EQ(device.branch_calls, 1) << "straight_through " << straight_through;
+    EXPECT_EQ(device.rotation_calls, 1) << "straight_through " << straight_through;
+    EXPECT_LT(report.adam.best, report.adam.initial) << "the device's trace reaches the report";
+    expect_same_bytes(cpu, accelerated, "straight_through " + std::to_string(straight_through));
+  }
+}
+
+// A loop whose format the device lacks stays on the CPU; the other still goes to the device.
+TEST(Loraq, AcceleratorSkipsFormatsItLacks) {
+  const std::int64_t out = 96, in = 160;
+  const std::vector<float> w = loraq::testing::dit_weight(out, in, kSeed + 14);
+  const loraq::LayerRecipe recipe = loraq_recipe(Format::nvfp4, Format::mxint8, 512);
+  impl::Options options;
+  options.steps = 10;
+  options.rotation_steps = 5;
+  const CpuLoopsDevice device({Format::sint4, Format::mxint8}, false);
+  loraq::LayerInput input = layer_input(w, out, in, recipe);
+  input.accelerator = &device;
+  const loraq::QuantizedLayer accelerated = impl::run(input, options);
+  EXPECT_EQ(device.branch_calls, 0) << "nvfp4's Adam loop went to a device without nvfp4";
+  EXPECT_EQ(device.rotation_calls, 1);
+  expect_same_bytes(impl::run(layer_input(w, out, in, recipe), options), accelerated, "nvfp4 residual");
+
+  options.straight_through = true;  // Q2 inside the loop: the device needs both formats
+  const CpuLoopsDevice q1_only({Format::nvfp4}, false);
+  input.accelerator = &q1_only;
+  impl::run(input, options);
+  EXPECT_EQ(q1_only.branch_calls, 0) << "a straight-through loop went to a device without Q2";
+}
+
+// A device's failure names the layer and the device, and nothing is returned.
+TEST(Loraq, AcceleratorErrorsNameTheLayer) {
+  const std::int64_t out = 64, in = 128;
+  const std::vector<float> w = loraq::testing::dit_weight(out, in, kSeed + 15);
+  const loraq::LayerRecipe recipe = loraq_recipe(Format::sint4, Format::mxint8, 512);
+  const CpuLoopsDevice failing({Format::sint4, Format::mxint8}, true);
+  loraq::LayerInput input = layer_input(w, out, in, recipe);
+  input.accelerator = &failing;
+  try {
+    impl::run(input, impl::Options{});
+    FAIL() << "a failing device went unnoticed";
+  } catch (const loraq::Error& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("test.weight"), std::string::npos) << message;
+    EXPECT_NE(message.find("test-device"), std::string::npos) << message;
+    EXPECT_NE(message.find("out of device memory"), std::string::npos) << message;
+  }
 }
