@@ -10,6 +10,8 @@ and noisy. --max-rss-gb adds an absolute limit (the FLUX test: 4 GB).
   python3 bench/bench_quantize.py [--recipe recipes/rtn-sint4.yaml] [--hidden 1152] [--repeat 3]
   python3 bench/bench_quantize.py --arch flux --data /big/disk --repeat 1   # 12 B parameters, 24 GB: more than
                                                                            # this machine's memory
+  python3 bench/bench_quantize.py --arch sana                              # 1.6 B parameters (SANA 1600M)
+  python3 bench/bench_quantize.py --recipe recipes/loraq-sint4-r128.yaml --device cuda --repeat 1
 """
 import argparse
 import json
@@ -73,7 +75,9 @@ def main():
     ap.add_argument("--recipe", default=str(ROOT / "recipes" / "rtn-sint4.yaml"))
     ap.add_argument("--hidden", type=int, default=1152)
     ap.add_argument("--blocks", type=int, default=28, help="transformer blocks (flux: double-stream, default 19)")
-    ap.add_argument("--arch", choices=["pixart-sigma", "flux"], default="pixart-sigma")
+    ap.add_argument("--arch", choices=["pixart-sigma", "sana", "flux"], default="pixart-sigma")
+    ap.add_argument("--device", default="cpu", help="loraq quantize --device (cpu, cuda, cuda:N)")
+    ap.add_argument("--layers-in-flight", type=int, default=0, help="loraq quantize --layers-in-flight (0: its default)")
     ap.add_argument("--data", help="where the generated checkpoint is kept (default: BUILD/bench-data)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=3)
@@ -89,6 +93,9 @@ def main():
         make = [str(make_model), "--arch", "flux", "-o", str(model)]
         if args.recipe == ap.get_default("recipe"):
             args.recipe = str(ROOT / "recipes" / "flux" / "rtn-sint4.yaml")
+    elif args.arch == "sana":
+        model = data / "sana-1600m"
+        make = [str(make_model), "--arch", "sana", "-o", str(model)]
     else:
         model = data / f"pixart-h{args.hidden}-b{args.blocks}"
         make = [str(make_model), "-o", str(model), "--hidden", str(args.hidden), "--blocks", str(args.blocks)]
@@ -107,29 +114,34 @@ def main():
         cmd = [str(loraq), "quantize", str(model), "--recipe", args.recipe, "-o", str(out), "--no-progress"]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
+        if args.layers_in_flight:
+            cmd += ["--layers-in-flight", str(args.layers_in_flight)]
+        cmd += ["--device", args.device]
         seconds, peak, _ = run_measured(cmd)
         runs.append(seconds)
         rss.append(peak)
     shutil.rmtree(out, ignore_errors=True)
 
     read_s, run_s = statistics.median(reads), statistics.median(runs)
-    bound = 200e6 + 2 * 3 * 4 * largest
+    in_flight = args.layers_in_flight or (2 if args.device == "cpu" else 8)
+    bound = 200e6 + in_flight * 3 * 4 * largest
     if args.max_rss_gb:
         bound = min(bound, args.max_rss_gb * 1e9)
     result = {
         "model": model.name, "parameters": params, "file_bytes": file_bytes, "largest_tensor_params": largest,
-        "recipe": pathlib.Path(args.recipe).name, "threads": args.threads or os.cpu_count(),
+        "recipe": pathlib.Path(args.recipe).name, "threads": args.threads or os.cpu_count(), "device": args.device,
         "read_seconds_median": read_s, "quantize_seconds_median": run_s,
         "read_params_per_s": params / read_s, "quantize_params_per_s": params / run_s,
         "ratio_to_file_read": read_s / run_s,
         "peak_rss_bytes_max": max(rss), "peak_rss_bound_bytes": bound, "within_bound": max(rss) < bound,
     }
     print(f"{model.name}: {params / 1e6:.1f} M parameters, {file_bytes / 1e9:.2f} GB, largest tensor "
-          f"{largest / 1e6:.1f} M values; recipe {result['recipe']}, {result['threads']} threads, median of {args.repeat}")
+          f"{largest / 1e6:.1f} M values; recipe {result['recipe']}, {result['threads']} threads, device {args.device}, "
+          f"median of {args.repeat}")
     print(f"  read the file once     {read_s:8.3f} s  {params / read_s / 1e6:10.1f} M params/s  (anchor)")
     print(f"  loraq quantize         {run_s:8.3f} s  {params / run_s / 1e6:10.1f} M params/s  "
           f"ratio to read {result['ratio_to_file_read']:.3f}")
-    print(f"  peak RSS {max(rss) / 1e6:.0f} MB, bound {bound / 1e6:.0f} MB (200 MB + 2 layers x 3 fp32 copies of the "
+    print(f"  peak RSS {max(rss) / 1e6:.0f} MB, bound {bound / 1e6:.0f} MB (200 MB + {in_flight} layers x 3 fp32 copies of the "
           f"largest tensor{', at most --max-rss-gb' if args.max_rss_gb else ''}): "
           f"{'within' if result['within_bound'] else 'OVER'}")
     if args.json:

@@ -1,5 +1,5 @@
-// The weight shapes the benchmarks run on: bench/shapes/pixart_sigma.txt ("rows cols" per line,
-// '#' comments), so that every benchmark measures the same real model shapes.
+// The weight shapes the benchmarks run on: bench/shapes/pixart_sigma.txt, sana.txt and flux.txt
+// ("rows cols" per line, '#' comments), so that every benchmark measures the same real model shapes.
 #pragma once
 
 #include <cstdint>
@@ -12,8 +12,9 @@ struct Shape {
   std::int64_t rows, cols;
 };
 
-inline std::vector<Shape> load_shapes() {
-  std::ifstream in(std::string(LORAQ_BENCH_SHAPES) + "/pixart_sigma.txt");
+// `model`: pixart_sigma, sana or flux (bench/shapes/<model>.txt).
+inline std::vector<Shape> load_shapes(const std::string& model = "pixart_sigma") {
+  std::ifstream in(std::string(LORAQ_BENCH_SHAPES) + "/" + model + ".txt");
   std::vector<Shape> shapes;
   std::string line;
   while (std::getline(in, line)) {
@@ -22,6 +23,6 @@ inline std::vector<Shape> load_shapes() {
     Shape s{};
     if (fields >> s.rows >> s.cols) shapes.push_back(s);
   }
-  if (shapes.empty()) shapes = {{1152, 1152}, {4608, 1152}, {1152, 4608}};
+  if (shapes.empty() && model == "pixart_sigma") shapes = {{1152, 1152}, {4608, 1152}, {1152, 4608}};
   return shapes;
 }

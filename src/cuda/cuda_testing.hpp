@@ -1,5 +1,6 @@
-// Single kernels of the CUDA backend from host buffers, on GPU 0, for tests/cpp/test_cuda.cpp: each
-// is checked bit for bit against the CPU code it mirrors. Not part of the public interface.
+// Single kernels of the CUDA backend from host buffers, on GPU 0, for tests/cpp/test_cuda.cpp (each
+// is checked bit for bit against the CPU code it mirrors) and timings for bench/bench_cuda.cpp. Not
+// part of the public interface.
 #pragma once
 
 #include <cstdint>
@@ -16,5 +17,15 @@ std::vector<double> quantization_error(Format f, Rounding rounding, std::span<co
 
 // `steps` Adam updates of x with the same gradient g each time (methods/adam.hpp's update).
 void adam_steps(std::span<float> x, std::span<const float> g, double lr, int steps);
+
+// Median seconds per call over `repeats` (CUDA events, device-resident data): fake quantization of a
+// [rows, cols] fp32 matrix, and the anchor, a device-to-device copy of the same bytes.
+struct DeviceTimes {
+  double op = 0, anchor = 0;
+};
+DeviceTimes time_fake_quantize(Format f, std::int64_t rows, std::int64_t cols, int repeats);
+
+// Median seconds of the three rank-r GEMMs of one eq. 4 step (B = up down, grad_up, grad_down).
+double time_step_gemms(std::int64_t out, std::int64_t in, std::int64_t rank, int repeats);
 
 }  // namespace loraq::cuda::testing

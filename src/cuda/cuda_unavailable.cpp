@@ -22,5 +22,7 @@ std::vector<double> quantization_error(Format, Rounding, std::span<const float>,
   unavailable();
 }
 void adam_steps(std::span<float>, std::span<const float>, double, int) { unavailable(); }
+DeviceTimes time_fake_quantize(Format, std::int64_t, std::int64_t, int) { unavailable(); }
+double time_step_gemms(std::int64_t, std::int64_t, std::int64_t, int) { unavailable(); }
 }  // namespace testing
 }  // namespace loraq::cuda

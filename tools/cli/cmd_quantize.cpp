@@ -12,6 +12,9 @@
 #include "loraq/pipeline.hpp"
 
 namespace loraq::cli {
+namespace {
+constexpr int kDeviceLayersInFlight = 8;
+}  // namespace
 
 Command add_quantize_command(CLI::App& app) {
   struct Options {
@@ -31,10 +34,10 @@ Command add_quantize_command(CLI::App& app) {
                   "Threads (default: every core, shared among the processes of an mpirun on this machine); the "
                   "output bytes never depend on it")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--layers-in-flight", o->layers_in_flight,
-                  "Layers quantized at once, sharing the threads; peak memory grows with it")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
+  CLI::Option* in_flight = cmd->add_option("--layers-in-flight", o->layers_in_flight,
+                                           "Layers quantized at once, sharing the threads; peak memory grows with "
+                                           "it (default 2, and 8 with --device cuda)")
+                               ->check(CLI::PositiveNumber);
   cmd->add_flag("--resume", o->resume, "Continue an interrupted run from <output>.partial");
   cmd->add_flag("--no-progress", o->no_progress, "No progress output");
   cmd->add_option("--max-shard-gb", o->max_shard_gb, "Largest output shard, in GB")->check(CLI::PositiveNumber)
@@ -43,8 +46,11 @@ Command add_quantize_command(CLI::App& app) {
   cmd->add_option("--activations", o->activations,
                   "Captured activations (docs/activations.md): the reports add each layer's output SQNR");
   add_device_option(cmd, o->device);
-  return {cmd, [o] {
+  return {cmd, [o, in_flight] {
             const std::unique_ptr<Accelerator> device = open_device(o->device);
+            // On a GPU each layer in flight drives its own stream, and a layer's loop waits for its
+            // objective every step: more layers in flight keep the GPU busy while each one waits.
+            if (device && in_flight->count() == 0) o->layers_in_flight = kDeviceLayersInFlight;
             QuantizeOptions q;
             q.input = o->input;
             q.output = o->output;

@@ -1,5 +1,6 @@
 // loraq-make-model: writes a synthetic checkpoint with a real architecture's tensor names and shapes
-// (PixArt-Sigma, diffusers' PixArtTransformer2DModel, at any width and depth; or FLUX.1,
+// (PixArt-Sigma, diffusers' PixArtTransformer2DModel, at any width and depth; SANA,
+// SanaTransformer2DModel, at any width and depth (default: the 1.6 B model's 2240 x 20); or FLUX.1,
 // FluxTransformer2DModel, at its real width with any number of blocks: the 12 B-parameter
 // checkpoint of the memory test). It is the default model of
 // the README's main command until a trained one ships, and the input of tests and benchmarks.
@@ -52,6 +53,44 @@ std::vector<loraq::io::TensorSpec> pixart_sigma_tensors(const Arch& a, loraq::io
   }
   linear("proj_out", std::int64_t(a.patch) * a.patch * a.out_channels, h);
   t.push_back({"scale_shift_table", dtype, {2, h}});
+  return t;
+}
+
+// SANA (Sana_1600M: hidden 2240 = 70 heads x 32, 20 blocks, Gemma-2 captions of width 2304,
+// patch 1, 32 latent channels): linear attention and cross-attention, and GLUMBConv feed-forwards
+// (1x1 conv_inverted to 2 x 2.5 x hidden, a depthwise 3x3, a 1x1 conv_point back), as diffusers
+// names them.
+std::vector<loraq::io::TensorSpec> sana_tensors(const Arch& a, loraq::io::DType dtype) {
+  const std::int64_t h = a.hidden, mlp = h * 5 / 2, latent = 32, caption = 2304;
+  std::vector<loraq::io::TensorSpec> t;
+  auto linear = [&](const std::string& name, std::int64_t out, std::int64_t in, bool bias = true) {
+    t.push_back({name + ".weight", dtype, {out, in}});
+    if (bias) t.push_back({name + ".bias", dtype, {out}});
+  };
+  auto conv = [&](const std::string& name, std::vector<std::int64_t> shape) {
+    const std::int64_t out = shape[0];
+    t.push_back({name + ".weight", dtype, std::move(shape)});
+    t.push_back({name + ".bias", dtype, {out}});
+  };
+  conv("patch_embed.proj", {h, latent, 1, 1});
+  linear("time_embed.emb.timestep_embedder.linear_1", h, 256);
+  linear("time_embed.emb.timestep_embedder.linear_2", h, h);
+  linear("time_embed.linear", 6 * h, h);
+  t.push_back({"caption_norm.weight", dtype, {caption}});
+  linear("caption_projection.linear_1", h, caption);
+  linear("caption_projection.linear_2", h, h);
+  for (int b = 0; b < a.blocks; ++b) {
+    const std::string p = fmt::format("transformer_blocks.{}.", b);
+    t.push_back({p + "scale_shift_table", dtype, {6, h}});
+    for (const char* proj : {"to_q", "to_k", "to_v"}) linear(p + "attn1." + proj, h, h, false);
+    linear(p + "attn1.to_out.0", h, h);
+    for (const char* proj : {"to_q", "to_k", "to_v", "to_out.0"}) linear(p + "attn2." + proj, h, h);
+    conv(p + "ff.conv_inverted", {2 * mlp, h, 1, 1});
+    conv(p + "ff.conv_depth", {2 * mlp, 1, 3, 3});
+    t.push_back({p + "ff.conv_point.weight", dtype, {h, mlp, 1, 1}});
+  }
+  t.push_back({"scale_shift_table", dtype, {2, h}});
+  linear("proj_out", latent, h);
   return t;
 }
 
@@ -122,7 +161,7 @@ std::vector<float> values_of(const loraq::io::TensorSpec& spec, std::uint64_t se
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Write a synthetic PixArt-Sigma- or FLUX-shaped checkpoint (diffusers names) for tests, benchmarks and "
+  CLI::App app{"Write a synthetic PixArt-Sigma-, SANA- or FLUX-shaped checkpoint (diffusers names) for tests, benchmarks and "
                "demos"};
   Arch arch;
   std::string output, dtype_name = "BF16";
@@ -130,8 +169,9 @@ int main(int argc, char** argv) {
   double max_shard_gb = 5.0;
   std::string architecture = "pixart-sigma";
   int single_blocks = 38;
-  app.add_option("--arch", architecture, "pixart-sigma (any width) or flux (width 3072)")
-      ->transform(CLI::IsMember({"pixart-sigma", "flux"}))
+  app.add_option("--arch", architecture, "pixart-sigma (any width), sana (any width; default the 1.6 B model's) or "
+                                         "flux (width 3072)")
+      ->transform(CLI::IsMember({"pixart-sigma", "sana", "flux"}))
       ->capture_default_str();
   app.add_option("--single-blocks", single_blocks, "FLUX single-stream blocks (FLUX.1: 38; --blocks: double-stream, 19)")
       ->capture_default_str()
@@ -146,10 +186,13 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   try {
     const loraq::io::DType dtype = loraq::io::parse_dtype(dtype_name);
-    const bool flux = architecture == "flux";
+    const bool flux = architecture == "flux", sana = architecture == "sana";
     if (flux && app.count("--blocks") == 0) arch.blocks = 19;  // FLUX.1's double-stream blocks
-    const std::vector<loraq::io::TensorSpec> specs =
-        flux ? flux_tensors(arch.blocks, single_blocks, dtype) : pixart_sigma_tensors(arch, dtype);
+    if (sana && app.count("--blocks") == 0) arch.blocks = 20;  // Sana_1600M
+    if (sana && app.count("--hidden") == 0) arch.hidden = 2240;
+    const std::vector<loraq::io::TensorSpec> specs = flux   ? flux_tensors(arch.blocks, single_blocks, dtype)
+                                                     : sana ? sana_tensors(arch, dtype)
+                                                            : pixart_sigma_tensors(arch, dtype);
     loraq::io::CheckpointWriter writer(output, specs, {{"generator", "loraq-make-model"}, {"seed", std::to_string(seed)}},
                                        {static_cast<std::uint64_t>(max_shard_gb * 1e9), "diffusion_pytorch_model"});
     for (const loraq::io::TensorSpec& spec : writer.order()) {
@@ -160,7 +203,13 @@ int main(int argc, char** argv) {
     }
     writer.finish();
     if (!output.ends_with(".safetensors")) {
-      const nlohmann::ordered_json config = flux ? nlohmann::ordered_json{
+      const nlohmann::ordered_json config = sana ? nlohmann::ordered_json{
+          {"_class_name", "SanaTransformer2DModel"}, {"_loraq_synthetic", true}, {"in_channels", 32},
+          {"out_channels", 32}, {"num_layers", arch.blocks},
+          {"num_attention_heads", arch.hidden % 32 == 0 ? arch.hidden / 32 : 1},
+          {"attention_head_dim", arch.hidden % 32 == 0 ? 32 : arch.hidden}, {"cross_attention_dim", arch.hidden},
+          {"caption_channels", 2304}, {"mlp_ratio", 2.5}, {"patch_size", 1}, {"sample_size", 32}}
+          : flux ? nlohmann::ordered_json{
           {"_class_name", "FluxTransformer2DModel"}, {"_loraq_synthetic", true}, {"patch_size", 1},
           {"in_channels", 64}, {"num_layers", arch.blocks}, {"num_single_layers", single_blocks},
           {"attention_head_dim", 128}, {"num_attention_heads", 24}, {"joint_attention_dim", 4096},
