@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs on a lent GPU machine (see scripts/device-bundle.sh): the CUDA tests, the CUDA benchmark, and
+# LoRaQ over every block linear of a generated PixArt-Sigma-shaped 0.6 B checkpoint on the GPU
+# (rank 128, 1000 Adam + 500 rotation steps), timed. Logs and the per-layer report go to $OUT
+# (the device tool's folder) or out/device-check.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-out/device-check}
+mkdir -p "$out"
+root=/tmp/loraq-device
+rm -rf "$root" && mkdir -p "$root" && tar -C "$root" -xJf .device/bundle.tar.xz || exit 1
+cublas=$(find /usr/local/cuda* /usr/lib /opt -name 'libcublas.so.13' 2>/dev/null | head -1)
+export LD_LIBRARY_PATH="$root/lib:$(dirname "${cublas:-/usr/local/cuda/lib64/x}"):${LD_LIBRARY_PATH:-}"
+bin=$root/bin
+{ nvidia-smi -L; nproc; } 2>&1 | tee "$out/machine.txt"
+"$bin/test_cuda" 2>&1 | tee "$out/test_cuda.log"
+"$bin/bench_cuda" 2>&1 | tee "$out/bench_cuda.log"
+"$bin/loraq-make-model" -o "$root/pixart" --hidden 1152 --blocks 28 >/dev/null
+start=$(date +%s%N)
+"$bin/loraq" quantize "$root/pixart" --recipe recipes/loraq-sint4-r128.yaml -o "$root/q-gpu" --device cuda \
+  --no-progress 2>&1 | tee "$out/quantize_gpu.log"
+echo "whole model on the GPU: $(( ($(date +%s%N) - start) / 1000000 )) ms" | tee -a "$out/quantize_gpu.log"
+cp "$root/q-gpu/quantize_report.csv" "$out/" 2>/dev/null
+LORAQ_BIN="$bin/loraq" python3 -m pytest -q -rs tests/python/test_quantize_pipeline.py -k device 2>&1 |
+  tee "$out/pytest_device.log"
