@@ -4,10 +4,13 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
+#include <string>
 
 #include "loraq/accelerator.hpp"
 #include "loraq/format.hpp"
+#include "loraq/quantized_layer.hpp"
 
 namespace loraq::cuda {
 
@@ -24,5 +27,37 @@ void fake_quantize(Format f, std::span<const float> in, std::span<float> out, st
 // cuda`. Throws Error naming the cause without a GPU, for a device number out of range, or in a
 // build without the backend.
 std::unique_ptr<Accelerator> make_accelerator(int device = 0);
+
+// The quantized layer of loraq/linear_kernel.hpp on a GPU: Y = Qa1(X/s) Q1(P)^T + (Qa2(X/s) Q2(down)^T)
+// Q2(up)^T + bias, for integer weights (sint4, mxint4, mxint8, int8_channel) with integer activations
+// quantized on the device (sint4, mxint4, mxint8). Each 32-value chunk is an exact int32 sum on INT8
+// tensor cores (mma.sync m16n8k32; 4-bit codes held as int8), scaled into fp32 in chunk order; the
+// down-projection runs first, and the up-projection and bias are fused into the residual's epilogue,
+// with the CPU kernel's operations in its order: the outputs equal the CPU integer path's bit for bit.
+class LinearKernel {
+ public:
+  // Throws Error naming `name` for a layer or format the kernels do not take, and without a GPU.
+  LinearKernel(const QuantizedLayer& layer, Format residual_activation, std::optional<Format> branch_activation,
+               std::span<const float> bias = {}, std::string name = "layer", int device = 0);
+  ~LinearKernel();
+  LinearKernel(LinearKernel&&) noexcept;
+  LinearKernel& operator=(LinearKernel&&) noexcept;
+  // Whether the kernels take this weight and activation format.
+  static bool supports(Format weight, Format activation);
+
+  // y [rows, out] for x [rows, in], host buffers (copied to and from the GPU).
+  void forward(std::span<const float> x, std::int64_t rows, std::span<float> y, bool skip_branch = false) const;
+  // Median seconds of forward() on device-resident data over `repeats` runs (the benchmark).
+  double time_forward(std::int64_t rows, int repeats, bool skip_branch = false) const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Median seconds of a cuBLAS BF16 GEMM [m, k] x [k, n] with fp32 accumulation: the anchor of the
+// kernel benchmark.
+double time_bf16_gemm(std::int64_t m, std::int64_t n, std::int64_t k, int repeats);
 
 }  // namespace loraq::cuda

@@ -7,8 +7,10 @@
 #include <cusolverDn.h>
 
 #include <cstdint>
+#include <algorithm>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "loraq/error.hpp"
 
@@ -36,6 +38,14 @@ class DeviceBuffer {
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
   DeviceBuffer(DeviceBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      if (p_) cudaFree(p_);
+      p_ = std::exchange(o.p_, nullptr);
+      n_ = std::exchange(o.n_, 0);
+    }
+    return *this;
+  }
   ~DeviceBuffer() {
     if (p_) cudaFree(p_);
   }
@@ -104,6 +114,41 @@ inline void gemm(const Session& s, bool ta, bool tb, std::int64_t m, std::int64_
   check(cublasDgemm(s.blas(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(n), int(m), int(k),
                     &alpha, b, int(ldb), a, int(lda), &beta, c, int(ldc)),
         "cublasDgemm");
+}
+
+// Median seconds of `repeats` timed runs of body() on the session's stream, after one warm-up.
+template <class Body>
+inline double median_seconds(const Session& s, int repeats, Body&& body) {
+  cudaEvent_t start, stop;
+  check(cudaEventCreate(&start), "cudaEventCreate");
+  check(cudaEventCreate(&stop), "cudaEventCreate");
+  body();
+  std::vector<double> times;
+  for (int i = 0; i < std::max(1, repeats); ++i) {
+    check(cudaEventRecord(start, s.stream()), "cudaEventRecord");
+    body();
+    check(cudaEventRecord(stop, s.stream()), "cudaEventRecord");
+    check(cudaEventSynchronize(stop), "cudaEventSynchronize");
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
+    times.push_back(ms * 1e-3);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+// Values in [-1, 1) from a fixed xorshift sequence (no NaN, every block non-zero), for benchmarks.
+inline void fill_uniform(const Session& s, DeviceBuffer<float>& buffer, unsigned seed) {
+  std::vector<float> host(buffer.size());
+  std::uint32_t x = seed * 2654435761u + 1;
+  for (float& v : host) {
+    x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+    v = float(x) / 2147483648.0f - 1.0f;
+  }
+  buffer.upload(host.data(), s.stream());
+  s.sync();
 }
 
 inline void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }

@@ -16,6 +16,19 @@ void fake_quantize(Format, std::span<const float>, std::span<float>, std::int64_
   unavailable();
 }
 std::unique_ptr<Accelerator> make_accelerator(int) { unavailable(); }
+
+struct LinearKernel::Impl {};
+bool LinearKernel::supports(Format, Format) { return false; }
+LinearKernel::LinearKernel(const QuantizedLayer&, Format, std::optional<Format>, std::span<const float>, std::string,
+                           int) {
+  unavailable();
+}
+LinearKernel::~LinearKernel() = default;
+LinearKernel::LinearKernel(LinearKernel&&) noexcept = default;
+LinearKernel& LinearKernel::operator=(LinearKernel&&) noexcept = default;
+void LinearKernel::forward(std::span<const float>, std::int64_t, std::span<float>, bool) const { unavailable(); }
+double LinearKernel::time_forward(std::int64_t, int, bool) const { unavailable(); }
+double time_bf16_gemm(std::int64_t, std::int64_t, std::int64_t, int) { unavailable(); }
 namespace testing {
 std::vector<double> quantization_error(Format, Rounding, std::span<const float>, std::span<const float>,
                                        std::span<float>, std::int64_t, std::int64_t) {

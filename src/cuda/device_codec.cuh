@@ -78,21 +78,39 @@ __device__ inline float round_to_grid(float a, const DeviceFormat& g) {
   return fminf(r, g.max_value);
 }
 
+// Integer formats (sint4, mxint4, mxint8) as the CUDA linear kernels take them: x's code, and the
+// block's scale such that code x scale is quantize_in_block's value (the CPU kernels' layout:
+// the MX scale times the element's unit). A non-finite block gives code 0 and a NaN scale.
+struct IntCode {
+  int code;
+  float scale;
+};
+__device__ inline IntCode int_code_in_block(float x, unsigned amax_bits, const DeviceFormat& g) {
+  if (amax_bits >= 0x7F800000u) return {0, __uint_as_float(0x7FC00000u)};
+  if (amax_bits == 0) return {0, 0.0f};
+  if (g.sint4) {
+    // FORMATS.md: scale = fp16_round(amax / 7), saturating at 65504; code = clamp(rne(x / scale), -7, 7).
+    const float step = __half2float(__float2half_rn(fminf(__fdiv_rn(__uint_as_float(amax_bits), 7.0f), 65504.0f)));
+    if (step == 0.0f) return {0, 0.0f};  // amax / 7 below fp16's smallest subnormal: all codes 0
+    const float t = __fdiv_rn(x, step);
+    int k = min(static_cast<int>(g.away ? roundf(fminf(fabsf(t), 14.0f)) : rintf(fminf(fabsf(t), 14.0f))), 7);
+    return {signbit(t) ? -k : k, step};
+  }
+  const int shared_exp = min(max(floor_log2(__uint_as_float(amax_bits)) - g.emax, -127), 127);
+  const float t = __fmul_rn(x, power_of_two(-shared_exp));
+  const float r = round_to_grid(fabsf(t), g);                      // a multiple of the unit 2^(1 - man_bits)
+  const int k = __float2int_rn(__fmul_rn(r, power_of_two(g.man_bits - 1)));  // exact
+  return {signbit(t) ? -k : k, __fmul_rn(power_of_two(shared_exp), power_of_two(1 - g.man_bits))};
+}
+
 // What x becomes in a block whose largest magnitude has the bits amax_bits (of |x| as uint: the
 // order of non-negative floats, with every NaN and Inf at 0x7F800000 or above).
 __device__ inline float quantize_in_block(float x, unsigned amax_bits, const DeviceFormat& g) {
   if (amax_bits >= 0x7F800000u) return __uint_as_float(0x7FC00000u);  // NaN or Inf in the block: the NaN scale
   if (amax_bits == 0) return 0.0f;
-  if (g.sint4) {
-    // FORMATS.md: scale = fp16_round(amax / 7), saturating at 65504; code = clamp(rne(x / scale), -7, 7).
-    const float step = __half2float(__float2half_rn(fminf(__fdiv_rn(__uint_as_float(amax_bits), 7.0f), 65504.0f)));
-    if (step == 0.0f) return 0.0f;  // amax / 7 below fp16's smallest subnormal: all codes 0
-    const float t = __fdiv_rn(x, step);
-    const float a = fminf(fabsf(t), 14.0f);
-    int k = static_cast<int>(g.away ? roundf(a) : rintf(a));
-    k = min(k, 7);
-    if (signbit(t)) k = -k;
-    return __fmul_rn(static_cast<float>(k), step);  // code 0 decodes to +0
+  if (g.sint4) {  // the integer code times its scale, in fp32 (code 0 decodes to +0)
+    const IntCode c = int_code_in_block(x, amax_bits, g);
+    return __fmul_rn(static_cast<float>(c.code), c.scale);
   }
   const int shared_exp = min(max(floor_log2(__uint_as_float(amax_bits)) - g.emax, -127), 127);
   const float t = __fmul_rn(x, power_of_two(-shared_exp));

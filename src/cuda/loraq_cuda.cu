@@ -361,53 +361,15 @@ void adam_steps(std::span<float> x, std::span<const float> g, double lr, int ste
   s.sync();
 }
 
-namespace {
-
-// Median seconds of `repeats` timed runs of body() on the session's stream, after one warm-up.
-template <class Body>
-double median_seconds(const detail::Session& s, int repeats, Body&& body) {
-  cudaEvent_t start, stop;
-  detail::check(cudaEventCreate(&start), "cudaEventCreate");
-  detail::check(cudaEventCreate(&stop), "cudaEventCreate");
-  body();
-  std::vector<double> times;
-  for (int i = 0; i < std::max(1, repeats); ++i) {
-    detail::check(cudaEventRecord(start, s.stream()), "cudaEventRecord");
-    body();
-    detail::check(cudaEventRecord(stop, s.stream()), "cudaEventRecord");
-    detail::check(cudaEventSynchronize(stop), "cudaEventSynchronize");
-    float ms = 0;
-    detail::check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
-    times.push_back(ms * 1e-3);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
-
-void fill(const detail::Session& s, detail::DeviceBuffer<float>& buffer, unsigned seed) {
-  std::vector<float> host(buffer.size());
-  std::uint32_t x = seed * 2654435761u + 1;
-  for (float& v : host) {  // xorshift values in [-1, 1): no NaN, every block non-zero
-    x ^= x << 13, x ^= x >> 17, x ^= x << 5;
-    v = float(x) / 2147483648.0f - 1.0f;
-  }
-  buffer.upload(host.data(), s.stream());
-  s.sync();
-}
-
-}  // namespace
-
 DeviceTimes time_fake_quantize(Format f, std::int64_t rows, std::int64_t cols, int repeats) {
   const detail::DeviceFormat g = detail::format_or_throw(f, Rounding::nearest_even);
   const auto n = std::size_t(rows * cols);
   detail::Session s(0);
   detail::DeviceBuffer<float> in(n), out(n);
-  fill(s, in, 1);
+  detail::fill_uniform(s, in, 1);
   DeviceTimes t;
-  t.op = median_seconds(s, repeats, [&] { detail::fake_quantize_device(g, in.get(), out.get(), rows, cols, s.stream()); });
-  t.anchor = median_seconds(s, repeats, [&] { out.copy_from(in, s.stream()); });
+  t.op = detail::median_seconds(s, repeats, [&] { detail::fake_quantize_device(g, in.get(), out.get(), rows, cols, s.stream()); });
+  t.anchor = detail::median_seconds(s, repeats, [&] { out.copy_from(in, s.stream()); });
   return t;
 }
 
@@ -415,9 +377,9 @@ double time_step_gemms(std::int64_t out, std::int64_t in, std::int64_t rank, int
   detail::Session s(0);
   detail::DeviceBuffer<float> up(std::size_t(out * rank)), down(std::size_t(rank * in)), e(std::size_t(out * in));
   detail::DeviceBuffer<float> grad_up(up.size()), grad_down(down.size());
-  fill(s, up, 2);
-  fill(s, down, 3);
-  return median_seconds(s, repeats, [&] {
+  detail::fill_uniform(s, up, 2);
+  detail::fill_uniform(s, down, 3);
+  return detail::median_seconds(s, repeats, [&] {
     detail::gemm(s, false, false, out, in, rank, 1.0f, up.get(), rank, down.get(), in, 0.0f, e.get(), in);
     detail::gemm(s, false, true, out, rank, in, 1.0f, e.get(), in, down.get(), in, 0.0f, grad_up.get(), rank);
     detail::gemm(s, true, false, rank, in, out, 1.0f, up.get(), rank, e.get(), in, 0.0f, grad_down.get(), in);

@@ -1,11 +1,13 @@
 // The quantized linear kernels against the fake-quantized layer computed in float64, within the
-// bound of fp32 accumulation; the AVX2 and scalar paths and every thread count bit for bit.
+// bound of fp32 accumulation; the AVX2 and scalar paths and every thread count bit for bit; and, on
+// a GPU, the CUDA kernels bit for bit against the CPU's integer path.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
 #include <random>
 
+#include "loraq/cuda.hpp"
 #include "loraq/format.hpp"
 #include "loraq/linear_kernel.hpp"
 #include "test_support.hpp"
@@ -277,6 +279,48 @@ TEST(LinearKernel, BadSizesNameTheLayer) {
   f.layer.branch->up.cols = 9;
   EXPECT_NE(testing::error_of([&] { QuantizedLinearKernel(f.layer, c.act1, c.act2, {}, "l"); }).find("l: branch"),
             std::string::npos);
+}
+
+// The CUDA kernels (cuda::LinearKernel) do the CPU integer path's operations in its order, so their
+// outputs must be the CPU's bits: W4A8 and W4A4, separate activation formats for the branch, rank
+// 86, partial chunks and tiles of tokens and outputs, smoothing and bias, the branch skipped.
+TEST(LinearKernel, CudaEqualsCpuBitForBit) {
+  if (!cuda::built()) GTEST_SKIP() << "SKIPPED LOUDLY: built without CUDA (LORAQ_CUDA=OFF)";
+  if (cuda::device_count() == 0) {
+    const Fixture f = make({Format::sint4, Format::mxint8, Format::mxint8, Format::mxint8, 4, 16, 64, 8}, 1);
+    EXPECT_THROW(cuda::LinearKernel(f.layer, Format::mxint8, Format::mxint8), Error);
+    GTEST_SKIP() << "SKIPPED LOUDLY: no CUDA GPU on this machine: the CUDA kernels were compiled but not run";
+  }
+  const Case cases[] = {
+      {Format::sint4, Format::mxint8, Format::mxint8, Format::mxint8, 130, 70, 257, 86},   // W4A8
+      {Format::sint4, Format::sint4, Format::sint4, Format::mxint8, 37, 130, 100, 16},     // W4A4
+      {Format::mxint4, Format::mxint4, Format::mxint4, Format::mxint4, 65, 64, 96, 33},
+      {Format::mxint4, Format::mxint8, Format::mxint8, Format::sint4, 1, 13, 64, 62},
+      {Format::int8_channel, Format::sint4, Format::mxint8, Format::mxint8, 70, 129, 160, 0, false, false},
+  };
+  unsigned seed = 300;
+  for (const Case& c : cases) {
+    const Fixture f = make(c, seed++);
+    const QuantizedLinearKernel cpu(f.layer, c.act1, c.act2, f.bias);
+    const cuda::LinearKernel gpu(f.layer, *c.act1, c.act2, f.bias);
+    for (bool skip_branch : {false, true}) {
+      std::vector<float> want(std::size_t(c.rows * c.out)), got(want.size());
+      LinearKernelOptions options;
+      options.skip_branch = skip_branch;
+      cpu.forward(f.x, c.rows, want, options);
+      gpu.forward(f.x, c.rows, got, skip_branch);
+      for (std::size_t i = 0; i < want.size(); ++i) {
+        std::uint32_t a, b;
+        std::memcpy(&a, &want[i], 4);
+        std::memcpy(&b, &got[i], 4);
+        ASSERT_EQ(a, b) << describe(c) << " skip_branch " << skip_branch << " at " << i << ": cpu " << want[i]
+                        << " gpu " << got[i];
+      }
+    }
+  }
+  // Formats the CUDA kernels do not take are refused by name.
+  const Fixture f = make({Format::mxfp4, Format::mxint8, Format::mxint8, Format::mxint8, 4, 16, 64, 8}, 9);
+  EXPECT_THROW(cuda::LinearKernel(f.layer, Format::mxint8, Format::mxint8, {}, "mxfp4-layer"), Error);
 }
 
 }  // namespace

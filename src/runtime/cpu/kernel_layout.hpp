@@ -40,6 +40,15 @@ bool integer_format(Format f);
 // Repacks an integer-format PackedMatrix (sint4, mxint4, mxint8, int8_channel).
 WeightPanels make_panels(const PackedMatrix& packed);
 
+// The same codes and scales in plain row-major form, the CUDA kernels' layout: int8 codes
+// [rows, chunks * kChunk] (zero past cols) and one fp32 scale per (row, chunk), value = code x scale.
+struct DecodedRows {
+  std::int64_t rows = 0, cols = 0, chunks = 0;
+  std::vector<std::int8_t> codes;
+  std::vector<float> scales;
+};
+DecodedRows decode_rows(const PackedMatrix& packed);
+
 struct ActivationRows {
   std::int64_t rows = 0, chunks = 0;
   std::vector<std::int8_t> codes;    // rows x chunks * kChunk, zero past the last column

@@ -135,6 +135,21 @@ WeightPanels make_panels(const PackedMatrix& packed) {
   return p;
 }
 
+DecodedRows decode_rows(const PackedMatrix& packed) {
+  if (!integer_format(packed.format))
+    throw Error("integer kernels: " + std::string(format_info(packed.format).name) + " is not an integer format");
+  DecodedRows d;
+  d.rows = packed.rows;
+  d.cols = packed.cols;
+  d.chunks = (packed.cols + kChunk - 1) / kChunk;
+  d.codes.resize(std::size_t(d.rows * d.chunks * kChunk));
+  d.scales.resize(std::size_t(d.rows * d.chunks));
+  RowDecoder decoder(packed.format, packed.cols);
+  for (std::int64_t row = 0; row < d.rows; ++row)
+    decoder.decode_row(packed, row, d.codes.data() + row * d.chunks * kChunk, d.scales.data() + row * d.chunks);
+  return d;
+}
+
 void quantize_activations(Format format, const float* x, std::int64_t rows, std::int64_t cols, ActivationRows& out) {
   QuantOptions one_thread;
   one_thread.threads = 1;
