@@ -10,6 +10,8 @@
 #include <memory>
 
 #include "commands.hpp"
+#include "device_option.hpp"
+#include "loraq/cuda.hpp"
 #include "loraq/error.hpp"
 #include "loraq/io.hpp"
 #include "loraq/linear_kernel.hpp"
@@ -82,7 +84,7 @@ Check check_against_reference(const StoredLinear& s, const std::vector<float>& x
 
 Command add_run_linear_command(CLI::App& app) {
   struct Options {
-    std::string checkpoint, layer, input, output, isa;
+    std::string checkpoint, layer, input, output, isa, device = "cpu";
     int threads = 0, repeat = 1;
     bool no_branch = false, check = false;
   };
@@ -98,6 +100,7 @@ Command add_run_linear_command(CLI::App& app) {
   cmd->add_option("--threads", o->threads, "Threads (0: all)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--repeat", o->repeat, "Run this many times and report the median time")->check(CLI::PositiveNumber);
   cmd->add_flag("--no-branch", o->no_branch, "Run the residual alone (the branch's cost is the difference)");
+  add_device_option(cmd, o->device, "the kernels (CUDA: integer weights and activations)");
   cmd->add_flag("--check", o->check,
                 "Compare with the fake-quantized layer in float64; exit 1 if an output is outside the fp32 "
                 "accumulation bound");
@@ -112,23 +115,37 @@ Command add_run_linear_command(CLI::App& app) {
             const std::int64_t rows = x_npy.shape.size() == 2 ? x_npy.shape[0] : 1;
             std::vector<float> x(std::size_t(rows * s.layer.in_features));
             std::memcpy(x.data(), x_npy.data.data(), x.size() * sizeof(float));
-            const QuantizedLinearKernel kernel(s.layer, s.info.residual_activation, s.info.branch_activation, s.bias,
-                                               s.info.weight_name);
             LinearKernelOptions options;
             options.threads = o->threads;
             options.skip_branch = o->no_branch;
             if (!o->isa.empty()) options.isa = parse_isa(o->isa);
             std::vector<float> y(std::size_t(rows * s.layer.out_features));
             std::vector<double> times;
-            for (int r = 0; r < o->repeat; ++r) {
-              const auto start = std::chrono::steady_clock::now();
-              kernel.forward(x, rows, y, options);
-              times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+            std::string what;
+            auto time_runs = [&](auto&& forward) {
+              for (int r = 0; r < o->repeat; ++r) {
+                const auto start = std::chrono::steady_clock::now();
+                forward();
+                times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+              }
+            };
+            if (const int gpu = cuda_device_number(o->device); gpu >= 0) {
+              if (!s.info.residual_activation)
+                throw Error(s.info.weight_name + ": the CUDA kernels need an activation format (the layer has none)");
+              const cuda::LinearKernel kernel(s.layer, *s.info.residual_activation, s.info.branch_activation, s.bias,
+                                              s.info.weight_name, gpu);
+              what = "CUDA integer kernels on " + o->device + " (host buffers: the times include the copies)";
+              time_runs([&] { kernel.forward(x, rows, y, o->no_branch); });
+            } else {
+              const QuantizedLinearKernel kernel(s.layer, s.info.residual_activation, s.info.branch_activation, s.bias,
+                                                 s.info.weight_name);
+              what = kernel.describe(options);
+              time_runs([&] { kernel.forward(x, rows, y, options); });
             }
             std::sort(times.begin(), times.end());
             const double median = times[times.size() / 2];
             fmt::print("{}: {} x [{}, {}], {}\n", s.info.weight_name, rows, s.layer.out_features, s.layer.in_features,
-                       kernel.describe(options) + (o->no_branch ? " (branch skipped)" : ""));
+                       what + (o->no_branch ? " (branch skipped)" : ""));
             fmt::print("time {:.3f} ms (median of {}), {:.1f} GFLOP/s of the [{}, {}] layer\n", median * 1e3, o->repeat,
                        2e-9 * double(rows * s.layer.out_features * s.layer.in_features) / median, s.layer.out_features,
                        s.layer.in_features);

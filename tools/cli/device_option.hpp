@@ -10,11 +10,14 @@
 
 namespace loraq::cli {
 
-void add_device_option(CLI::App* cmd, std::string& device);
+void add_device_option(CLI::App* cmd, std::string& device, const std::string& what = "LoRaQ's Adam and rotation loops");
 
-// Null for "cpu". "cuda" takes GPU local_process_rank() % the GPU count, so that the ranks of an
-// mpirun on one machine spread over its GPUs; "cuda:N" takes GPU N. Throws Error without a GPU,
-// for a number out of range, or in a build without CUDA.
+// -1 for "cpu"; the GPU number for "cuda" (local_process_rank() % the GPU count, so that the ranks of
+// an mpirun on one machine spread over its GPUs) and "cuda:N". Throws Error for anything else.
+int cuda_device_number(const std::string& device);
+
+// Null for "cpu", else the GPU cuda_device_number() names. Throws Error without a GPU, for a number
+// out of range, or in a build without CUDA.
 std::unique_ptr<Accelerator> open_device(const std::string& device);
 
 }  // namespace loraq::cli
