@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs on a lent GPU machine (see scripts/device-bundle.sh): the CUDA tests, the CUDA benchmark, and
+# Runs on a lent GPU machine (see scripts/device-bundle.sh): the CUDA tests (LoRaQ's loops, the codecs,
+# the linear kernels), the CUDA benchmark, and
 # LoRaQ over every block linear of a generated PixArt-Sigma-shaped 0.6 B checkpoint on the GPU
 # (rank 128, 1000 Adam + 500 rotation steps), timed. Logs and the per-layer report go to $OUT
 # (the device tool's folder) or out/device-check.
@@ -14,6 +15,7 @@ export LD_LIBRARY_PATH="$root/lib:$(dirname "${cublas:-/usr/local/cuda/lib64/x}"
 bin=$root/bin
 { nvidia-smi -L; nproc; } 2>&1 | tee "$out/machine.txt"
 "$bin/test_cuda" 2>&1 | tee "$out/test_cuda.log"
+"$bin/test_linear_kernel" --gtest_filter='*Cuda*' 2>&1 | tee -a "$out/test_cuda.log"
 "$bin/bench_cuda" 2>&1 | tee "$out/bench_cuda.log"
 "$bin/loraq-make-model" -o "$root/pixart" --hidden 1152 --blocks 28 >/dev/null
 start=$(date +%s%N)
