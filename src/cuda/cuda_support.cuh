@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <algorithm>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -99,21 +100,21 @@ class Session {
   cusolverDnHandle_t solver_ = nullptr;
 };
 
-// C[m, n] = alpha op(A) op(B) + beta C over row-major matrices (linalg::gemm's convention). cuBLAS
-// is column-major, where a row-major X is X^T: so it computes C^T = op(B)^T op(A)^T.
-inline void gemm(const Session& s, bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha,
-                 const float* a, std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c,
-                 std::int64_t ldc) {
-  check(cublasSgemm(s.blas(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(n), int(m), int(k),
-                    &alpha, b, int(ldb), a, int(lda), &beta, c, int(ldc)),
-        "cublasSgemm");
-}
-inline void gemm(const Session& s, bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, double alpha,
-                 const double* a, std::int64_t lda, const double* b, std::int64_t ldb, double beta, double* c,
-                 std::int64_t ldc) {
-  check(cublasDgemm(s.blas(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(n), int(m), int(k),
-                    &alpha, b, int(ldb), a, int(lda), &beta, c, int(ldc)),
-        "cublasDgemm");
+// C[m, n] = alpha op(A) op(B) + beta C over row-major matrices (linalg::gemm's convention), in
+// float or double. cuBLAS is column-major, where a row-major X is X^T: so it computes
+// C^T = op(B)^T op(A)^T.
+template <class T>
+void gemm(const Session& s, bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a,
+          std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
+  const cublasOperation_t op_a = ta ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+  if constexpr (std::is_same_v<T, float>)
+    check(cublasSgemm(s.blas(), op_b, op_a, int(n), int(m), int(k), &alpha, b, int(ldb), a, int(lda), &beta, c,
+                      int(ldc)),
+          "cublasSgemm");
+  else
+    check(cublasDgemm(s.blas(), op_b, op_a, int(n), int(m), int(k), &alpha, b, int(ldb), a, int(lda), &beta, c,
+                      int(ldc)),
+          "cublasDgemm");
 }
 
 // Median seconds of `repeats` timed runs of body() on the session's stream, after one warm-up.

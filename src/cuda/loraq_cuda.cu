@@ -207,20 +207,10 @@ OptimizerTrace CudaAccelerator::optimize_branch(const BranchProblem& p, std::spa
   };
 
   // loraq.cpp optimize_branch.
-  OptimizerTrace trace;
-  for (int step = 0; step <= steps; ++step) {
-    const bool last = step == steps;
-    const double loss = evaluate(!last);
-    if (!std::isfinite(loss)) throw Error("loraq: the eq. 4 objective is not finite at step " + std::to_string(step));
-    const bool improved = step == 0 || loss < trace.best;
-    if (step == 0) trace.initial = loss;
-    if (improved) trace.best = loss, trace.best_step = step;
-    trace.last = loss;
-    if (last) break;
-    const bool save = keep_best && improved;
+  const OptimizerTrace trace = methods::loraq_impl::descend(steps, keep_best, "eq. 4", evaluate, [&](bool save) {
     adam_u.step(s, u.get(), grad_u.get(), lr, save ? best_u.get() : nullptr);
     adam_d.step(s, d.get(), grad_d.get(), lr, save ? best_d.get() : nullptr);
-  }
+  });
   const bool use_best = keep_best && trace.best_step != steps;
   (use_best ? best_u : u).download(up_host.data(), s.stream());
   (use_best ? best_d : d).download(down_host.data(), s.stream());
@@ -298,21 +288,11 @@ OptimizerTrace CudaAccelerator::optimize_rotation(std::span<const float> up_host
   };
 
   // loraq.cpp optimize_rotation.
-  OptimizerTrace trace;
-  best.copy_from(omega, s.stream());
-  for (int step = 0; step <= steps; ++step) {
-    const bool last = step == steps;
-    const double loss = evaluate(!last);
-    if (!std::isfinite(loss)) throw Error("loraq: the eq. 7 objective is not finite at step " + std::to_string(step));
-    if (step == 0) trace.initial = loss;
-    if (step == 0 || loss < trace.best) {
-      trace.best = loss, trace.best_step = step;
-      if (keep_best) best.copy_from(omega, s.stream());
-    }
-    trace.last = loss;
-    if (!last) cayley_step();
-  }
-  (keep_best ? best : omega).download(omega_host.data(), s.stream());
+  const OptimizerTrace trace = methods::loraq_impl::descend(steps, keep_best, "eq. 7", evaluate, [&](bool save) {
+    if (save) best.copy_from(omega, s.stream());
+    cayley_step();
+  });
+  (keep_best && trace.best_step != steps ? best : omega).download(omega_host.data(), s.stream());
   s.sync();
   return trace;
 }

@@ -103,21 +103,16 @@ Trace optimize_branch(BranchObjective& objective, Factors& f, int steps, double 
   std::vector<float> grad_up(f.up.size()), grad_down(f.down.size());
   std::vector<float> best_up, best_down;
   if (keep_best) best_up.resize(f.up.size()), best_down.resize(f.down.size());
-  Trace trace;
-  for (int step = 0; step <= steps; ++step) {
-    const bool last = step == steps;
-    const double loss = objective.evaluate(f.up.data(), f.down.data(), last ? nullptr : grad_up.data(),
-                                           last ? nullptr : grad_down.data());
-    if (!std::isfinite(loss)) throw Error("loraq: the eq. 4 objective is not finite at step " + std::to_string(step));
-    const bool improved = step == 0 || loss < trace.best;
-    if (step == 0) trace.initial = loss;
-    if (improved) trace.best = loss, trace.best_step = step;
-    trace.last = loss;
-    if (last) break;
-    const bool save = keep_best && improved;  // this iterate is the best so far: keep a copy
-    adam_up.step(f.up.data(), grad_up.data(), lr, threads, save ? best_up.data() : nullptr);
-    adam_down.step(f.down.data(), grad_down.data(), lr, threads, save ? best_down.data() : nullptr);
-  }
+  const Trace trace = descend(
+      steps, keep_best, "eq. 4",
+      [&](bool with_gradient) {
+        return objective.evaluate(f.up.data(), f.down.data(), with_gradient ? grad_up.data() : nullptr,
+                                  with_gradient ? grad_down.data() : nullptr);
+      },
+      [&](bool save) {
+        adam_up.step(f.up.data(), grad_up.data(), lr, threads, save ? best_up.data() : nullptr);
+        adam_down.step(f.down.data(), grad_down.data(), lr, threads, save ? best_down.data() : nullptr);
+      });
   if (keep_best && trace.best_step != steps) {
     f.up = std::move(best_up);
     f.down = std::move(best_down);
@@ -128,24 +123,17 @@ Trace optimize_branch(BranchObjective& objective, Factors& f, int steps, double 
 std::vector<double> optimize_rotation(RotationObjective& objective, std::int64_t rank, int steps, double lr,
                                       bool keep_best, Trace* trace_out) {
   const auto n = std::size_t(rank);
-  std::vector<double> omega(n * n, 0.0), grad(n * n), best;
+  std::vector<double> omega(n * n, 0.0), grad(n * n), best(n * n);
   for (std::size_t i = 0; i < n; ++i) omega[i * n + i] = 1.0;
-  best = omega;
-  Trace trace;
-  for (int step = 0; step <= steps; ++step) {
-    const bool last = step == steps;
-    const double loss = objective.evaluate(omega, last ? nullptr : grad.data());
-    if (!std::isfinite(loss)) throw Error("loraq: the eq. 7 objective is not finite at step " + std::to_string(step));
-    if (step == 0) trace.initial = loss;
-    if (step == 0 || loss < trace.best) {
-      trace.best = loss, trace.best_step = step;
-      if (keep_best) best = omega;
-    }
-    trace.last = loss;
-    if (!last) cayley_step(omega, grad, rank, lr);
-  }
+  const Trace trace = descend(
+      steps, keep_best, "eq. 7",
+      [&](bool with_gradient) { return objective.evaluate(omega, with_gradient ? grad.data() : nullptr); },
+      [&](bool save) {
+        if (save) best = omega;
+        cayley_step(omega, grad, rank, lr);
+      });
   if (trace_out) *trace_out = trace;
-  return keep_best ? best : omega;
+  return keep_best && trace.best_step != steps ? best : omega;
 }
 
 void rotate(Factors& f, std::span<const double> omega) {

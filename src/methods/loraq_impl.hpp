@@ -7,6 +7,7 @@
 // is the paper's rewritten in ours.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "loraq/accelerator.hpp"
+#include "loraq/error.hpp"
 #include "loraq/format.hpp"
 #include "loraq/quantized_layer.hpp"
 
@@ -98,6 +100,7 @@ class BranchObjective {
   std::vector<float> up_q_, down_q_;  // Q2 of the factors (straight-through only)
   std::vector<double> row_ss_;        // per-row sums of squares: a sum independent of the threads
   std::vector<float> whole_q_;        // Q1(W - B) in one piece (formats with a tensor scale only)
+  std::vector<std::vector<float>> thread_q_;  // per thread: Q1 of its block of rows (no allocation per step)
 };
 
 // Eq. 7 and its gradient, for fixed factors and Q2 (its derivative taken as zero, as A.3.2 does
@@ -139,6 +142,30 @@ double cayley_step(std::span<double> omega, std::span<const double> grad, std::i
 double orthogonality_error(std::span<const double> omega, std::int64_t n);
 
 using Trace = OptimizerTrace;  // loraq/accelerator.hpp: a device reports its loops the same way
+
+// The descent loop of both optimizations, on every device (methods/loraq.cpp, src/cuda): steps + 1
+// evaluations, evaluate(with_gradient) returning the objective (no gradient at the last); after each
+// but the last, update(save_best) takes one step, first saving the current iterate as the best
+// when keep_best and it is the lowest so far. The caller keeps the saved iterate when keep_best and
+// trace.best_step != steps, else the last. Throws Error naming `objective` and the step when the
+// objective is not finite.
+template <class Evaluate, class Update>
+Trace descend(int steps, bool keep_best, const char* objective, Evaluate&& evaluate, Update&& update) {
+  Trace trace;
+  for (int step = 0; step <= steps; ++step) {
+    const bool last = step == steps;
+    const double loss = evaluate(!last);
+    if (!std::isfinite(loss))
+      throw Error(std::string("loraq: the ") + objective + " objective is not finite at step " + std::to_string(step));
+    const bool improved = step == 0 || loss < trace.best;
+    if (step == 0) trace.initial = loss;
+    if (improved) trace.best = loss, trace.best_step = step;
+    trace.last = loss;
+    if (last) break;
+    update(keep_best && improved);
+  }
+  return trace;
+}
 
 // Adam (Kingma & Ba; beta1 0.9, beta2 0.999, eps 1e-8, PyTorch's bias correction) on eq. 4 from
 // `factors`, for `steps` steps at rate `lr`. Leaves the best iterate in `factors` when keep_best,

@@ -78,9 +78,11 @@ double BranchObjective::evaluate(const float* up, const float* down, float* grad
     const std::int64_t chunks = (out_ + rows - 1) / rows;
     QuantOptions serial = codec_;
     serial.threads = 1;
+    if (std::int64_t(thread_q_.size()) < threads) thread_q_.resize(std::size_t(threads));
 #pragma omp parallel num_threads(threads)
     {
-      std::vector<float> q(std::size_t(rows * in_));
+      std::vector<float>& q = thread_q_[std::size_t(omp_get_thread_num())];
+      q.resize(std::size_t(rows * in_));
 #pragma omp for schedule(static)
       for (std::int64_t c = 0; c < chunks; ++c) {
         const std::int64_t r0 = c * rows, nr = std::min(rows, out_ - r0);
