@@ -21,7 +21,11 @@ bin=$root/bin
 start=$(date +%s%N)
 "$bin/loraq" quantize "$root/pixart" --recipe recipes/loraq-sint4-r128.yaml -o "$root/q-gpu" --device cuda \
   --no-progress 2>&1 | tee "$out/quantize_gpu.log"
-echo "whole model on the GPU: $(( ($(date +%s%N) - start) / 1000000 )) ms" | tee -a "$out/quantize_gpu.log"
+if [ "${PIPESTATUS[0]}" -eq 0 ]; then
+  echo "whole model on the GPU: $(( ($(date +%s%N) - start) / 1000000 )) ms" | tee -a "$out/quantize_gpu.log"
+else
+  echo "whole model on the GPU: FAILED" | tee -a "$out/quantize_gpu.log"
+fi
 cp "$root/q-gpu/quantize_report.csv" "$out/" 2>/dev/null
 LORAQ_BIN="$bin/loraq" python3 -m pytest -q -rs tests/python/test_quantize_pipeline.py -k device 2>&1 |
   tee "$out/pytest_device.log"
