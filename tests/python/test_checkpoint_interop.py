@@ -323,3 +323,27 @@ def test_every_dtype_passes_through_quantize_and_export(every_dtype, tmp_path, r
     with safe_open(tmp_path / "deq.safetensors", framework="pt") as f:
         assert {n: [f.get_slice(n).get_dtype(), list(f.get_slice(n).get_shape())] for n in f.keys()} == {
             n: [d, s] for n, (d, s) in described.items()}
+
+
+@pytest.mark.parametrize("hidden", [64, 224])
+def test_make_model_sana_has_diffusers_names_and_shapes(tmp_path, make_model, diffusers, hidden):
+    """loraq-make-model --arch sana writes what diffusers' SanaTransformer2DModel has for its config
+    (224 = 2 x 112: the real model's 112-wide cross-attention heads), and the sana preset picks the
+    attention and pointwise-convolution weights of every block."""
+    out = tmp_path / "sana"
+    subprocess.run([make_model, "--arch", "sana", "-o", str(out), "--hidden", str(hidden), "--blocks", "2",
+                    "--dtype", "F32"], check=True, capture_output=True)
+    config = diffusers.SanaTransformer2DModel.load_config(out)
+    reference = diffusers.SanaTransformer2DModel.from_config(config).state_dict()
+    tensors, _, _, _ = read_shards(out)
+    assert {k: list(v.shape) for k, v in reference.items()} == {k: list(v.shape) for k, v in tensors.items()}
+    loaded = diffusers.SanaTransformer2DModel.from_pretrained(out).state_dict()
+    for name, t in tensors.items():
+        assert torch.equal(loaded[name], t), name
+    loraq_bin = str(Path(make_model).parent / "loraq")
+    listing = json.loads(subprocess.run([loraq_bin, "inspect", str(out), "--preset", "sana", "--json"], check=True,
+                                        capture_output=True, text=True).stdout)
+    selected = {t["name"] for t in listing["tensors"] if t["selected"]}
+    linears = ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v",
+               "attn2.to_out.0", "ff.conv_inverted", "ff.conv_point"]
+    assert selected == {f"transformer_blocks.{b}.{l}.weight" for b in range(2) for l in linears}

@@ -76,9 +76,9 @@ std::vector<loraq::io::TensorSpec> sana_tensors(const Arch& a, loraq::io::DType 
   linear("time_embed.emb.timestep_embedder.linear_1", h, 256);
   linear("time_embed.emb.timestep_embedder.linear_2", h, h);
   linear("time_embed.linear", 6 * h, h);
-  t.push_back({"caption_norm.weight", dtype, {caption}});
   linear("caption_projection.linear_1", h, caption);
   linear("caption_projection.linear_2", h, h);
+  t.push_back({"caption_norm.weight", dtype, {h}});
   for (int b = 0; b < a.blocks; ++b) {
     const std::string p = fmt::format("transformer_blocks.{}.", b);
     t.push_back({p + "scale_shift_table", dtype, {6, h}});
@@ -207,7 +207,10 @@ int main(int argc, char** argv) {
           {"_class_name", "SanaTransformer2DModel"}, {"_loraq_synthetic", true}, {"in_channels", 32},
           {"out_channels", 32}, {"num_layers", arch.blocks},
           {"num_attention_heads", arch.hidden % 32 == 0 ? arch.hidden / 32 : 1},
-          {"attention_head_dim", arch.hidden % 32 == 0 ? 32 : arch.hidden}, {"cross_attention_dim", arch.hidden},
+          {"attention_head_dim", arch.hidden % 32 == 0 ? 32 : arch.hidden},
+          {"num_cross_attention_heads", arch.hidden % 112 == 0 ? arch.hidden / 112 : arch.hidden % 32 == 0 ? arch.hidden / 32 : 1},
+          {"cross_attention_head_dim", arch.hidden % 112 == 0 ? 112 : arch.hidden % 32 == 0 ? 32 : arch.hidden},
+          {"cross_attention_dim", arch.hidden},
           {"caption_channels", 2304}, {"mlp_ratio", 2.5}, {"patch_size", 1}, {"sample_size", 32}}
           : flux ? nlohmann::ordered_json{
           {"_class_name", "FluxTransformer2DModel"}, {"_loraq_synthetic", true}, {"patch_size", 1},
