@@ -15,6 +15,15 @@ namespace loraq::linalg {
 void gemm(bool transpose_a, bool transpose_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha,
           const float* a, std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc);
 
+// The same in double for small matrices (LoRaQ's rotation): one serial cblas_dgemm.
+void gemm(bool transpose_a, bool transpose_b, std::int64_t m, std::int64_t n, std::int64_t k, double alpha,
+          const double* a, std::int64_t lda, const double* b, std::int64_t ldb, double beta, double* c,
+          std::int64_t ldc);
+
+// Solves A X = B in place of B: A [n, n] and B [n, nrhs] row-major, by LU with partial pivoting
+// (LAPACK dgesv, serial; A is overwritten). Throws Error when A is singular or the sizes disagree.
+void solve(std::span<double> a, std::span<double> b, std::int64_t n, std::int64_t nrhs);
+
 // A ~ U diag(S) V^T with the `rank` largest singular values, in descending order.
 struct Svd {
   std::int64_t rows = 0, cols = 0, rank = 0;

@@ -136,6 +136,48 @@ TEST(Gemm, KZeroScalesCByBeta) {
   EXPECT_EQ(c, (std::vector<float>{3, 6, 9, 12}));
 }
 
+// The double product on small integer matrices: exact, so equal to a naive loop, every transpose.
+TEST(Gemm, DoubleMatchesANaiveLoopExactly) {
+  std::mt19937_64 rng(kSeed + 3);
+  std::uniform_int_distribution<int> small(-9, 9);
+  const std::int64_t m = 23, n = 17, k = 31;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      std::vector<double> a(std::size_t(m * k)), b(std::size_t(k * n)), c(std::size_t(m * n), 5.0);
+      for (double& v : a) v = small(rng);
+      for (double& v : b) v = small(rng);
+      gemm(ta, tb, m, n, k, 2.0, a.data(), ta ? m : k, b.data(), tb ? k : n, -1.0, c.data(), n);
+      for (std::int64_t i = 0; i < m; ++i)
+        for (std::int64_t j = 0; j < n; ++j) {
+          double want = -5.0;
+          for (std::int64_t p = 0; p < k; ++p)
+            want += 2.0 * a[std::size_t(ta ? p * m + i : i * k + p)] * b[std::size_t(tb ? j * k + p : p * n + j)];
+          ASSERT_EQ(c[std::size_t(i * n + j)], want) << "ta " << ta << " tb " << tb << " at " << i << "," << j;
+        }
+    }
+}
+
+// solve() returns X with A X = B for a random well-conditioned A (row-major, several right-hand
+// sides), and names a singular A.
+TEST(Solve, RecoversAKnownSolutionAndRejectsSingularMatrices) {
+  std::mt19937_64 rng(kSeed + 4);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  const std::int64_t n = 40, nrhs = 7;
+  std::vector<double> a(std::size_t(n * n)), x(std::size_t(n * nrhs)), b(std::size_t(n * nrhs), 0.0);
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t j = 0; j < n; ++j) a[std::size_t(i * n + j)] = normal(rng) + (i == j ? 2.0 * double(n) : 0.0);
+  for (double& v : x) v = normal(rng);
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t j = 0; j < nrhs; ++j)
+      for (std::int64_t p = 0; p < n; ++p) b[std::size_t(i * nrhs + j)] += a[std::size_t(i * n + p)] * x[std::size_t(p * nrhs + j)];
+  solve(a, b, n, nrhs);
+  for (std::size_t i = 0; i < x.size(); ++i) ASSERT_NEAR(b[i], x[i], 1e-12) << "at " << i;
+
+  std::vector<double> singular = {1, 2, 2, 4}, rhs = {1, 1};
+  EXPECT_THROW(solve(singular, rhs, 2, 1), Error);
+  EXPECT_THROW(solve(singular, rhs, 3, 1), Error);  // sizes that disagree
+}
+
 TEST(Gemm, BadStridesThrow) {
   std::vector<float> a(12), b(12), c(12);
   EXPECT_THROW(gemm(false, false, 3, 4, 3, 1, a.data(), 2, b.data(), 4, 0, c.data(), 4), Error);  // lda < k
