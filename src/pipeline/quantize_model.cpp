@@ -43,12 +43,15 @@ fs::path layer_file(const fs::path& work, std::size_t index) {
   return work / fmt::format("layer-{:05}.safetensors", index);
 }
 
-// What a resumed run must agree with: the recipe, the input's tensors, the selected layers.
+// What a resumed run must agree with: the recipe, the input's tensors, the selected layers, and the
+// device of LoRaQ's loops (a GPU's layers differ from the CPU's by rounding, so a run finished on
+// another device would mix the two; a CPU run's plan has no device key).
 std::string plan_text(const Recipe& recipe, const io::Checkpoint& in, const std::vector<QuantizedLayerInfo>& layers,
-                      const ActivationFile* activations) {
+                      const ActivationFile* activations, const Accelerator* accelerator) {
   nlohmann::ordered_json plan;
   plan["loraq"] = LORAQ_VERSION;
   plan["recipe"] = nlohmann::ordered_json::parse(recipe.to_json());
+  if (accelerator) plan["device"] = accelerator->describe();
   if (activations) plan["activations"] = fs::absolute(activations->path()).string();
   nlohmann::ordered_json tensors = nlohmann::ordered_json::array();
   for (const io::TensorInfo& t : in.tensors())
@@ -65,8 +68,8 @@ void prepare_work_dir(const fs::path& work, const std::string& plan, bool resume
     if (!resume)
       throw Error(work.string() + " holds an interrupted run: pass --resume to continue it, or remove the folder");
     if (read_text_file(plan_file) != plan)
-      throw Error(work.string() + ": the interrupted run used another recipe, input or loraq version; remove the "
-                                  "folder to start again");
+      throw Error(work.string() + ": the interrupted run used another recipe, input, device or loraq version; "
+                                  "remove the folder to start again");
     return;
   }
   fs::create_directories(work);
@@ -144,7 +147,8 @@ QuantizeSummary quantize_model(const QuantizeOptions& options) {
   for (const QuantizedLayerInfo& l : layers)
     check_layer_activations(activations ? &*activations : nullptr, options.recipe.for_layer(l.weight_name),
                             l.weight_name, l.in_features);
-  const std::string plan = plan_text(options.recipe, in, layers, activations ? &*activations : nullptr);
+  const std::string plan =
+      plan_text(options.recipe, in, layers, activations ? &*activations : nullptr, options.accelerator);
   ProcessGroup* const group = options.group;
   const int rank = group ? group->rank() : 0, ranks = group ? group->size() : 1;
   {

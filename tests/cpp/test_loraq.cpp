@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -15,7 +17,10 @@
 #include "loraq/error.hpp"
 #include "loraq/format.hpp"
 #include "loraq/linalg.hpp"
+#include "loraq/checkpoint.hpp"
+#include "loraq/io.hpp"
 #include "loraq/methods.hpp"
+#include "loraq/pipeline.hpp"
 #include "loraq/quantized_layer.hpp"
 #include "loraq/recipe.hpp"
 #include "methods/loraq_impl.hpp"
@@ -402,13 +407,15 @@ namespace {
 // each loop to the device exactly when the device supports the formats, and make the same bytes.
 class CpuLoopsDevice final : public loraq::Accelerator {
  public:
-  CpuLoopsDevice(std::vector<Format> formats, bool fail) : formats_(std::move(formats)), fail_(fail) {}
+  // fail: every Adam loop throws; fail_after: the Adam loops after the first fail_after throw.
+  CpuLoopsDevice(std::vector<Format> formats, bool fail, int fail_after = -1)
+      : formats_(std::move(formats)), fail_(fail), fail_after_(fail_after) {}
   std::string describe() const override { return "test-device"; }
   bool supports(Format f) const override { return std::find(formats_.begin(), formats_.end(), f) != formats_.end(); }
   loraq::OptimizerTrace optimize_branch(const loraq::BranchProblem& p, std::span<float> up, std::span<float> down,
                                         int steps, double lr, bool keep_best) const override {
-    ++branch_calls;
-    if (fail_) throw loraq::Error("out of device memory");
+    const int call = branch_calls++;
+    if (fail_ || (fail_after_ >= 0 && call >= fail_after_)) throw loraq::Error("out of device memory");
     impl::BranchObjective objective(p.weight, p.out, p.in, p.rank, p.q1, p.q2_inside, codec(p.rounding));
     impl::Factors f{p.out, p.in, p.rank, {up.begin(), up.end()}, {down.begin(), down.end()}};
     const impl::Trace trace = impl::optimize_branch(objective, f, steps, lr, keep_best, 1);
@@ -434,6 +441,7 @@ class CpuLoopsDevice final : public loraq::Accelerator {
   static loraq::QuantOptions codec(loraq::Rounding rounding) { return {rounding, std::nullopt, 1}; }
   std::vector<Format> formats_;
   bool fail_;
+  int fail_after_;
 };
 
 void expect_same_bytes(const loraq::QuantizedLayer& a, const loraq::QuantizedLayer& b, const std::string& what) {
@@ -512,4 +520,82 @@ TEST(Loraq, AcceleratorErrorsNameTheLayer) {
     EXPECT_NE(message.find("test-device"), std::string::npos) << message;
     EXPECT_NE(message.find("out of device memory"), std::string::npos) << message;
   }
+}
+
+namespace {
+
+// A checkpoint of `layers` linear weights [64, 96] (float32, one file) and a LoRaQ recipe with a few
+// steps, in a fresh folder under the test's temporary directory.
+struct SmallRun {
+  std::filesystem::path dir, model, recipe;
+  explicit SmallRun(const std::string& name, int layers) : dir(std::filesystem::path(::testing::TempDir()) / name) {
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    model = dir / "model.safetensors";
+    std::vector<loraq::io::TensorSpec> specs;
+    for (int l = 0; l < layers; ++l)
+      specs.push_back({"blocks." + std::to_string(l) + ".proj.weight", loraq::io::DType::f32, {64, 96}});
+    loraq::io::CheckpointWriter writer(model, specs, {});
+    for (const loraq::io::TensorSpec& spec : writer.order()) {
+      const std::vector<float> w = loraq::testing::dit_weight(64, 96, kSeed + std::hash<std::string>{}(spec.name) % 1000);
+      writer.write(spec.name, std::as_bytes(std::span<const float>(w)));
+    }
+    writer.finish();
+    recipe = dir / "recipe.yaml";
+    std::ofstream(recipe) << "name: device-test\nmethod: loraq\nresidual: {format: sint4}\n"
+                             "branch: {format: mxint8, rank: 16}\nparams: {steps: 12, rotation_steps: 6}\n"
+                             "layers: {preset: generic}\n";
+  }
+  loraq::QuantizeOptions options(const std::string& out, const loraq::Accelerator* device) const {
+    loraq::QuantizeOptions q;
+    q.input = model;
+    q.output = dir / out;
+    q.recipe = loraq::load_recipe(recipe);
+    q.threads = 1;
+    q.layers_in_flight = 1;
+    q.progress = false;
+    q.accelerator = device;
+    return q;
+  }
+  std::string bytes(const std::string& out) const {
+    std::ifstream f(dir / out, std::ios::binary);
+    return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+  }
+};
+
+}  // namespace
+
+// `loraq quantize --device`: the pipeline hands every layer's loops to the device; a run that failed
+// on a device resumes only on that device (the plan records it), and then writes the bytes of an
+// uninterrupted run.
+TEST(Loraq, PipelineUsesTheDeviceAndResumesOnlyOnIt) {
+  const SmallRun run("loraq-device-pipeline", 3);
+  loraq::quantize_model(run.options("cpu.safetensors", nullptr));
+  const CpuLoopsDevice device({Format::sint4, Format::mxint8}, false);
+  loraq::quantize_model(run.options("device.safetensors", &device));
+  EXPECT_EQ(device.branch_calls, 3);
+  EXPECT_EQ(device.rotation_calls, 3);
+  EXPECT_EQ(run.bytes("device.safetensors"), run.bytes("cpu.safetensors"));
+
+  const CpuLoopsDevice fails_third({Format::sint4, Format::mxint8}, false, 2);
+  try {
+    loraq::quantize_model(run.options("resumed.safetensors", &fails_third));
+    FAIL() << "the third layer's failure went unnoticed";
+  } catch (const loraq::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("2 finished layers are kept"), std::string::npos) << e.what();
+  }
+  loraq::QuantizeOptions on_cpu = run.options("resumed.safetensors", nullptr);
+  on_cpu.resume = true;
+  try {
+    loraq::quantize_model(on_cpu);
+    FAIL() << "a device run resumed on the CPU";
+  } catch (const loraq::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("device"), std::string::npos) << e.what();
+  }
+  const CpuLoopsDevice again({Format::sint4, Format::mxint8}, false);
+  loraq::QuantizeOptions on_device = run.options("resumed.safetensors", &again);
+  on_device.resume = true;
+  loraq::quantize_model(on_device);
+  EXPECT_EQ(again.branch_calls, 1) << "the resumed run redid finished layers";
+  EXPECT_EQ(run.bytes("resumed.safetensors"), run.bytes("cpu.safetensors"));
 }
