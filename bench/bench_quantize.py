@@ -96,6 +96,8 @@ def main():
     elif args.arch == "sana":
         model = data / "sana-1600m"
         make = [str(make_model), "--arch", "sana", "-o", str(model)]
+        if args.recipe == ap.get_default("recipe"):
+            args.recipe = str(ROOT / "recipes" / "sana" / "rtn-sint4.yaml")
     else:
         model = data / f"pixart-h{args.hidden}-b{args.blocks}"
         make = [str(make_model), "-o", str(model), "--hidden", str(args.hidden), "--blocks", str(args.blocks)]
