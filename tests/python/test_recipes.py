@@ -9,7 +9,7 @@ loraq = pytest.importorskip("loraq", reason="the loraq Python package is not ins
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
 # The folder a recipe lives in says which models it is for.
-PRESET = {"recipes": "pixart-sigma", "fashion-dit": "pixart-sigma", "flux": "flux"}
+PRESET = {"recipes": "pixart-sigma", "fashion-dit": "pixart-sigma", "flux": "flux", "sana": "sana"}
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[str(p.relative_to(ROOT / "recipes")) for p in RECIPES])
@@ -17,4 +17,4 @@ def test_recipe_loads(path):
     recipe = loraq.load_recipe(path)
     folder = path.parent.name
     assert recipe["layers"]["preset"] == PRESET[folder]
-    assert recipe["name"] == (path.stem if folder != "flux" else f"{path.stem}-flux")
+    assert recipe["name"] == (f"{path.stem}-{folder}" if folder in ("flux", "sana") else path.stem)
