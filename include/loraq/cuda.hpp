@@ -33,7 +33,8 @@ std::unique_ptr<Accelerator> make_accelerator(int device = 0);
 // quantized on the device (sint4, mxint4, mxint8). Each 32-value chunk is an exact int32 sum on INT8
 // tensor cores (mma.sync m16n8k32; 4-bit codes held as int8), scaled into fp32 in chunk order; the
 // down-projection runs first, and the up-projection and bias are fused into the residual's epilogue,
-// with the CPU kernel's operations in its order: the outputs equal the CPU integer path's bit for bit.
+// with the CPU kernel's operations in its order, so that the outputs equal the CPU integer path's bit
+// for bit (LinearKernel.CudaEqualsCpuBitForBit checks it on a GPU; not yet run on one).
 class LinearKernel {
  public:
   // Throws Error naming `name` for a layer or format the kernels do not take, and without a GPU.

@@ -9,8 +9,9 @@
 // The int8 GEMM: blocks of 64 x 64 outputs, 4 warps of 32 x 32; per 32-value chunk, the chunk of A
 // and W is staged in shared memory, each warp issues 2 x 4 mma.sync m16n8k32 (exact int32 sums of
 // the chunk), and each sum goes into the fp32 accumulator as fma(float(sum), a_scale x w_scale, acc),
-// chunk after chunk from 0: the CPU kernels' operations, in their order. So the outputs equal the
-// CPU integer path's bit for bit; tests/cpp/test_cuda.cpp checks that on a GPU.
+// chunk after chunk from 0: the CPU kernels' operations, in their order. So the outputs should equal
+// the CPU integer path's bit for bit; LinearKernel.CudaEqualsCpuBitForBit (tests/cpp/
+// test_linear_kernel.cpp) checks that on a GPU, and has not run on one yet.
 // Weights are held as int8 (4-bit codes widened once at construction): simple and exact, at twice
 // the weight bytes a nibble-packed kernel would read.
 #include <algorithm>
