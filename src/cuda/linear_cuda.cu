@@ -149,18 +149,18 @@ __global__ void __launch_bounds__(kThreads)
       }
 }
 
-// A weight on the device in the kernels' layout.
+// A weight on the device in the kernels' layout (runtime::decode_rows).
 struct DeviceWeight {
-  std::int64_t rows = 0, chunks = 0;
   DeviceBuffer<std::int8_t> codes;
   DeviceBuffer<float> scales;
 };
 
 DeviceWeight upload_weight(const PackedMatrix& packed, const Session& s) {
   const runtime::DecodedRows d = runtime::decode_rows(packed);
-  DeviceWeight w{d.rows, d.chunks, DeviceBuffer<std::int8_t>(d.codes.size()), DeviceBuffer<float>(d.scales.size())};
+  DeviceWeight w{DeviceBuffer<std::int8_t>(d.codes.size()), DeviceBuffer<float>(d.scales.size())};
   w.codes.upload(d.codes.data(), s.stream());
   w.scales.upload(d.scales.data(), s.stream());
+  s.sync();  // d's host vectors end here
   return w;
 }
 

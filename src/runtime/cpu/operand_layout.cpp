@@ -102,25 +102,22 @@ bool integer_format(Format f) {
 }
 
 WeightPanels make_panels(const PackedMatrix& packed) {
-  if (!integer_format(packed.format))
-    throw Error("integer kernels: " + std::string(format_info(packed.format).name) + " is not an integer format");
+  const DecodedRows d = decode_rows(packed);  // throws for a format that is not an integer one
   WeightPanels p;
   p.bits = element_bits(packed.format);
-  p.rows = packed.rows;
-  p.cols = packed.cols;
-  p.chunks = (packed.cols + kChunk - 1) / kChunk;
-  p.panels = (packed.rows + kPanel - 1) / kPanel;
+  p.rows = d.rows;
+  p.cols = d.cols;
+  p.chunks = d.chunks;
+  p.panels = (d.rows + kPanel - 1) / kPanel;
   p.codes.assign(std::size_t(p.panels * p.chunks * p.chunk_bytes()), p.bits == 4 ? 0x88 : 0);
   p.scales.assign(std::size_t(p.panels * p.chunks * kPanel), 0.0f);
-  RowDecoder decoder(packed.format, packed.cols);
-  std::vector<std::int8_t> codes(std::size_t(p.chunks * kChunk));
-  std::vector<float> chunk_scales(std::size_t(p.chunks));
   for (std::int64_t row = 0; row < p.rows; ++row) {
-    decoder.decode_row(packed, row, codes.data(), chunk_scales.data());
+    const std::int8_t* codes = d.codes.data() + row * d.chunks * kChunk;
+    const float* chunk_scales = d.scales.data() + row * d.chunks;
     const std::int64_t panel = row / kPanel, r = row % kPanel;
     for (std::int64_t c = 0; c < p.chunks; ++c) {
       std::uint8_t* chunk = p.codes.data() + (panel * p.chunks + c) * p.chunk_bytes();
-      const std::int8_t* k = codes.data() + c * kChunk;
+      const std::int8_t* k = codes + c * kChunk;
       if (p.bits == 4) {
         for (int v = 0; v < 4; ++v)
           for (int j = 0; j < 4; ++j)
@@ -129,7 +126,7 @@ WeightPanels make_panels(const PackedMatrix& packed) {
         for (int g = 0; g < 8; ++g)
           for (int j = 0; j < 4; ++j) chunk[g * 32 + 4 * r + j] = std::uint8_t(k[4 * g + j]);
       }
-      p.scales[std::size_t((panel * p.chunks + c) * kPanel + r)] = chunk_scales[std::size_t(c)];
+      p.scales[std::size_t((panel * p.chunks + c) * kPanel + r)] = chunk_scales[c];
     }
   }
   return p;
