@@ -1,6 +1,6 @@
 // The quantized linear kernels against the fake-quantized layer computed in float64, within the
-// bound of fp32 accumulation; the AVX2 and scalar paths and every thread count bit for bit; and, on
-// a GPU, the CUDA kernels bit for bit against the CPU's integer path.
+// bound of fp32 accumulation; the AVX-512 VNNI, AVX2 and scalar paths and every thread count bit for
+// bit; and, on a GPU, the CUDA kernels bit for bit against the CPU's integer path.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -201,23 +201,45 @@ TEST(LinearKernel, ExtremeCodesDoNotOverflowTheInt16Sums) {
   }
 }
 
-TEST(LinearKernel, Avx2EqualsScalarBitForBit) {
-  if (!isa_available(Isa::avx2)) GTEST_SKIP() << "no AVX2 on this CPU";
+TEST(LinearKernel, EveryInstructionSetEqualsScalarBitForBit) {
+  // Odd and even panel counts (the AVX-512 kernels take panels in pairs and hand an odd last one to
+  // the AVX2 kernels), token counts that leave partial tiles, odd and even ranks.
   const Case cases[] = {
       {Format::sint4, Format::mxint8, Format::mxint8, Format::mxint8, 37, 43, 257, 86},
       {Format::mxint4, Format::sint4, Format::mxint4, Format::mxint8, 23, 72, 192, 62},
       {Format::mxint8, Format::mxint4, Format::int8_channel, Format::sint4, 9, 20, 100, 5},
+      {Format::int8_channel, Format::mxint8, Format::sint4, Format::mxint8, 70, 136, 96, 33},
   };
-  unsigned seed = 200;
-  for (const Case& c : cases) {
-    SCOPED_TRACE(describe(c));
-    const Fixture f = make(c, seed++);
-    const QuantizedLinearKernel kernel(f.layer, c.act1, c.act2, f.bias);
-    LinearKernelOptions scalar, avx2;
-    scalar.isa = Isa::scalar;
-    avx2.isa = Isa::avx2;
-    const std::vector<float> a = run(kernel, f, c.rows, scalar), b = run(kernel, f, c.rows, avx2);
-    ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
+  int compared = 0;
+  for (Isa isa : {Isa::avx2, Isa::avx512}) {
+    if (!isa_available(isa)) continue;
+    unsigned seed = 200;
+    for (const Case& c : cases) {
+      SCOPED_TRACE(describe(c) + " " + std::string(isa_name(isa)));
+      const Fixture f = make(c, seed++);
+      const QuantizedLinearKernel kernel(f.layer, c.act1, c.act2, f.bias);
+      LinearKernelOptions scalar, vector;
+      scalar.isa = Isa::scalar;
+      vector.isa = isa;
+      const std::vector<float> a = run(kernel, f, c.rows, scalar), b = run(kernel, f, c.rows, vector);
+      ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float))) << kernel.describe(vector);
+      ++compared;
+    }
+  }
+  if (compared == 0) GTEST_SKIP() << "no AVX2 on this CPU";
+}
+
+TEST(LinearKernel, DescribeNamesTheKernelsThatRun) {
+  const Case c{Format::sint4, Format::mxint8, Format::mxint8, Format::mxint8, 4, 16, 64, 8};
+  const Fixture f = make(c, 7);
+  const QuantizedLinearKernel kernel(f.layer, c.act1, c.act2, f.bias);
+  LinearKernelOptions scalar;
+  scalar.isa = Isa::scalar;
+  EXPECT_NE(kernel.describe(scalar).find("integer sint4 x mxint8 (scalar)"), std::string::npos) << kernel.describe(scalar);
+  if (isa_available(Isa::avx512) && __builtin_cpu_supports("avx512vnni")) {
+    LinearKernelOptions avx512;
+    avx512.isa = Isa::avx512;
+    EXPECT_NE(kernel.describe(avx512).find("(avx512-vnni)"), std::string::npos) << kernel.describe(avx512);
   }
 }
 

@@ -24,7 +24,8 @@ namespace loraq::runtime {
 
 inline constexpr int kChunk = 32;  // values of one exact int32 partial sum
 inline constexpr int kPanel = 8;   // output rows of a panel: the int32 lanes of an AVX2 register
-inline constexpr int kTile = 4;    // tokens of one micro-kernel call
+inline constexpr int kMaxPanels = 2;  // panels of one micro-kernel call (2: the 16 lanes of AVX-512)
+inline constexpr int kMaxTile = 8;    // tokens of one micro-kernel call
 
 struct WeightPanels {
   int bits = 0;  // 4 or 8
@@ -32,6 +33,8 @@ struct WeightPanels {
   std::vector<std::uint8_t> codes;  // panels x chunks x chunk_bytes()
   std::vector<float> scales;        // panels x chunks x kPanel
   std::int64_t chunk_bytes() const { return bits == 4 ? 128 : 256; }
+  const std::uint8_t* panel_codes(std::int64_t p) const { return codes.data() + p * chunks * chunk_bytes(); }
+  const float* panel_scales(std::int64_t p) const { return scales.data() + p * chunks * kPanel; }
 };
 
 // sint4, mxint4, mxint8 and int8_channel: value = integer code x scale.
@@ -60,7 +63,7 @@ struct ActivationRows {
 // fake_quantize, bit for bit) and lays them out for the kernels. One thread.
 void quantize_activations(Format format, const float* x, std::int64_t rows, std::int64_t cols, ActivationRows& out);
 
-// One tile of up to kTile tokens of an ActivationRows.
+// One tile of up to kMaxTile tokens of an ActivationRows.
 struct ActivationTile {
   const std::int8_t* codes;  // first token's codes; token t at codes + t * code_stride
   const float* scales;       // first token's chunk scales; token t at + t * chunk_stride
@@ -74,26 +77,36 @@ inline ActivationTile tile_at(const ActivationRows& rows, std::int64_t t0) {
           rows.sums8.data() + t0 * rows.chunks, rows.chunks * kChunk, rows.chunks};
 }
 
-// acc[t * kPanel + r] = sum over chunks c of float(int32 dot of token t and row r over chunk c)
-// x (activation scale x weight scale), accumulated in chunk order with fused multiply-adds from 0.
-using PanelKernel = void (*)(const std::uint8_t* codes, const float* scales, std::int64_t chunks,
-                             const ActivationTile& a, int tokens, float* acc);
-// out[t * kPanel + r] = (even + odd) + bias[r], where even starts at acc[t * kPanel + r] and odd at 0,
-// and t_rows[t * t_stride + j] * up[j * kPanel + r] goes into even (j even) or odd (j odd) with fused
-// multiply-adds in j order.
+// A kernel set computes `panels` consecutive panels (rows = panels x kPanel output rows) for up to
+// `tile` tokens per call; its results are laid out [token][rows].
+//
+// acc[t * rows + r] = sum over chunks c of float(int32 dot of token t and row r over chunk c)
+// x (activation scale x weight scale), accumulated in chunk order with fused multiply-adds from 0,
+// for the rows of panels p .. p + panels - 1 of w.
+using PanelKernel = void (*)(const WeightPanels& w, std::int64_t p, const ActivationTile& a, int tokens, float* acc);
+// out[t * rows + r] = (even + odd) + bias[r], where even starts at acc[t * rows + r] and odd at 0,
+// and t_rows[t * t_stride + j] * up(r, j) goes into even (j even) or odd (j odd) with fused
+// multiply-adds in j order. up(r, j) = up[(r / kPanel) * up_stride + j * kPanel + r % kPanel]: the
+// [rank][kPanel] blocks of consecutive panels, up_stride apart.
 using EpilogueKernel = void (*)(const float* acc, const float* t_rows, std::int64_t t_stride, const float* up,
-                                std::int64_t rank, const float* bias, int tokens, float* out);
+                                std::int64_t up_stride, std::int64_t rank, const float* bias, int tokens, float* out);
 
 struct KernelSet {
-  Isa isa;
+  const char* name;  // what describe() reports
+  int panels;        // panels per call, 1 .. kMaxPanels
+  int tile;          // tokens per call, 1 .. kMaxTile
   PanelKernel w4;
   PanelKernel w8;
   EpilogueKernel epilogue;
+  const KernelSet* narrow;  // a one-panel set with the same bits, for a trailing odd panel (or this)
+  int rows() const { return panels * kPanel; }
 };
 
 const KernelSet& scalar_kernels();
-const KernelSet& avx2_kernels();  // only called once the CPU is known to have AVX2
-// The set for `isa`: AVX-512 CPUs run the AVX2 kernels (there is no AVX-512 VNNI kernel yet).
+const KernelSet& avx2_kernels();    // only called once the CPU is known to have AVX2
+const KernelSet& avx512_kernels();  // only called once the CPU is known to have AVX-512 VNNI
+// The set for `isa`: AVX-512 with VNNI where the CPU has VNNI, else the AVX2 set (AVX-512 without
+// VNNI gains nothing over AVX2's vpmaddubsw here).
 const KernelSet& kernels_for(Isa isa);
 
 }  // namespace loraq::runtime

@@ -18,6 +18,7 @@ namespace {
 using loraq::runtime::ActivationTile;
 using loraq::runtime::kChunk;
 using loraq::runtime::kPanel;
+using loraq::runtime::WeightPanels;
 
 inline __m256i broadcast4(const std::int8_t* p) {
   std::int32_t v;
@@ -29,8 +30,10 @@ inline __m256i broadcast4(const std::int8_t* p) {
 // within 2 x 15 x 127 = 3810, so the 8 groups of a chunk add up in int16 (at most 30480) before
 // one vpmaddwd widens them.
 template <int T>
-void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a,
-              float* acc) {
+void panel_w4(const WeightPanels& w, std::int64_t p, const ActivationTile& a, float* acc) {
+  const std::uint8_t* codes = w.panel_codes(p);
+  const float* scales = w.panel_scales(p);
+  const std::int64_t chunks = w.chunks;
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 y[T];
@@ -43,15 +46,15 @@ void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunk
         // Not unrolled: unrolled, GCC reassociates the int16 sums and spills the products.
 #pragma GCC unroll 1
     for (int v = 0; v < 4; ++v) {
-      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 128 + v * 32));
-      const __m256i lo = _mm256_and_si256(w, low4);
-      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), low4);
+      const __m256i k = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 128 + v * 32));
+      const __m256i lo = _mm256_and_si256(k, low4);
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(k, 4), low4);
       #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) {
         const std::int8_t* x = a.codes + t * a.code_stride + c * kChunk + 8 * v;
-        const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, broadcast4(x)),
+        const __m256i prod = _mm256_add_epi16(_mm256_maddubs_epi16(lo, broadcast4(x)),
                                            _mm256_maddubs_epi16(hi, broadcast4(x + 4)));
-        pairs[t] = _mm256_add_epi16(pairs[t], p);
+        pairs[t] = _mm256_add_epi16(pairs[t], prod);
       }
     }
     const __m256 row_scales = _mm256_loadu_ps(scales + c * kPanel);
@@ -70,8 +73,10 @@ void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunk
 // 8-bit weights: |activation| x (weight with the activation's sign) keeps vpmaddubsw's pairs within
 // 2 x 127 x 127 = 32258; each group is widened to int32 at once.
 template <int T>
-void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a,
-              float* acc) {
+void panel_w8(const WeightPanels& w, std::int64_t p, const ActivationTile& a, float* acc) {
+  const std::uint8_t* codes = w.panel_codes(p);
+  const float* scales = w.panel_scales(p);
+  const std::int64_t chunks = w.chunks;
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 y[T];
   #pragma GCC unroll 8
@@ -82,12 +87,12 @@ void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunk
     for (int t = 0; t < T; ++t) sums[t] = _mm256_setzero_si256();
     #pragma GCC unroll 8
     for (int g = 0; g < 8; ++g) {
-      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 256 + g * 32));
+      const __m256i k = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 256 + g * 32));
       #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) {
         const __m256i x = broadcast4(a.codes + t * a.code_stride + c * kChunk + 4 * g);
-        const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(w, x));
-        sums[t] = _mm256_add_epi32(sums[t], _mm256_madd_epi16(p, ones));
+        const __m256i prod = _mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(k, x));
+        sums[t] = _mm256_add_epi32(sums[t], _mm256_madd_epi16(prod, ones));
       }
     }
     const __m256 row_scales = _mm256_loadu_ps(scales + c * kPanel);
@@ -101,15 +106,14 @@ void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunk
   for (int t = 0; t < T; ++t) _mm256_storeu_ps(acc + t * kPanel, y[t]);
 }
 
-#define LORAQ_TOKEN_DISPATCH(NAME)                                                                              \
-  void NAME##_any(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a, \
-                  int tokens, float* acc) {                                                                     \
-    switch (tokens) {                                                                                           \
-      case 1: return NAME<1>(codes, scales, chunks, a, acc);                                                    \
-      case 2: return NAME<2>(codes, scales, chunks, a, acc);                                                    \
-      case 3: return NAME<3>(codes, scales, chunks, a, acc);                                                    \
-      default: return NAME<4>(codes, scales, chunks, a, acc);                                                   \
-    }                                                                                                           \
+#define LORAQ_TOKEN_DISPATCH(NAME)                                                                          \
+  void NAME##_any(const WeightPanels& w, std::int64_t p, const ActivationTile& a, int tokens, float* acc) { \
+    switch (tokens) {                                                                                       \
+      case 1: return NAME<1>(w, p, a, acc);                                                                 \
+      case 2: return NAME<2>(w, p, a, acc);                                                                 \
+      case 3: return NAME<3>(w, p, a, acc);                                                                 \
+      default: return NAME<4>(w, p, a, acc);                                                                \
+    }                                                                                                       \
   }
 LORAQ_TOKEN_DISPATCH(panel_w4)
 LORAQ_TOKEN_DISPATCH(panel_w8)
@@ -117,8 +121,8 @@ LORAQ_TOKEN_DISPATCH(panel_w8)
 
 // Two chains per token (even and odd j) over the tile's tokens: 8 independent fused multiply-adds
 // hide their latency; the up vector is loaded once for all tokens.
-void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, const float* up, std::int64_t rank,
-              const float* bias, int tokens, float* out) {
+void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, const float* up, std::int64_t /*up_stride*/,
+              std::int64_t rank, const float* bias, int tokens, float* out) {
   __m256 even[4], odd[4];
   for (int t = 0; t < tokens; ++t) {
     even[t] = _mm256_loadu_ps(acc + t * kPanel);
@@ -151,7 +155,7 @@ void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, cons
 namespace loraq::runtime {
 
 const KernelSet& avx2_kernels() {
-  static const KernelSet set{Isa::avx2, panel_w4_any, panel_w8_any, epilogue};
+  static const KernelSet set{"avx2", 1, 4, panel_w4_any, panel_w8_any, epilogue, &set};
   return set;
 }
 

@@ -7,18 +7,20 @@
 namespace loraq::runtime {
 namespace {
 
-void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a, int tokens,
-              float* acc) {
+void panel_w4(const WeightPanels& w, std::int64_t p, const ActivationTile& a, int tokens, float* acc) {
+  const std::uint8_t* codes = w.panel_codes(p);
+  const float* scales = w.panel_scales(p);
+  const std::int64_t chunks = w.chunks;
   for (int t = 0; t < tokens; ++t) {
     for (int r = 0; r < kPanel; ++r) {
       float y = 0.0f;
       for (std::int64_t c = 0; c < chunks; ++c) {
-        const std::uint8_t* w = codes + c * 128;
+        const std::uint8_t* k = codes + c * 128;
         const std::int8_t* x = a.codes + t * a.code_stride + c * kChunk;
         std::int32_t sum = 0;
         for (int v = 0; v < 4; ++v)
           for (int j = 0; j < 4; ++j) {
-            const int byte = w[v * 32 + 4 * r + j];
+            const int byte = k[v * 32 + 4 * r + j];
             sum += ((byte & 15) - 8) * x[8 * v + j] + ((byte >> 4) - 8) * x[8 * v + 4 + j];
           }
         y = std::fma(float(sum), a.scales[t * a.chunk_stride + c] * scales[c * kPanel + r], y);
@@ -28,17 +30,19 @@ void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunk
   }
 }
 
-void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a, int tokens,
-              float* acc) {
+void panel_w8(const WeightPanels& w, std::int64_t p, const ActivationTile& a, int tokens, float* acc) {
+  const std::uint8_t* codes = w.panel_codes(p);
+  const float* scales = w.panel_scales(p);
+  const std::int64_t chunks = w.chunks;
   for (int t = 0; t < tokens; ++t) {
     for (int r = 0; r < kPanel; ++r) {
       float y = 0.0f;
       for (std::int64_t c = 0; c < chunks; ++c) {
-        const std::uint8_t* w = codes + c * 256;
+        const std::uint8_t* k = codes + c * 256;
         const std::int8_t* x = a.codes + t * a.code_stride + c * kChunk;
         std::int32_t sum = 0;
         for (int g = 0; g < 8; ++g)
-          for (int j = 0; j < 4; ++j) sum += std::int8_t(w[g * 32 + 4 * r + j]) * x[4 * g + j];
+          for (int j = 0; j < 4; ++j) sum += std::int8_t(k[g * 32 + 4 * r + j]) * x[4 * g + j];
         y = std::fma(float(sum), a.scales[t * a.chunk_stride + c] * scales[c * kPanel + r], y);
       }
       acc[t * kPanel + r] = y;
@@ -46,8 +50,8 @@ void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunk
   }
 }
 
-void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, const float* up, std::int64_t rank,
-              const float* bias, int tokens, float* out) {
+void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, const float* up, std::int64_t /*up_stride*/,
+              std::int64_t rank, const float* bias, int tokens, float* out) {
   for (int t = 0; t < tokens; ++t)
     for (int r = 0; r < kPanel; ++r) {
       // Two chains, even and odd j, so that vector code can overlap them.
@@ -63,7 +67,7 @@ void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, cons
 }  // namespace
 
 const KernelSet& scalar_kernels() {
-  static const KernelSet set{Isa::scalar, panel_w4, panel_w8, epilogue};
+  static const KernelSet set{"scalar", 1, 4, panel_w4, panel_w8, epilogue, &set};
   return set;
 }
 

@@ -20,6 +20,17 @@ namespace {
 
 constexpr std::int64_t kTokenBlock = 16;
 
+// Calls f(set, first panel, first token, tokens) over panels [p0, p1) and tokens [0, rows): groups
+// of ks.panels panels (a trailing shorter group on ks.narrow), each in tiles of the set's tile.
+template <class F>
+void for_each_call(const runtime::KernelSet& ks, std::int64_t p0, std::int64_t p1, std::int64_t rows, F&& f) {
+  for (std::int64_t p = p0; p < p1;) {
+    const runtime::KernelSet& s = p1 - p >= ks.panels ? ks : *ks.narrow;
+    for (std::int64_t t0 = 0; t0 < rows; t0 += s.tile) f(s, p, t0, int(std::min<std::int64_t>(s.tile, rows - t0)));
+    p += s.panels;
+  }
+}
+
 std::string format_name(std::optional<Format> f) { return f ? std::string(format_info(*f).name) : "fp32"; }
 bool integer_pair(Format weight, std::optional<Format> activation) {
   return activation && integer_kernel_supports(weight, *activation);
@@ -111,7 +122,7 @@ bool QuantizedLinearKernel::branch_is_integer() const { return impl_->int_branch
 
 std::string QuantizedLinearKernel::describe(const LinearKernelOptions& options) const {
   const Impl& k = *impl_;
-  const std::string isa(isa_name(runtime::kernels_for(options.isa.value_or(default_isa())).isa));
+  const std::string isa(runtime::kernels_for(options.isa.value_or(default_isa())).name);
   auto part = [&](bool integer, Format w, std::optional<Format> a) {
     return (integer ? "integer " : "float ") + format_name(w) + " x " + format_name(a) + " (" +
            (integer ? isa : std::string("sgemm")) + ")";
@@ -127,7 +138,6 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
                                             std::int64_t rows, std::int64_t p0, std::int64_t p1, bool with_branch,
                                             float* y) const {
   using runtime::kPanel;
-  using runtime::kTile;
   // Per-thread scratch, reused across blocks and calls.
   thread_local std::vector<float> smoothed, xq1, xq2, t_rows, float_out;
   thread_local runtime::ActivationRows a1, a2;
@@ -164,18 +174,11 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
         runtime::quantize_activations(*branch_activation, src, rows, in, a2);
         a = &a2;
       }
-      const runtime::PanelKernel kernel = down.bits == 4 ? ks.w4 : ks.w8;
-      float acc[kTile * kPanel];
-      for (std::int64_t t0 = 0; t0 < rows; t0 += kTile) {
-        const int nt = int(std::min<std::int64_t>(kTile, rows - t0));
-        const runtime::ActivationTile tile = runtime::tile_at(*a, t0);
-        for (std::int64_t p = 0; p < down.panels; ++p) {
-          kernel(down.codes.data() + p * down.chunks * down.chunk_bytes(), down.scales.data() + p * down.chunks * kPanel,
-                 down.chunks, tile, nt, acc);
-          for (int t = 0; t < nt; ++t)
-            std::copy_n(acc + t * kPanel, kPanel, t_rows.data() + (t0 + t) * ts + p * kPanel);
-        }
-      }
+      for_each_call(ks, 0, down.panels, rows, [&](const runtime::KernelSet& s, std::int64_t p, std::int64_t t0, int nt) {
+        float acc[runtime::kMaxTile * runtime::kMaxPanels * kPanel];
+        (down.bits == 4 ? s.w4 : s.w8)(down, p, runtime::tile_at(*a, t0), nt, acc);
+        for (int t = 0; t < nt; ++t) std::copy_n(acc + t * s.rows(), s.rows(), t_rows.data() + (t0 + t) * ts + p * kPanel);
+      });
     } else {
       const float* q = int_residual || branch_activation != residual_activation ? float_input(branch_activation, xq2) : q1;
       linalg::gemm(false, true, rows, rank, in, 1.0f, q, in, down_f.data(), in, 0.0f, t_rows.data(), ts);
@@ -189,26 +192,22 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
     linalg::gemm(false, true, rows, cols, in, 1.0f, q1, in, residual_f.data() + col0 * in, in, 0.0f,
                  float_out.data(), cols);
   }
-  const runtime::PanelKernel kernel = residual.bits == 4 ? ks.w4 : ks.w8;
-  float acc[kTile * kPanel], result[kTile * kPanel];
-  for (std::int64_t p = p0; p < p1; ++p) {
-    const std::int64_t c0 = p * kPanel, valid = std::min<std::int64_t>(kPanel, out - c0);
-    for (std::int64_t t0 = 0; t0 < rows; t0 += kTile) {
-      const int nt = int(std::min<std::int64_t>(kTile, rows - t0));
-      if (int_residual) {
-        kernel(residual.codes.data() + p * residual.chunks * residual.chunk_bytes(),
-               residual.scales.data() + p * residual.chunks * kPanel, residual.chunks, runtime::tile_at(a1, t0), nt, acc);
-      } else {
-        for (int t = 0; t < nt; ++t)
-          for (int r = 0; r < kPanel; ++r)
-            acc[t * kPanel + r] = r < valid ? float_out[std::size_t((t0 + t) * cols + c0 - col0 + r)] : 0.0f;
-      }
-      ks.epilogue(acc, with_branch ? t_rows.data() + t0 * ts : nullptr, ts,
-                  with_branch ? up_panels.data() + p * rank * kPanel : nullptr, with_branch ? rank : 0,
-                  bias.data() + c0, nt, result);
-      for (int t = 0; t < nt; ++t) std::copy_n(result + t * kPanel, valid, y + (m0 + t0 + t) * out + c0);
+  for_each_call(ks, p0, p1, rows, [&](const runtime::KernelSet& s, std::int64_t p, std::int64_t t0, int nt) {
+    constexpr int kMaxRows = runtime::kMaxPanels * kPanel;
+    float acc[runtime::kMaxTile * kMaxRows], result[runtime::kMaxTile * kMaxRows];
+    const std::int64_t c0 = p * kPanel, valid = std::min<std::int64_t>(s.rows(), out - c0);
+    if (int_residual) {
+      (residual.bits == 4 ? s.w4 : s.w8)(residual, p, runtime::tile_at(a1, t0), nt, acc);
+    } else {
+      for (int t = 0; t < nt; ++t)
+        for (int r = 0; r < s.rows(); ++r)
+          acc[t * s.rows() + r] = r < valid ? float_out[std::size_t((t0 + t) * cols + c0 - col0 + r)] : 0.0f;
     }
-  }
+    s.epilogue(acc, with_branch ? t_rows.data() + t0 * ts : nullptr, ts,
+               with_branch ? up_panels.data() + p * rank * kPanel : nullptr, rank * kPanel, with_branch ? rank : 0,
+               bias.data() + c0, nt, result);
+    for (int t = 0; t < nt; ++t) std::copy_n(result + t * s.rows(), valid, y + (m0 + t0 + t) * out + c0);
+  });
 }
 
 void QuantizedLinearKernel::forward(std::span<const float> x, std::int64_t rows, std::span<float> y,
@@ -228,12 +227,14 @@ void QuantizedLinearKernel::forward(std::span<const float> x, std::int64_t rows,
   // Blocks of tokens; when there are too few to keep every thread busy, each block's panels are
   // split as well (each part then quantizes its block's activations and computes T itself).
   const std::int64_t blocks = (rows + kTokenBlock - 1) / kTokenBlock;
-  const std::int64_t panels = k.panels();
+  // Parts start on whole groups of the kernel set's panels.
+  const std::int64_t panels = k.panels(), groups = (panels + ks.panels - 1) / ks.panels;
   const std::int64_t per_block =
       blocks >= 2 * threads
           ? 1
           : std::clamp<std::int64_t>((2 * threads + blocks - 1) / std::max<std::int64_t>(1, blocks), 1,
-                                     std::max<std::int64_t>(1, panels));
+                                     std::max<std::int64_t>(1, groups));
+  auto part_start = [&](std::int64_t g) { return std::min(panels, groups * g / per_block * ks.panels); };
   const std::int64_t items = blocks * per_block;
   std::exception_ptr failure;
   std::mutex failure_mutex;
@@ -242,8 +243,8 @@ void QuantizedLinearKernel::forward(std::span<const float> x, std::int64_t rows,
     try {
       const std::int64_t block = item / per_block, g = item % per_block;
       const std::int64_t m0 = block * kTokenBlock;
-      k.run_block(ks, x.data(), m0, std::min(kTokenBlock, rows - m0), panels * g / per_block,
-                  panels * (g + 1) / per_block, with_branch, y.data());
+      k.run_block(ks, x.data(), m0, std::min(kTokenBlock, rows - m0), part_start(g), part_start(g + 1), with_branch,
+                  y.data());
     } catch (...) {
       const std::lock_guard lock(failure_mutex);
       if (!failure) failure = std::current_exception();
