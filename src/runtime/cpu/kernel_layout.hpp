@@ -86,10 +86,23 @@ inline ActivationTile tile_at(const ActivationRows& rows, std::int64_t t0) {
 using PanelKernel = void (*)(const WeightPanels& w, std::int64_t p, const ActivationTile& a, int tokens, float* acc);
 // out[t * rows + r] = (even + odd) + bias[r], where even starts at acc[t * rows + r] and odd at 0,
 // and t_rows[t * t_stride + j] * up(r, j) goes into even (j even) or odd (j odd) with fused
-// multiply-adds in j order. up(r, j) = up[(r / kPanel) * up_stride + j * kPanel + r % kPanel]: the
-// [rank][kPanel] blocks of consecutive panels, up_stride apart.
+// multiply-adds in j order. up(r, j) = up[j * up_stride + r].
 using EpilogueKernel = void (*)(const float* acc, const float* t_rows, std::int64_t t_stride, const float* up,
                                 std::int64_t up_stride, std::int64_t rank, const float* bias, int tokens, float* out);
+
+// The up-projection [out, rank] as the epilogues read it: groups of kMaxPanels panels, each group
+// [rank][kMaxPanels * kPanel] (zero rows past out), so panel p starts at up_rows_of(p) with
+// up_stride = kMaxPanels * kPanel whatever the kernel set.
+struct UpProjection {
+  std::int64_t rank = 0;
+  std::vector<float> values;
+  static constexpr std::int64_t stride = kMaxPanels * kPanel;
+  UpProjection() = default;
+  UpProjection(const std::vector<float>& up, std::int64_t out, std::int64_t rank);  // up: [out, rank] row-major
+  const float* rows_of(std::int64_t p) const {
+    return values.data() + (p / kMaxPanels) * rank * stride + (p % kMaxPanels) * kPanel;
+  }
+};
 
 struct KernelSet {
   const char* name;  // what describe() reports

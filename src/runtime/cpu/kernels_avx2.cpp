@@ -121,7 +121,7 @@ LORAQ_TOKEN_DISPATCH(panel_w8)
 
 // Two chains per token (even and odd j) over the tile's tokens: 8 independent fused multiply-adds
 // hide their latency; the up vector is loaded once for all tokens.
-void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, const float* up, std::int64_t /*up_stride*/,
+void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, const float* up, std::int64_t up_stride,
               std::int64_t rank, const float* bias, int tokens, float* out) {
   __m256 even[4], odd[4];
   for (int t = 0; t < tokens; ++t) {
@@ -131,7 +131,7 @@ void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, cons
   std::int64_t j = 0;
   if (tokens == 4) {
     for (; j + 1 < rank; j += 2) {
-      const __m256 u0 = _mm256_loadu_ps(up + j * kPanel), u1 = _mm256_loadu_ps(up + (j + 1) * kPanel);
+      const __m256 u0 = _mm256_loadu_ps(up + j * up_stride), u1 = _mm256_loadu_ps(up + (j + 1) * up_stride);
 #pragma GCC unroll 4
       for (int t = 0; t < 4; ++t) {
         even[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(t_rows + t * t_stride + j), u0, even[t]);
@@ -144,7 +144,7 @@ void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, cons
     const float* tr = t_rows + t * t_stride;
     for (std::int64_t i = j; i < rank; ++i) {
       __m256& chain = i % 2 ? odd[t] : even[t];
-      chain = _mm256_fmadd_ps(_mm256_set1_ps(tr[i]), _mm256_loadu_ps(up + i * kPanel), chain);
+      chain = _mm256_fmadd_ps(_mm256_set1_ps(tr[i]), _mm256_loadu_ps(up + i * up_stride), chain);
     }
     _mm256_storeu_ps(out + t * kPanel, _mm256_add_ps(_mm256_add_ps(even[t], odd[t]), b));
   }

@@ -114,8 +114,8 @@ void panel_w8(const WeightPanels& w, std::int64_t p, const ActivationTile& a, fl
   for (int t = 0; t < T; ++t) _mm512_storeu_ps(acc + t * kRows, y[t]);
 }
 
-// Two chains per token (even and odd j): 16 independent fused multiply-adds at 8 tokens; the two
-// panels' up values are loaded once per j for all tokens.
+// Two chains per token (even and odd j): 16 independent fused multiply-adds at 8 tokens; the 16
+// rows' up values are one load per j for all tokens.
 template <int T>
 void epilogue_t(const float* acc, const float* t_rows, std::int64_t t_stride, const float* up, std::int64_t up_stride,
                 std::int64_t rank, const float* bias, float* out) {
@@ -127,7 +127,7 @@ void epilogue_t(const float* acc, const float* t_rows, std::int64_t t_stride, co
   }
   std::int64_t j = 0;
   for (; j + 1 < rank; j += 2) {
-    const __m512 u0 = load_pair(up + j * kPanel, up_stride), u1 = load_pair(up + (j + 1) * kPanel, up_stride);
+    const __m512 u0 = _mm512_loadu_ps(up + j * up_stride), u1 = _mm512_loadu_ps(up + (j + 1) * up_stride);
     #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
       even[t] = _mm512_fmadd_ps(_mm512_set1_ps(t_rows[t * t_stride + j]), u0, even[t]);
@@ -135,7 +135,7 @@ void epilogue_t(const float* acc, const float* t_rows, std::int64_t t_stride, co
     }
   }
   if (j < rank) {  // an odd rank: its last term goes into the even chain
-    const __m512 u0 = load_pair(up + j * kPanel, up_stride);
+    const __m512 u0 = _mm512_loadu_ps(up + j * up_stride);
     #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) even[t] = _mm512_fmadd_ps(_mm512_set1_ps(t_rows[t * t_stride + j]), u0, even[t]);
   }

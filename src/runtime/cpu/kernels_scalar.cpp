@@ -50,7 +50,7 @@ void panel_w8(const WeightPanels& w, std::int64_t p, const ActivationTile& a, in
   }
 }
 
-void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, const float* up, std::int64_t /*up_stride*/,
+void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, const float* up, std::int64_t up_stride,
               std::int64_t rank, const float* bias, int tokens, float* out) {
   for (int t = 0; t < tokens; ++t)
     for (int r = 0; r < kPanel; ++r) {
@@ -58,7 +58,7 @@ void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, cons
       float even = acc[t * kPanel + r], odd = 0.0f;
       for (std::int64_t j = 0; j < rank; ++j) {
         float& chain = j % 2 ? odd : even;
-        chain = std::fma(t_rows[t * t_stride + j], up[j * kPanel + r], chain);
+        chain = std::fma(t_rows[t * t_stride + j], up[j * up_stride + r], chain);
       }
       out[t * kPanel + r] = (even + odd) + bias[r];
     }

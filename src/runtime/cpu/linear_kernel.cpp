@@ -50,7 +50,7 @@ struct QuantizedLinearKernel::Impl {
   bool int_residual = false, int_branch = false;
   runtime::WeightPanels residual, down;  // integer path
   std::vector<float> residual_f, down_f;  // float path: dequantized [out, in] and [rank, in]
-  std::vector<float> up_panels;           // [panels][rank][kPanel], zero rows past out
+  runtime::UpProjection up;
   std::vector<float> bias;                // [panels * kPanel], zero past out
   std::vector<float> smooth;              // [in] or empty
   std::int64_t panels() const { return (out + runtime::kPanel - 1) / runtime::kPanel; }
@@ -101,12 +101,7 @@ QuantizedLinearKernel::QuantizedLinearKernel(const QuantizedLayer& layer, std::o
       k.down = runtime::make_panels(d);
     else
       k.down_f = unpack(d);
-    const std::vector<float> up = unpack(u);
-    k.up_panels.assign(std::size_t(k.panels() * k.rank * runtime::kPanel), 0.0f);
-    for (std::int64_t row = 0; row < k.out; ++row)
-      for (std::int64_t j = 0; j < k.rank; ++j)
-        k.up_panels[std::size_t(((row / runtime::kPanel) * k.rank + j) * runtime::kPanel + row % runtime::kPanel)] =
-            up[std::size_t(row * k.rank + j)];
+    k.up = runtime::UpProjection(unpack(u), k.out, k.rank);
   }
 }
 
@@ -204,7 +199,7 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
           acc[t * s.rows() + r] = r < valid ? float_out[std::size_t((t0 + t) * cols + c0 - col0 + r)] : 0.0f;
     }
     s.epilogue(acc, with_branch ? t_rows.data() + t0 * ts : nullptr, ts,
-               with_branch ? up_panels.data() + p * rank * kPanel : nullptr, rank * kPanel, with_branch ? rank : 0,
+               with_branch ? up.rows_of(p) : nullptr, up.stride, with_branch ? rank : 0,
                bias.data() + c0, nt, result);
     for (int t = 0; t < nt; ++t) std::copy_n(result + t * s.rows(), valid, y + (m0 + t0 + t) * out + c0);
   });

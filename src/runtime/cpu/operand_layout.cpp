@@ -132,6 +132,14 @@ WeightPanels make_panels(const PackedMatrix& packed) {
   return p;
 }
 
+UpProjection::UpProjection(const std::vector<float>& up, std::int64_t out, std::int64_t rank_) : rank(rank_) {
+  const std::int64_t groups = (out + stride - 1) / stride;
+  values.assign(std::size_t(groups * rank * stride), 0.0f);
+  for (std::int64_t row = 0; row < out; ++row)
+    for (std::int64_t j = 0; j < rank; ++j)
+      values[std::size_t(((row / stride) * rank + j) * stride + row % stride)] = up[std::size_t(row * rank + j)];
+}
+
 DecodedRows decode_rows(const PackedMatrix& packed) {
   if (!integer_format(packed.format))
     throw Error("integer kernels: " + std::string(format_info(packed.format).name) + " is not an integer format");
