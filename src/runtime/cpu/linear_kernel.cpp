@@ -233,7 +233,7 @@ void QuantizedLinearKernel::forward(std::span<const float> x, std::int64_t rows,
   const std::int64_t items = blocks * per_block;
   std::exception_ptr failure;
   std::mutex failure_mutex;
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
   for (std::int64_t item = 0; item < items; ++item) {
     try {
       const std::int64_t block = item / per_block, g = item % per_block;
