@@ -1,4 +1,4 @@
-// QuantizedLinearKernel: weights repacked once; forward() runs blocks of 16 tokens, each through
+// QuantizedLinearKernel: weights repacked once; forward() runs blocks of 32 tokens, each through
 // one pass that quantizes the block's activations (for the residual and the branch), computes the
 // branch's intermediate T = Qa2(X) down^T, then every residual panel with the up-projection and bias
 // fused into its epilogue. Each output element is computed by one thread in a fixed order, so the
@@ -18,7 +18,9 @@
 namespace loraq {
 namespace {
 
-constexpr std::int64_t kTokenBlock = 16;
+// 32: each block streams all weight panels once, so larger blocks read them less often; measured on
+// Zen 5 (bench_linear), 32 was 3-5% faster than 16 and 64 slower than both (fewer blocks to share out).
+constexpr std::int64_t kTokenBlock = 32;
 
 // Calls f(set, first panel, first token, tokens) over panels [p0, p1) and tokens [0, rows): groups
 // of ks.panels panels (a trailing shorter group on ks.narrow), each in tiles of the set's tile.
