@@ -11,6 +11,7 @@
 #include "loraq/error.hpp"
 #include "loraq/format.hpp"
 #include "packing.hpp"
+#include "row_packer.hpp"
 #include "simd/vector_kernels.hpp"
 
 namespace loraq {
@@ -58,6 +59,25 @@ float tensor_scale_of(Format f, std::span<const float> values, const QuantOption
 
 }  // namespace
 
+namespace detail {
+
+RowPacker::RowPacker(Format f, std::int64_t cols, const QuantOptions& options)
+    : format_(f), cols_(cols), rounding_(options.rounding), kernels_(vector_kernels(f, options, /*packing=*/true)) {
+  if (!kernels_) raw_codes_.resize(std::size_t(padded_cols(f, cols))), raw_scales_.resize(std::size_t(blocks_per_row(f, cols) + 1));
+}
+
+void RowPacker::pack(const float* in, float tensor_scale, std::uint8_t* codes, std::uint8_t* scales) {
+  if (kernels_) {
+    kernels_->pack_row(format_, in, cols_, tensor_scale, rounding_, codes, scales);
+    return;
+  }
+  reference_encode_row(format_, in, cols_, tensor_scale, rounding_, raw_codes_.data(), raw_scales_.data());
+  pack_codes(element_bits(format_), raw_codes_.data(), padded_cols(format_, cols_), codes);
+  store_scales(format_info(format_).scale, raw_scales_.data(), blocks_per_row(format_, cols_), scales);
+}
+
+}  // namespace detail
+
 void fake_quantize(Format f, std::span<const float> in, std::span<float> out, std::int64_t rows, std::int64_t cols,
                    const QuantOptions& options) {
   check_shape(f, in.size(), rows, cols, "fake_quantize input");
@@ -99,26 +119,14 @@ PackedMatrix pack(Format f, std::span<const float> in, std::int64_t rows, std::i
   const int scale_width = scale_bytes(f);
   packed.codes.assign(std::size_t(rows * row_bytes), 0);
   packed.scales.assign(std::size_t(rows * blocks * scale_width), 0);
-  const detail::VectorKernels* kernels = vector_kernels(f, options, /*packing=*/true);
-  const int bits = element_bits(f);
+  const detail::RowPacker prototype(f, cols, options);  // throws here, outside the parallel region
 #pragma omp parallel num_threads(thread_count(options))
   {
-    std::vector<std::uint32_t> codes, scales;
-    if (!kernels) codes.resize(std::size_t(detail::padded_cols(f, cols))), scales.resize(std::size_t(blocks + 1));
+    detail::RowPacker packer = prototype;
 #pragma omp for schedule(static)
-    for (std::int64_t r = 0; r < rows; ++r) {
-      std::uint8_t* code_bytes = packed.codes.data() + r * row_bytes;
-      std::uint8_t* scale_bytes_out = packed.scales.data() + r * blocks * scale_width;
-      if (kernels) {
-        kernels->pack_row(f, in.data() + r * cols, cols, packed.tensor_scale, options.rounding, code_bytes,
-                          scale_bytes_out);
-      } else {
-        detail::reference_encode_row(f, in.data() + r * cols, cols, packed.tensor_scale, options.rounding,
-                                     codes.data(), scales.data());
-        detail::pack_codes(bits, codes.data(), detail::padded_cols(f, cols), code_bytes);
-        detail::store_scales(format_info(f).scale, scales.data(), blocks, scale_bytes_out);
-      }
-    }
+    for (std::int64_t r = 0; r < rows; ++r)
+      packer.pack(in.data() + r * cols, packed.tensor_scale, packed.codes.data() + r * row_bytes,
+                  packed.scales.data() + r * blocks * scale_width);
   }
   return packed;
 }

@@ -1,8 +1,10 @@
 // Weights and activations from the codec's packed form into the kernels' layout (kernel_layout.hpp).
 #include <algorithm>
+#include <bit>
 #include <cstring>
 
 #include "core/packing.hpp"
+#include "core/row_packer.hpp"
 #include "loraq/element.hpp"
 #include "loraq/error.hpp"
 #include "runtime/cpu/kernel_layout.hpp"
@@ -21,7 +23,11 @@ float element_unit(Format f) { return decode(format_info(f).element, 1); }
 
 float scale_value(ScaleType type, std::uint32_t code) {
   switch (type) {
-    case ScaleType::e8m0: return decode(Element::e8m0, code);
+    case ScaleType::e8m0:
+      // 2^(code - 127) is the float with that biased exponent; codes 0 (a subnormal) and 255 (NaN)
+      // go through the element table.
+      if (code > 0 && code < 255) return std::bit_cast<float>(code << 23);
+      return decode(Element::e8m0, code);
     case ScaleType::fp16: return decode(Element::fp16, code);
     case ScaleType::fp32: {
       float v;
@@ -46,9 +52,10 @@ struct RowDecoder {
         row_bytes(packed_row_bytes(f, cols_)), blocks(blocks_per_row(f, cols_)),
         raw(std::size_t(row_bytes * 8 / element_bits(f))), raw_scales(std::size_t(blocks)) {}
 
-  void decode_row(const PackedMatrix& m, std::int64_t row, std::int8_t* codes, float* chunk_scales) {
+  // One row in pack()'s layout: packed codes (row_bytes) and scale bytes (blocks x scale_bytes).
+  void decode_row(const std::uint8_t* packed, const std::uint8_t* scale_bytes_in, std::int8_t* codes,
+                  float* chunk_scales) {
     const int bits = element_bits(format);
-    const std::uint8_t* packed = m.codes.data() + row * row_bytes;
     const std::int64_t padded = chunks * kChunk, n = std::min(cols, padded);
     // Bytes and nibbles straight to int8 (the common cases, on every activation row); other widths
     // through the generic unpacker.
@@ -66,7 +73,7 @@ struct RowDecoder {
       for (std::int64_t c = 0; c < n; ++c) codes[c] = std::int8_t(signed_code(raw[std::size_t(c)], bits));
     }
     std::fill(codes + n, codes + padded, std::int8_t(0));
-    detail::load_scales(info.scale, m.scales.data() + row * blocks * scale_bytes(format), blocks, raw_scales.data());
+    detail::load_scales(info.scale, scale_bytes_in, blocks, raw_scales.data());
     const float unit = element_unit(format);
     float block_scale = 0.0f;
     std::int64_t last_block = -1;
@@ -151,23 +158,31 @@ DecodedRows decode_rows(const PackedMatrix& packed) {
   d.scales.resize(std::size_t(d.rows * d.chunks));
   RowDecoder decoder(packed.format, packed.cols);
   for (std::int64_t row = 0; row < d.rows; ++row)
-    decoder.decode_row(packed, row, d.codes.data() + row * d.chunks * kChunk, d.scales.data() + row * d.chunks);
+    decoder.decode_row(packed.codes.data() + row * decoder.row_bytes,
+                       packed.scales.data() + row * decoder.blocks * scale_bytes(packed.format),
+                       d.codes.data() + row * d.chunks * kChunk, d.scales.data() + row * d.chunks);
   return d;
 }
 
 void quantize_activations(Format format, const float* x, std::int64_t rows, std::int64_t cols, ActivationRows& out) {
+  if (!integer_format(format) || format_info(format).tensor_scale)
+    throw Error("integer kernels: " + std::string(format_info(format).name) + " is not an integer activation format");
   QuantOptions one_thread;
   one_thread.threads = 1;
-  const PackedMatrix packed = pack(format, std::span<const float>(x, std::size_t(rows * cols)), rows, cols, one_thread);
   out.rows = rows;
   out.chunks = (cols + kChunk - 1) / kChunk;
   out.codes.resize(std::size_t(rows * out.chunks * kChunk));
   out.scales.resize(std::size_t(rows * out.chunks));
   out.sums8.resize(std::size_t(rows * out.chunks));
+  detail::RowPacker packer(format, cols, one_thread);
   RowDecoder decoder(format, cols);
+  thread_local std::vector<std::uint8_t> row_codes, row_scales;  // one row in pack()'s layout
+  row_codes.resize(std::size_t(decoder.row_bytes));
+  row_scales.resize(std::size_t(decoder.blocks * scale_bytes(format)));
   for (std::int64_t row = 0; row < rows; ++row) {
     std::int8_t* codes = out.codes.data() + row * out.chunks * kChunk;
-    decoder.decode_row(packed, row, codes, out.scales.data() + row * out.chunks);
+    packer.pack(x + row * cols, 1.0f, row_codes.data(), row_scales.data());
+    decoder.decode_row(row_codes.data(), row_scales.data(), codes, out.scales.data() + row * out.chunks);
     for (std::int64_t c = 0; c < out.chunks; ++c) {
       int sum = 0;
       for (int j = 0; j < kChunk; ++j) sum += codes[c * kChunk + j];
