@@ -82,8 +82,12 @@ inline ActivationTile tile_at(const ActivationRows& rows, std::int64_t t0) {
 //
 // acc[t * rows + r] = sum over chunks c of float(int32 dot of token t and row r over chunk c)
 // x (activation scale x weight scale), accumulated in chunk order with fused multiply-adds from 0,
-// for the rows of panels p .. p + panels - 1 of w.
-using PanelKernel = void (*)(const WeightPanels& w, std::int64_t p, const ActivationTile& a, int tokens, float* acc);
+// for the rows of a panel and the next panels - 1 ones: codes and scales point at the first panel's
+// (WeightPanels::panel_codes / panel_scales), the next ones follow chunks x chunk bytes and
+// chunks x kPanel scales later. Raw pointers only: the vector kernels must not instantiate inline
+// library code (src/core/simd/README.md, "Linkage rule").
+using PanelKernel = void (*)(const std::uint8_t* codes, const float* scales, std::int64_t chunks,
+                             const ActivationTile& a, int tokens, float* acc);
 // out[t * rows + r] = (even + odd) + bias[r], where even starts at acc[t * rows + r] and odd at 0,
 // and t_rows[t * t_stride + j] * up(r, j) goes into even (j even) or odd (j odd) with fused
 // multiply-adds in j order. up(r, j) = up[j * up_stride + r].

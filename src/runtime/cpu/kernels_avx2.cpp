@@ -18,7 +18,6 @@ namespace {
 using loraq::runtime::ActivationTile;
 using loraq::runtime::kChunk;
 using loraq::runtime::kPanel;
-using loraq::runtime::WeightPanels;
 
 inline __m256i broadcast4(const std::int8_t* p) {
   std::int32_t v;
@@ -30,10 +29,7 @@ inline __m256i broadcast4(const std::int8_t* p) {
 // within 2 x 15 x 127 = 3810, so the 8 groups of a chunk add up in int16 (at most 30480) before
 // one vpmaddwd widens them.
 template <int T>
-void panel_w4(const WeightPanels& w, std::int64_t p, const ActivationTile& a, float* acc) {
-  const std::uint8_t* codes = w.panel_codes(p);
-  const float* scales = w.panel_scales(p);
-  const std::int64_t chunks = w.chunks;
+void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a, float* acc) {
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 y[T];
@@ -73,10 +69,7 @@ void panel_w4(const WeightPanels& w, std::int64_t p, const ActivationTile& a, fl
 // 8-bit weights: |activation| x (weight with the activation's sign) keeps vpmaddubsw's pairs within
 // 2 x 127 x 127 = 32258; each group is widened to int32 at once.
 template <int T>
-void panel_w8(const WeightPanels& w, std::int64_t p, const ActivationTile& a, float* acc) {
-  const std::uint8_t* codes = w.panel_codes(p);
-  const float* scales = w.panel_scales(p);
-  const std::int64_t chunks = w.chunks;
+void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a, float* acc) {
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 y[T];
   #pragma GCC unroll 8
@@ -107,12 +100,12 @@ void panel_w8(const WeightPanels& w, std::int64_t p, const ActivationTile& a, fl
 }
 
 #define LORAQ_TOKEN_DISPATCH(NAME)                                                                          \
-  void NAME##_any(const WeightPanels& w, std::int64_t p, const ActivationTile& a, int tokens, float* acc) { \
+  void NAME##_any(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a, int tokens, float* acc) { \
     switch (tokens) {                                                                                       \
-      case 1: return NAME<1>(w, p, a, acc);                                                                 \
-      case 2: return NAME<2>(w, p, a, acc);                                                                 \
-      case 3: return NAME<3>(w, p, a, acc);                                                                 \
-      default: return NAME<4>(w, p, a, acc);                                                                \
+      case 1: return NAME<1>(codes, scales, chunks, a, acc);                                                                 \
+      case 2: return NAME<2>(codes, scales, chunks, a, acc);                                                                 \
+      case 3: return NAME<3>(codes, scales, chunks, a, acc);                                                                 \
+      default: return NAME<4>(codes, scales, chunks, a, acc);                                                                \
     }                                                                                                       \
   }
 LORAQ_TOKEN_DISPATCH(panel_w4)

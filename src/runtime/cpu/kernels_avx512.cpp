@@ -24,7 +24,6 @@ namespace {
 using loraq::runtime::ActivationTile;
 using loraq::runtime::kChunk;
 using loraq::runtime::kPanel;
-using loraq::runtime::WeightPanels;
 
 constexpr int kRows = 2 * kPanel;
 
@@ -58,15 +57,13 @@ inline void add_chunk(const __m512i (&sums)[T], const ActivationTile& a, std::in
 }
 
 template <int T>
-void panel_w4(const WeightPanels& w, std::int64_t p, const ActivationTile& a, float* acc) {
-  const std::uint8_t* codes = w.panel_codes(p);
-  const float* scales = w.panel_scales(p);
-  const std::int64_t code_stride = w.chunks * 128, scale_stride = w.chunks * kPanel;
+void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a, float* acc) {
+  const std::int64_t code_stride = chunks * 128, scale_stride = chunks * kPanel;
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   __m512 y[T];
   #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) y[t] = _mm512_setzero_ps();
-  for (std::int64_t c = 0; c < w.chunks; ++c) {
+  for (std::int64_t c = 0; c < chunks; ++c) {
     __m512i sums[T];
     #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) sums[t] = _mm512_setzero_si512();
@@ -89,15 +86,13 @@ void panel_w4(const WeightPanels& w, std::int64_t p, const ActivationTile& a, fl
 }
 
 template <int T>
-void panel_w8(const WeightPanels& w, std::int64_t p, const ActivationTile& a, float* acc) {
-  const std::uint8_t* codes = w.panel_codes(p);
-  const float* scales = w.panel_scales(p);
-  const std::int64_t code_stride = w.chunks * 256, scale_stride = w.chunks * kPanel;
+void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a, float* acc) {
+  const std::int64_t code_stride = chunks * 256, scale_stride = chunks * kPanel;
   const __m512i top_bit = _mm512_set1_epi8(std::int8_t(0x80));
   __m512 y[T];
   #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) y[t] = _mm512_setzero_ps();
-  for (std::int64_t c = 0; c < w.chunks; ++c) {
+  for (std::int64_t c = 0; c < chunks; ++c) {
     __m512i sums[T];
     #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) sums[t] = _mm512_setzero_si512();
@@ -156,14 +151,14 @@ void epilogue_t(const float* acc, const float* t_rows, std::int64_t t_stride, co
     default: return CALL(8);    \
   }
 
-void panel_w4_any(const WeightPanels& w, std::int64_t p, const ActivationTile& a, int tokens, float* acc) {
-#define LORAQ_CALL(T) panel_w4<T>(w, p, a, acc)
+void panel_w4_any(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a, int tokens, float* acc) {
+#define LORAQ_CALL(T) panel_w4<T>(codes, scales, chunks, a, acc)
   LORAQ_TOKEN_CASES(LORAQ_CALL)
 #undef LORAQ_CALL
 }
 
-void panel_w8_any(const WeightPanels& w, std::int64_t p, const ActivationTile& a, int tokens, float* acc) {
-#define LORAQ_CALL(T) panel_w8<T>(w, p, a, acc)
+void panel_w8_any(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a, int tokens, float* acc) {
+#define LORAQ_CALL(T) panel_w8<T>(codes, scales, chunks, a, acc)
   LORAQ_TOKEN_CASES(LORAQ_CALL)
 #undef LORAQ_CALL
 }

@@ -7,10 +7,7 @@
 namespace loraq::runtime {
 namespace {
 
-void panel_w4(const WeightPanels& w, std::int64_t p, const ActivationTile& a, int tokens, float* acc) {
-  const std::uint8_t* codes = w.panel_codes(p);
-  const float* scales = w.panel_scales(p);
-  const std::int64_t chunks = w.chunks;
+void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a, int tokens, float* acc) {
   for (int t = 0; t < tokens; ++t) {
     for (int r = 0; r < kPanel; ++r) {
       float y = 0.0f;
@@ -30,10 +27,7 @@ void panel_w4(const WeightPanels& w, std::int64_t p, const ActivationTile& a, in
   }
 }
 
-void panel_w8(const WeightPanels& w, std::int64_t p, const ActivationTile& a, int tokens, float* acc) {
-  const std::uint8_t* codes = w.panel_codes(p);
-  const float* scales = w.panel_scales(p);
-  const std::int64_t chunks = w.chunks;
+void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a, int tokens, float* acc) {
   for (int t = 0; t < tokens; ++t) {
     for (int r = 0; r < kPanel; ++r) {
       float y = 0.0f;

@@ -173,7 +173,8 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
       }
       for_each_call(ks, 0, down.panels, rows, [&](const runtime::KernelSet& s, std::int64_t p, std::int64_t t0, int nt) {
         float acc[runtime::kMaxTile * runtime::kMaxPanels * kPanel];
-        (down.bits == 4 ? s.w4 : s.w8)(down, p, runtime::tile_at(*a, t0), nt, acc);
+        (down.bits == 4 ? s.w4 : s.w8)(down.panel_codes(p), down.panel_scales(p), down.chunks, runtime::tile_at(*a, t0), nt,
+                                      acc);
         for (int t = 0; t < nt; ++t) std::copy_n(acc + t * s.rows(), s.rows(), t_rows.data() + (t0 + t) * ts + p * kPanel);
       });
     } else {
@@ -194,7 +195,8 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
     float acc[runtime::kMaxTile * kMaxRows], result[runtime::kMaxTile * kMaxRows];
     const std::int64_t c0 = p * kPanel, valid = std::min<std::int64_t>(s.rows(), out - c0);
     if (int_residual) {
-      (residual.bits == 4 ? s.w4 : s.w8)(residual, p, runtime::tile_at(a1, t0), nt, acc);
+      (residual.bits == 4 ? s.w4 : s.w8)(residual.panel_codes(p), residual.panel_scales(p), residual.chunks,
+                                         runtime::tile_at(a1, t0), nt, acc);
     } else {
       for (int t = 0; t < nt; ++t)
         for (int r = 0; r < s.rows(); ++r)
