@@ -120,10 +120,14 @@ struct KernelSet {
 };
 
 const KernelSet& scalar_kernels();
-const KernelSet& avx2_kernels();    // only called once the CPU is known to have AVX2
-const KernelSet& avx512_kernels();  // only called once the CPU is known to have AVX-512 VNNI
-// The set for `isa`: AVX-512 with VNNI where the CPU has VNNI, else the AVX2 set (AVX-512 without
-// VNNI gains nothing over AVX2's vpmaddubsw here).
+// Each only called once the CPU is known to have what it needs.
+const KernelSet& avx2_kernels();      // AVX2 + FMA
+const KernelSet& avx_vnni_kernels();  // AVX2 + FMA + AVX-VNNI
+const KernelSet& avx512_kernels();    // AVX-512 F/BW/DQ/VL + AVX512_VNNI
+// The set for `isa`: for avx512, the AVX-512 VNNI set where the CPU has AVX512_VNNI; for avx2 (and
+// avx512 without AVX512_VNNI), the AVX-VNNI set where the CPU has AVX-VNNI, else the AVX2 one.
 const KernelSet& kernels_for(Isa isa);
+// Every set this CPU can run, scalar first (for tests and benchmarks).
+std::vector<const KernelSet*> available_kernel_sets();
 
 }  // namespace loraq::runtime
