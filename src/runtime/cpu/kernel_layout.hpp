@@ -129,5 +129,9 @@ const KernelSet& avx512_kernels();    // AVX-512 F/BW/DQ/VL + AVX512_VNNI
 const KernelSet& kernels_for(Isa isa);
 // Every set this CPU can run, scalar first (for tests and benchmarks).
 std::vector<const KernelSet*> available_kernel_sets();
+// The set a layer runs when no instruction set is asked for: kernels_for(default_isa()), unless the
+// environment variable LORAQ_KERNELS names another set (scalar, avx2, avx-vnni, avx512-vnni: for
+// benchmarks); one this CPU cannot run throws Error.
+const KernelSet& default_kernels();
 
 }  // namespace loraq::runtime

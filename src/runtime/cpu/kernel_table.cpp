@@ -1,4 +1,8 @@
 // Which kernel set runs for an instruction set.
+#include <cstdlib>
+#include <string>
+
+#include "loraq/error.hpp"
 #include "runtime/cpu/kernel_layout.hpp"
 
 namespace loraq::runtime {
@@ -26,6 +30,20 @@ std::vector<const KernelSet*> available_kernel_sets() {
   if (has_avx_vnni()) sets.push_back(&avx_vnni_kernels());
   if (has_avx512_vnni()) sets.push_back(&avx512_kernels());
   return sets;
+}
+
+const KernelSet& default_kernels() {
+  static const KernelSet& chosen = []() -> const KernelSet& {
+    const char* forced = std::getenv("LORAQ_KERNELS");
+    if (!forced || !*forced) return kernels_for(default_isa());
+    std::string names;
+    for (const KernelSet* set : available_kernel_sets()) {
+      if (forced == std::string(set->name)) return *set;
+      names += (names.empty() ? "" : ", ") + std::string(set->name);
+    }
+    throw Error("LORAQ_KERNELS=" + std::string(forced) + ": this CPU runs the kernel sets " + names);
+  }();
+  return chosen;
 }
 
 }  // namespace loraq::runtime

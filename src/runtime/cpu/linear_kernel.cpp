@@ -119,7 +119,7 @@ bool QuantizedLinearKernel::branch_is_integer() const { return impl_->int_branch
 
 std::string QuantizedLinearKernel::describe(const LinearKernelOptions& options) const {
   const Impl& k = *impl_;
-  const std::string isa(runtime::kernels_for(options.isa.value_or(default_isa())).name);
+  const std::string isa((options.isa ? runtime::kernels_for(*options.isa) : runtime::default_kernels()).name);
   auto part = [&](bool integer, Format w, std::optional<Format> a) {
     return (integer ? "integer " : "float ") + format_name(w) + " x " + format_name(a) + " (" +
            (integer ? isa : std::string("sgemm")) + ")";
@@ -220,7 +220,7 @@ void QuantizedLinearKernel::forward(std::span<const float> x, std::int64_t rows,
                 std::to_string(rows) + " x " + std::to_string(k.out));
   if (options.isa && !isa_available(*options.isa))
     throw Error(k.name + ": this CPU cannot run " + std::string(isa_name(*options.isa)) + " kernels");
-  const runtime::KernelSet& ks = runtime::kernels_for(options.isa.value_or(default_isa()));
+  const runtime::KernelSet& ks = options.isa ? runtime::kernels_for(*options.isa) : runtime::default_kernels();
   const int threads = options.threads > 0 ? options.threads : omp_get_max_threads();
   const bool with_branch = k.rank > 0 && !options.skip_branch;
   // Blocks of tokens; when there are too few to keep every thread busy, each block's panels are
