@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "runtime/cpu/kernel_layout.hpp"
+#include "runtime/cpu/token_dispatch.hpp"
 
 namespace {
 
@@ -29,7 +30,8 @@ inline __m256i broadcast4(const std::int8_t* p) {
 // within 2 x 15 x 127 = 3810, so the 8 groups of a chunk add up in int16 (at most 30480) before
 // one vpmaddwd widens them.
 template <int T>
-void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a, float* acc) {
+void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a,
+              float* acc) {
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 y[T];
@@ -49,7 +51,7 @@ void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunk
       for (int t = 0; t < T; ++t) {
         const std::int8_t* x = a.codes + t * a.code_stride + c * kChunk + 8 * v;
         const __m256i prod = _mm256_add_epi16(_mm256_maddubs_epi16(lo, broadcast4(x)),
-                                           _mm256_maddubs_epi16(hi, broadcast4(x + 4)));
+                                              _mm256_maddubs_epi16(hi, broadcast4(x + 4)));
         pairs[t] = _mm256_add_epi16(pairs[t], prod);
       }
     }
@@ -69,7 +71,8 @@ void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunk
 // 8-bit weights: |activation| x (weight with the activation's sign) keeps vpmaddubsw's pairs within
 // 2 x 127 x 127 = 32258; each group is widened to int32 at once.
 template <int T>
-void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a, float* acc) {
+void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a,
+              float* acc) {
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 y[T];
   #pragma GCC unroll 8
@@ -99,18 +102,15 @@ void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunk
   for (int t = 0; t < T; ++t) _mm256_storeu_ps(acc + t * kPanel, y[t]);
 }
 
-#define LORAQ_TOKEN_DISPATCH(NAME)                                                                          \
-  void NAME##_any(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a, int tokens, float* acc) { \
-    switch (tokens) {                                                                                       \
-      case 1: return NAME<1>(codes, scales, chunks, a, acc);                                                                 \
-      case 2: return NAME<2>(codes, scales, chunks, a, acc);                                                                 \
-      case 3: return NAME<3>(codes, scales, chunks, a, acc);                                                                 \
-      default: return NAME<4>(codes, scales, chunks, a, acc);                                                                \
-    }                                                                                                       \
-  }
-LORAQ_TOKEN_DISPATCH(panel_w4)
-LORAQ_TOKEN_DISPATCH(panel_w8)
-#undef LORAQ_TOKEN_DISPATCH
+void panel_w4_any(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a,
+                  int tokens, float* acc) {
+  with_tokens<4>(tokens, [&](auto t) { panel_w4<decltype(t)::value>(codes, scales, chunks, a, acc); });
+}
+
+void panel_w8_any(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a,
+                  int tokens, float* acc) {
+  with_tokens<4>(tokens, [&](auto t) { panel_w8<decltype(t)::value>(codes, scales, chunks, a, acc); });
+}
 
 // Two chains per token (even and odd j) over the tile's tokens: 8 independent fused multiply-adds
 // hide their latency; the up vector is loaded once for all tokens.

@@ -1,5 +1,5 @@
-// The integer kernels in plain C++: the reference the AVX2 kernels must match bit for bit (the same
-// exact int32 chunk sums, and the same fp32 operations in the same order).
+// The integer kernels in plain C++: the reference every vector kernel set must match bit for bit (the
+// same exact int32 chunk sums, and the same fp32 operations in the same order).
 #include <cmath>
 
 #include "runtime/cpu/kernel_layout.hpp"
@@ -7,7 +7,8 @@
 namespace loraq::runtime {
 namespace {
 
-void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a, int tokens, float* acc) {
+void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a, int tokens,
+              float* acc) {
   for (int t = 0; t < tokens; ++t) {
     for (int r = 0; r < kPanel; ++r) {
       float y = 0.0f;
@@ -27,7 +28,8 @@ void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunk
   }
 }
 
-void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a, int tokens, float* acc) {
+void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a, int tokens,
+              float* acc) {
   for (int t = 0; t < tokens; ++t) {
     for (int r = 0; r < kPanel; ++r) {
       float y = 0.0f;
