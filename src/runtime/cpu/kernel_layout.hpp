@@ -95,7 +95,7 @@ using EpilogueKernel = void (*)(const float* acc, const float* t_rows, std::int6
                                 std::int64_t up_stride, std::int64_t rank, const float* bias, int tokens, float* out);
 
 // The up-projection [out, rank] as the epilogues read it: groups of kMaxPanels panels, each group
-// [rank][kMaxPanels * kPanel] (zero rows past out), so panel p starts at up_rows_of(p) with
+// [rank][kMaxPanels * kPanel] (zero rows past out), so panel p starts at rows_of(p) with
 // up_stride = kMaxPanels * kPanel whatever the kernel set.
 struct UpProjection {
   std::int64_t rank = 0;

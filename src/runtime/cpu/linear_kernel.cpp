@@ -171,11 +171,13 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
         runtime::quantize_activations(*branch_activation, src, rows, in, a2);
         a = &a2;
       }
-      for_each_call(ks, 0, down.panels, rows, [&](const runtime::KernelSet& s, std::int64_t p, std::int64_t t0, int nt) {
+      for_each_call(ks, 0, down.panels, rows, [&](const runtime::KernelSet& s, std::int64_t p, std::int64_t t0,
+                                                  int nt) {
         float acc[runtime::kMaxTile * runtime::kMaxPanels * kPanel];
-        (down.bits == 4 ? s.w4 : s.w8)(down.panel_codes(p), down.panel_scales(p), down.chunks, runtime::tile_at(*a, t0), nt,
-                                      acc);
-        for (int t = 0; t < nt; ++t) std::copy_n(acc + t * s.rows(), s.rows(), t_rows.data() + (t0 + t) * ts + p * kPanel);
+        (down.bits == 4 ? s.w4 : s.w8)(down.panel_codes(p), down.panel_scales(p), down.chunks,
+                                      runtime::tile_at(*a, t0), nt, acc);
+        for (int t = 0; t < nt; ++t)
+          std::copy_n(acc + t * s.rows(), s.rows(), t_rows.data() + (t0 + t) * ts + p * kPanel);
       });
     } else {
       const float* q = int_residual || branch_activation != residual_activation ? float_input(branch_activation, xq2) : q1;
