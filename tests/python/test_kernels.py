@@ -165,3 +165,16 @@ def test_run_linear_command(tmp_path, loraq_bin):
                           str(tmp_path / "bad.npy")], capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "expected float32 [rows, 160]" in bad.stderr
     assert not pathlib.Path(tmp_path / "y2.npy").exists()
+
+    # LORAQ_KERNELS forces a kernel set: the scalar one gives the same bits; an unknown one is refused
+    # with the sets this CPU runs, and nothing is written.
+    import os
+    run = [loraq_bin, "run-linear", str(quantized), "--layer", "blocks.0.ff", "--input", str(tmp_path / "x.npy")]
+    scalar = subprocess.run(run + ["--output", str(tmp_path / "y_scalar.npy")], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "LORAQ_KERNELS": "scalar"})
+    assert scalar.returncode == 0 and "(scalar)" in scalar.stdout, scalar.stdout + scalar.stderr
+    assert np.array_equal(np.load(tmp_path / "y_scalar.npy"), np.load(tmp_path / "y.npy"))
+    bogus = subprocess.run(run + ["--output", str(tmp_path / "y_bogus.npy")], capture_output=True, text=True,
+                           timeout=60, env={**os.environ, "LORAQ_KERNELS": "avx9"})
+    assert bogus.returncode != 0 and "LORAQ_KERNELS=avx9" in bogus.stderr and "scalar" in bogus.stderr, bogus.stderr
+    assert not pathlib.Path(tmp_path / "y_bogus.npy").exists()
