@@ -96,7 +96,9 @@ Command add_run_linear_command(CLI::App& app) {
   cmd->add_option("--layer", o->layer, "Layer name (P.weight or P)")->required();
   cmd->add_option("--input", o->input, "X: float32 .npy, [rows, in_features] or [in_features]")->required();
   cmd->add_option("--output", o->output, "Write Y here as float32 .npy [rows, out_features]");
-  cmd->add_option("--isa", o->isa, "Kernel instruction set: scalar, avx2, avx512 (default: the best this CPU has)");
+  cmd->add_option("--isa", o->isa,
+                  "Kernel instruction set: scalar, avx2 (AVX-VNNI where the CPU has it), avx512 (AVX-512 VNNI where "
+                  "it has it; else as avx2). Default: the best this CPU has, or the set LORAQ_KERNELS names");
   cmd->add_option("--threads", o->threads, "Threads (0: all)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--repeat", o->repeat, "Run this many times and report the median time")->check(CLI::PositiveNumber);
   cmd->add_flag("--no-branch", o->no_branch, "Run the residual alone (the branch's cost is the difference)");
