@@ -10,7 +10,7 @@
 // reports (medians):
 //   x_sgemm        SGEMM time / this kernel's time (> 1: faster than fp32)
 //   branch_pct     (this time / residual-only time - 1) x 100
-// LORAQ_ISA=avx2 (or scalar) runs the other kernel sets; the label names the set that ran.
+// LORAQ_KERNELS=avx2 (avx-vnni, scalar) runs another kernel set; the label names the set that ran.
 #include <benchmark/benchmark.h>
 #include <omp.h>
 

@@ -1,6 +1,6 @@
 // The quantized linear kernels against the fake-quantized layer computed in float64, within the
-// bound of fp32 accumulation; the AVX-512 VNNI, AVX2 and scalar paths and every thread count bit for
-// bit; and, on a GPU, the CUDA kernels bit for bit against the CPU's integer path.
+// bound of fp32 accumulation; the kernel set of every --isa against the scalar one and every thread
+// count bit for bit; and, on a GPU, the CUDA kernels bit for bit against the CPU's integer path.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -203,7 +203,7 @@ TEST(LinearKernel, ExtremeCodesDoNotOverflowTheInt16Sums) {
 
 TEST(LinearKernel, EveryInstructionSetEqualsScalarBitForBit) {
   // Odd and even panel counts (the AVX-512 kernels take panels in pairs and hand an odd last one to
-  // the AVX2 kernels), token counts that leave partial tiles, odd and even ranks.
+  // the AVX2-width set), token counts that leave partial tiles, odd and even ranks.
   const Case cases[] = {
       {Format::sint4, Format::mxint8, Format::mxint8, Format::mxint8, 37, 43, 257, 86},
       {Format::mxint4, Format::sint4, Format::mxint4, Format::mxint8, 23, 72, 192, 62},
