@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -12,9 +13,11 @@ struct Shape {
   std::int64_t rows, cols;
 };
 
-// `model`: pixart_sigma, sana or flux (bench/shapes/<model>.txt).
+// `model`: pixart_sigma, sana or flux (bench/shapes/<model>.txt). The folder is the source tree's,
+// or $LORAQ_BENCH_SHAPES where the programs run elsewhere (scripts/device-check.sh).
 inline std::vector<Shape> load_shapes(const std::string& model = "pixart_sigma") {
-  std::ifstream in(std::string(LORAQ_BENCH_SHAPES) + "/" + model + ".txt");
+  const char* dir = std::getenv("LORAQ_BENCH_SHAPES");
+  std::ifstream in(std::string(dir && *dir ? dir : LORAQ_BENCH_SHAPES) + "/" + model + ".txt");
   std::vector<Shape> shapes;
   std::string line;
   while (std::getline(in, line)) {

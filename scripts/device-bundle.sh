@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build.sh
 programs=(build/tools/cli/loraq build/tools/cli/loraq-make-model build/tests/test_cuda build/tests/test_linear_kernel
-          build/bench/bench_cuda)
+          build/tests/test_kernel_sets build/bench/bench_cuda build/bench/bench_linear)
 rm -rf .device
 mkdir -p .device/stage/bin .device/stage/lib
 cp "${programs[@]}" .device/stage/bin/

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on a lent GPU machine (see scripts/device-bundle.sh): the CUDA tests (LoRaQ's loops, the codecs,
-# the linear kernels), the CUDA benchmark, and
+# the linear kernels), the CUDA benchmark, the CPU kernel sets on the host CPU, and
 # LoRaQ over every block linear of a generated PixArt-Sigma-shaped 0.6 B checkpoint on the GPU
 # (rank 128, 1000 Adam + 500 rotation steps), timed. Logs and the per-layer report go to $OUT
 # (the device tool's folder) or out/device-check.
@@ -13,6 +13,7 @@ rm -rf "$root" && mkdir -p "$root" && tar -C "$root" -xJf .device/bundle.tar.xz 
 cublas=$(find /usr/local/cuda* /usr/lib /opt -name 'libcublas.so.13' 2>/dev/null | head -1)
 export LD_LIBRARY_PATH="$root/lib:$(dirname "${cublas:-/usr/local/cuda/lib64/x}"):${LD_LIBRARY_PATH:-}"
 bin=$root/bin
+export LORAQ_BENCH_SHAPES=$PWD/bench/shapes  # the benchmarks' SANA and FLUX shapes (this copy of the tree)
 { nvidia-smi -L; nproc; } 2>&1 | tee "$out/machine.txt"
 "$bin/test_cuda" 2>&1 | tee "$out/test_cuda.log"
 "$bin/test_linear_kernel" --gtest_filter='*Cuda*' 2>&1 | tee -a "$out/test_cuda.log"
@@ -29,3 +30,10 @@ fi
 cp "$root/q-gpu/quantize_report.csv" "$out/" 2>/dev/null
 LORAQ_BIN="$bin/loraq" python3 -m pytest -q -rs tests/python/test_quantize_pipeline.py -k device 2>&1 |
   tee "$out/pytest_device.log"
+# Last, the CPU kernel sets on this host's CPU (another CPU than the development machine's): bit for
+# bit against the scalar set, then the kernel benchmark at M = 1024.
+{ grep -m1 'model name' /proc/cpuinfo; grep -o -w -E 'avx512_vnni|avx_vnni|avx512f' /proc/cpuinfo | sort -u; } 2>&1 |
+  tee "$out/cpu_kernels.log"
+"$bin/test_kernel_sets" 2>&1 | tee -a "$out/cpu_kernels.log"
+"$bin/test_linear_kernel" --gtest_filter='-*Cuda*' 2>&1 | tee -a "$out/cpu_kernels.log"
+"$bin/bench_linear" --benchmark_min_time=0.2 --benchmark_filter='M1024' 2>&1 | tee "$out/bench_linear.log"
