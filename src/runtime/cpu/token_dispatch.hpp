@@ -1,7 +1,7 @@
 // Calls a kernel template for the run-time token count of a tile: with_tokens<Max>(tokens, f) calls
 // f(std::integral_constant<int, T>{}) with T = tokens, or Max for tokens >= Max.
-// Included by the vector kernel files inside nothing but this anonymous namespace: internal
-// linkage, as src/core/simd/README.md requires of code compiled for an instruction set.
+// Included only by the kernel files; everything here is in an anonymous namespace (internal
+// linkage), as src/core/simd/README.md requires of code compiled for an instruction set.
 #pragma once
 
 #include <type_traits>
