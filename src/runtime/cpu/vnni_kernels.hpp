@@ -14,7 +14,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 
 #include "runtime/cpu/kernel_layout.hpp"
 #include "runtime/cpu/token_dispatch.hpp"
