@@ -120,6 +120,7 @@ void bm_kernel(benchmark::State& state, Shape s, std::int64_t m, Format act1, bo
 }  // namespace
 
 int main(int argc, char** argv) {
+  linalg::use_widest_blas_kernels(argv);  // the anchor is OpenBLAS at its best on this CPU
   linalg::set_blas_threads(omp_get_max_threads());
   for (const Shape& s : load_shapes()) {
     const std::string shape = std::to_string(s.rows) + "x" + std::to_string(s.cols);
@@ -137,6 +138,7 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("anchor", "OpenBLAS sgemm of the same layer, all threads, same run");
+  benchmark::AddCustomContext("openblas_kernels", linalg::running_blas_core());
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

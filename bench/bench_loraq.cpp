@@ -141,6 +141,7 @@ void bm_method_full(benchmark::State& state, loraq::Format q, Shape s) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  loraq::linalg::use_widest_blas_kernels(argv);  // the GEMMs at OpenBLAS's best on this CPU
   // OpenBLAS (its pthreads build, which linalg links) and libgomp keep separate thread pools. With
   // libgomp's default active wait, its idle threads spin through the GEMMs that follow each parallel
   // loop and take the cores from OpenBLAS's workers (measured at 4608 x 1152 on 2 cores: each GEMM
@@ -174,6 +175,7 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("threads", std::to_string(omp_get_max_threads()) + " (OpenMP and BLAS)");
   const char* policy = std::getenv("OMP_WAIT_POLICY");
   benchmark::AddCustomContext("OMP_WAIT_POLICY", policy ? policy : "(libgomp default)");
+  benchmark::AddCustomContext("openblas_kernels", loraq::linalg::running_blas_core());
   benchmark::AddCustomContext(
       "rank", std::to_string(kRank) + ", Q2 = Q1, weights with DiT statistics (tests/cpp/dit_weights.hpp)");
   benchmark::RunSpecifiedBenchmarks();

@@ -167,6 +167,7 @@ void bm_sgemm(benchmark::State& state, Shape s, std::int64_t width) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  loraq::linalg::use_widest_blas_kernels(argv);  // the anchor is OpenBLAS at its best on this CPU
   const int max_threads = omp_get_max_threads();
   const std::vector<std::int64_t> thread_counts =
       max_threads > 1 ? std::vector<std::int64_t>{1, max_threads} : std::vector<std::int64_t>{1};
@@ -215,6 +216,7 @@ int main(int argc, char** argv) {
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("anchor", "sgemm [rows, cols] x [cols, 138] on the same threads, same run");
   benchmark::AddCustomContext("full_svd", "LAPACK sgesdd, one thread (OpenBLAS held serial)");
+  benchmark::AddCustomContext("openblas_kernels", loraq::linalg::running_blas_core());
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 namespace loraq::linalg {
@@ -72,5 +73,21 @@ Svd truncated_svd(std::span<const float> a, std::int64_t rows, std::int64_t cols
 // Throws Error when threads < 1.
 void set_blas_threads(int threads);
 int blas_threads();  // the count this thread's calls use
+
+// OpenBLAS's kernels. Its DYNAMIC_ARCH builds (Debian's) choose them once, when the library loads,
+// from the CPU model; a CPU newer than the library gets its SSE3 "Prescott" kernels, several times
+// slower (blas_core.cpp). running_blas_core(): the kernels chosen (openblas_get_corename(), e.g.
+// "Prescott", "Haswell", "SkylakeX"). wanted_blas_core(): "" when the environment variable
+// OPENBLAS_CORETYPE is set (that choice stands) or the CPU has neither AVX2 nor AVX-512, else the
+// widest kernels this CPU runs: "SkylakeX" (AVX-512) or "Haswell" (AVX2 + FMA). loraq/__init__.py
+// applies the same rule before the Python module loads OpenBLAS, so that the command and the Python
+// package compute with the same kernels, hence the same bits.
+std::string running_blas_core();
+std::string wanted_blas_core();
+// For a program's main(), first thing: when the wanted kernels are not the running ones, sets
+// OPENBLAS_CORETYPE and re-executes the program in place (/proc/self/exe, the same arguments and
+// process id). Returns when there is nothing to do, or when the exec fails (the program then runs
+// on the kernels already loaded).
+void use_widest_blas_kernels(char** argv);
 
 }  // namespace loraq::linalg

@@ -15,7 +15,10 @@ loraq.LinearKernel runs a quantized layer on the CPU kernels (integer dot produc
 codes). With PyTorch: loraq.torch (QuantizedLinear, quantize_module, load_quantized) and loraq.capture
 (capture_activations, save_activations); `import loraq` does not import them (docs/python.md).
 """
-from ._core import Error, LinearKernel, PackedMatrix, QuantizedWeight, __version__
+from ._blas import choose_openblas_kernels
+
+choose_openblas_kernels()  # before _core loads OpenBLAS, which reads the choice once
+from ._core import Error, LinearKernel, PackedMatrix, QuantizedWeight, __version__, openblas_kernels  # noqa: E402
 from .checkpoint import evaluate, export_dequantized, load_recipe, quantize_model
 from .formats import fake_quant, format_info, formats, pack, unpack
 from .methods import method_info, methods, quantize_weight
@@ -34,6 +37,7 @@ __all__ = [
     "load_recipe",
     "method_info",
     "methods",
+    "openblas_kernels",
     "pack",
     "quantize_model",
     "quantize_weight",

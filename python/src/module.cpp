@@ -2,8 +2,11 @@
 #include <cmath>
 #include <string>
 
+#include <nanobind/stl/string.h>
+
 #include "bindings.hpp"
 #include "loraq/error.hpp"
+#include "loraq/linalg.hpp"
 
 namespace loraq::python {
 
@@ -50,4 +53,7 @@ NB_MODULE(_core, m) {
   loraq::python::register_checkpoint(m);
   loraq::python::register_recipes(m);
   loraq::python::register_kernels(m);
+  m.def("openblas_kernels", &loraq::linalg::running_blas_core,
+        "The OpenBLAS kernels this process runs (openblas_get_corename(), e.g. 'SkylakeX'). loraq asks for the "
+        "widest ones the CPU runs unless OPENBLAS_CORETYPE is set (loraq._blas).");
 }

@@ -6,10 +6,14 @@
 
 #include "commands.hpp"
 #include "loraq/error.hpp"
+#include "loraq/linalg.hpp"
 
 int main(int argc, char** argv) {
+  // OpenBLAS picks its kernels when it loads; on a CPU newer than it, the slow generic ones.
+  loraq::linalg::use_widest_blas_kernels(argv);
   CLI::App app{"loraq: data-free low-rank + quantization of transformer weights (LoRaQ, SVDQuant, MX formats)"};
-  app.set_version_flag("--version", std::string("loraq ") + LORAQ_VERSION);
+  app.set_version_flag("--version", std::string("loraq ") + LORAQ_VERSION + " (OpenBLAS kernels: " +
+                                        loraq::linalg::running_blas_core() + ")");
   app.require_subcommand(1);
   const std::vector<loraq::cli::Command> commands = {
       loraq::cli::add_formats_command(app),

@@ -5,13 +5,16 @@
 // Within a panel, each 32-value chunk of the reduction dimension is stored as:
 //   4-bit weights (128 bytes): vector v = 0..3 of 32 bytes; byte 4 * row + j holds, in its low nibble,
 //     code(row, 32c + 8v + j) + 8 and, in its high nibble, code(row, 32c + 8v + 4 + j) + 8. The +8
-//     makes the nibbles unsigned (vpmaddubsw multiplies unsigned by signed bytes); the kernel
-//     subtracts 8 x (sum of the chunk's activation codes) to undo it.
+//     makes the nibbles unsigned (vpmaddubsw and vpdpbusd multiply unsigned by signed bytes); the
+//     kernels add -8 x (sum of the chunk's activation codes) to undo it.
 //   8-bit weights (256 bytes): vector g = 0..7; byte 4 * row + j holds code(row, 32c + 4g + j).
 // Scales: one fp32 per (chunk, row), the block's scale times the element's unit (1/64 for mxint8,
 // 1/4 for mxint4, 1 for sint4 and int8_channel), so that value = code x scale exactly.
-// Activations: per token, int8 codes padded to whole chunks, one fp32 scale and 8 x (sum of codes)
-// per chunk.
+// Activations: per token, int8 codes padded to whole chunks, and per chunk one fp32 scale and the
+// two offsets that undo the weights' unsigned storage: -8 x (sum of codes) for 4-bit weights,
+// -128 x (sum of codes) for 8-bit ones the VNNI kernels store with their top bit flipped. The VNNI
+// kernels start each chunk's int32 sums at the offset, a broadcast from memory (a load, no vector
+// ALU work), instead of subtracting it per token and chunk.
 #pragma once
 
 #include <cstdint>
@@ -56,7 +59,8 @@ struct ActivationRows {
   std::int64_t rows = 0, chunks = 0;
   std::vector<std::int8_t> codes;    // rows x chunks * kChunk, zero past the last column
   std::vector<float> scales;         // rows x chunks
-  std::vector<std::int32_t> sums8;   // rows x chunks: 8 x the sum of the chunk's codes
+  std::vector<std::int32_t> offset4;  // rows x chunks: -8 x the sum of the chunk's codes
+  std::vector<std::int32_t> offset8;  // rows x chunks: -128 x the sum of the chunk's codes
 };
 
 // Quantizes x [rows, cols] to `format` with the library's codec (so the codes are those of
@@ -67,14 +71,16 @@ void quantize_activations(Format format, const float* x, std::int64_t rows, std:
 struct ActivationTile {
   const std::int8_t* codes;  // first token's codes; token t at codes + t * code_stride
   const float* scales;       // first token's chunk scales; token t at + t * chunk_stride
-  const std::int32_t* sums8;
+  const std::int32_t* offset4;  // token t's chunk offsets at + t * chunk_stride
+  const std::int32_t* offset8;
   std::int64_t code_stride, chunk_stride;
 };
 
 // The tile of `rows` starting at token t0.
 inline ActivationTile tile_at(const ActivationRows& rows, std::int64_t t0) {
   return {rows.codes.data() + t0 * rows.chunks * kChunk, rows.scales.data() + t0 * rows.chunks,
-          rows.sums8.data() + t0 * rows.chunks, rows.chunks * kChunk, rows.chunks};
+          rows.offset4.data() + t0 * rows.chunks, rows.offset8.data() + t0 * rows.chunks, rows.chunks * kChunk,
+          rows.chunks};
 }
 
 // A kernel set computes `panels` consecutive panels (rows = panels x kPanel output rows) for up to

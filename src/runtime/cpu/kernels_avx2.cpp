@@ -58,8 +58,8 @@ void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunk
     const __m256 row_scales = _mm256_loadu_ps(scales + c * kPanel);
     #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
-      const __m256i sum = _mm256_sub_epi32(_mm256_madd_epi16(pairs[t], ones),
-                                           _mm256_set1_epi32(a.sums8[t * a.chunk_stride + c]));
+      const __m256i sum = _mm256_add_epi32(_mm256_madd_epi16(pairs[t], ones),
+                                           _mm256_set1_epi32(a.offset4[t * a.chunk_stride + c]));
       const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(a.scales[t * a.chunk_stride + c]), row_scales);
       y[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, y[t]);
     }

@@ -30,7 +30,6 @@ struct Avx512Vnni {
   static F load_scales(const float* first, std::int64_t stride) {
     return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(first)), _mm256_loadu_ps(first + stride), 1);
   }
-  static I zero_i() { return _mm512_setzero_si512(); }
   static F zero_f() { return _mm512_setzero_ps(); }
   static I set1_b(std::int8_t v) { return _mm512_set1_epi8(v); }
   static I set1_i(std::int32_t v) { return _mm512_set1_epi32(v); }
@@ -38,7 +37,6 @@ struct Avx512Vnni {
   static I and_(I a, I b) { return _mm512_and_si512(a, b); }
   static I xor_(I a, I b) { return _mm512_xor_si512(a, b); }
   static I srl4(I a) { return _mm512_srli_epi16(a, 4); }
-  static I sub(I a, I b) { return _mm512_sub_epi32(a, b); }
   // acc + unsigned bytes of w x the 4 signed bytes at x, broadcast to every lane.
   static I dpbusd(I acc, I w, const std::int8_t* x) {
     std::int32_t v;

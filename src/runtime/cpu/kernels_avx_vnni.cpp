@@ -23,7 +23,6 @@ struct AvxVnni {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   }
   static F load_scales(const float* p, std::int64_t /*one panel*/) { return _mm256_loadu_ps(p); }
-  static I zero_i() { return _mm256_setzero_si256(); }
   static F zero_f() { return _mm256_setzero_ps(); }
   static I set1_b(std::int8_t v) { return _mm256_set1_epi8(v); }
   static I set1_i(std::int32_t v) { return _mm256_set1_epi32(v); }
@@ -31,7 +30,6 @@ struct AvxVnni {
   static I and_(I a, I b) { return _mm256_and_si256(a, b); }
   static I xor_(I a, I b) { return _mm256_xor_si256(a, b); }
   static I srl4(I a) { return _mm256_srli_epi16(a, 4); }
-  static I sub(I a, I b) { return _mm256_sub_epi32(a, b); }
   // acc + unsigned bytes of w x the 4 signed bytes at x, broadcast to every lane.
   static I dpbusd(I acc, I w, const std::int8_t* x) {
     std::int32_t v;

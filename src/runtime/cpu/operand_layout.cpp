@@ -173,7 +173,8 @@ void quantize_activations(Format format, const float* x, std::int64_t rows, std:
   out.chunks = (cols + kChunk - 1) / kChunk;
   out.codes.resize(std::size_t(rows * out.chunks * kChunk));
   out.scales.resize(std::size_t(rows * out.chunks));
-  out.sums8.resize(std::size_t(rows * out.chunks));
+  out.offset4.resize(std::size_t(rows * out.chunks));
+  out.offset8.resize(std::size_t(rows * out.chunks));
   detail::RowPacker packer(format, cols, one_thread);
   RowDecoder decoder(format, cols);
   thread_local std::vector<std::uint8_t> row_codes, row_scales;  // one row in pack()'s layout
@@ -186,7 +187,8 @@ void quantize_activations(Format format, const float* x, std::int64_t rows, std:
     for (std::int64_t c = 0; c < out.chunks; ++c) {
       int sum = 0;
       for (int j = 0; j < kChunk; ++j) sum += codes[c * kChunk + j];
-      out.sums8[std::size_t(row * out.chunks + c)] = 8 * sum;
+      out.offset4[std::size_t(row * out.chunks + c)] = -8 * sum;
+      out.offset8[std::size_t(row * out.chunks + c)] = -128 * sum;
     }
   }
 }

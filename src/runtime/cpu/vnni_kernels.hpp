@@ -2,12 +2,14 @@
 // AvxVnni in kernels_avx_vnni.cpp). One call covers V::rows output rows (one int32 lane each) for up
 // to V::tile tokens. vpdpbusd multiplies unsigned by signed bytes and adds each group of 4 products
 // into its row's lane, with the token's 4 activation codes broadcast:
-//   4-bit weights are stored +8 (unsigned nibbles): the sum is off by 8 x (sum of the codes),
-//     which the activation rows carry (sums8);
+//   4-bit weights are stored +8 (unsigned nibbles): the sum is off by 8 x (sum of the codes);
 //   8-bit weights are signed: flipping their top bit makes them unsigned (w + 128), and the sum is
-//     off by 128 x (sum of the codes) = 16 x sums8.
-// Either way the per-chunk int32 sum is exact, so each goes into the fp32 accumulator with the same
-// fused multiply-add as the scalar kernels: every set gives the same bits.
+//     off by 128 x (sum of the codes).
+// The activation rows carry minus those offsets per token and chunk (offset4, offset8), and each
+// chunk's sums start from them: a broadcast load instead of a subtraction per token and chunk, which
+// would compete with vpdpbusd for a vector port (Intel runs 512-bit vpdpbusd on port 0 only). Either
+// way the per-chunk int32 sum is exact, so each goes into the fp32 accumulator with the same fused
+// multiply-add as the scalar kernels: every set gives the same bits.
 //
 // Included only by those two files, after their V: nothing here may have external linkage
 // (src/core/simd/README.md, "Linkage rule").
@@ -20,23 +22,22 @@
 
 namespace {
 
-// The chunk's int32 sums minus their offset (sums8 << offset_shift), scaled into y.
+// The chunk's exact int32 sums, scaled into y.
 template <class V, int T>
 inline void add_chunk(const typename V::I (&sums)[T], const loraq::runtime::ActivationTile& a, std::int64_t c,
-                      int offset_shift, const typename V::F row_scales, typename V::F (&y)[T]) {
+                      const typename V::F row_scales, typename V::F (&y)[T]) {
   #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) {
-    const typename V::I sum = V::sub(sums[t], V::set1_i(a.sums8[t * a.chunk_stride + c] << offset_shift));
     const typename V::F scale = V::mul(V::set1_f(a.scales[t * a.chunk_stride + c]), row_scales);
-    y[t] = V::fma(V::cvt(sum), scale, y[t]);
+    y[t] = V::fma(V::cvt(sums[t]), scale, y[t]);
   }
 }
 
-// `body(c, sums)` adds chunk c's products into sums (one per token); the rest is the same for both
-// weight widths.
+// `body(c, sums)` adds chunk c's products into sums (one per token), which start at the chunk's
+// offsets (a.offset4 or a.offset8); the rest is the same for both weight widths.
 template <class V, int T, class Body>
 inline void panel_loop(const float* scales, std::int64_t chunks, const loraq::runtime::ActivationTile& a,
-                       int offset_shift, float* acc, Body&& body) {
+                       const std::int32_t* offsets, float* acc, Body&& body) {
   using loraq::runtime::kPanel;
   typename V::F y[T];
   #pragma GCC unroll 8
@@ -44,9 +45,9 @@ inline void panel_loop(const float* scales, std::int64_t chunks, const loraq::ru
   for (std::int64_t c = 0; c < chunks; ++c) {
     typename V::I sums[T];
     #pragma GCC unroll 8
-    for (int t = 0; t < T; ++t) sums[t] = V::zero_i();
+    for (int t = 0; t < T; ++t) sums[t] = V::set1_i(offsets[t * a.chunk_stride + c]);
     body(c, sums);
-    add_chunk<V, T>(sums, a, c, offset_shift, V::load_scales(scales + c * kPanel, chunks * kPanel), y);
+    add_chunk<V, T>(sums, a, c, V::load_scales(scales + c * kPanel, chunks * kPanel), y);
   }
   #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) V::store(acc + t * V::rows, y[t]);
@@ -57,7 +58,7 @@ void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunk
               const loraq::runtime::ActivationTile& a, float* acc) {
   using loraq::runtime::kChunk;
   const typename V::I low4 = V::set1_b(0x0F);
-  panel_loop<V, T>(scales, chunks, a, 0, acc, [&](std::int64_t c, typename V::I(&sums)[T]) {
+  panel_loop<V, T>(scales, chunks, a, a.offset4, acc, [&](std::int64_t c, typename V::I(&sums)[T]) {
     #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) {
       const typename V::I k = V::load_codes(codes + c * 128 + v * 32, chunks * 128);
@@ -77,7 +78,7 @@ void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunk
               const loraq::runtime::ActivationTile& a, float* acc) {
   using loraq::runtime::kChunk;
   const typename V::I top_bit = V::set1_b(std::int8_t(0x80));
-  panel_loop<V, T>(scales, chunks, a, 4, acc, [&](std::int64_t c, typename V::I(&sums)[T]) {
+  panel_loop<V, T>(scales, chunks, a, a.offset8, acc, [&](std::int64_t c, typename V::I(&sums)[T]) {
     #pragma GCC unroll 8
     for (int g = 0; g < 8; ++g) {
       const typename V::I k = V::xor_(V::load_codes(codes + c * 256 + g * 32, chunks * 256), top_bit);
