@@ -100,6 +100,51 @@ TEST(SimdLargeOutputs, StreamedStoresMatchReference) {
   }
 }
 
+// sint4's vector path multiplies by the step's reciprocal and sends blocks with a value near a tie to
+// the dividing path (codec_kernels.hpp, sint4_block_by_reciprocal). Blocks here have a known step s
+// (amax = 7 s, s an fp16 value, so the step is s exactly) and values at (k + 1/2) s and 1 to 3 ulps on
+// either side, where the quotient the reference rounds can land on the tie itself; other blocks are
+// ordinary values with a single near-tie among them, and the rest are ordinary (the fast path).
+TEST(SimdSint4, TiesAndNearTiesMatchReference) {
+  std::mt19937 rng(2026);
+  const std::int64_t rows = 64, cols = 1152;
+  std::vector<float> x(std::size_t(rows * cols));
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (std::int64_t block = 0; block < rows * cols / 64; ++block) {
+    float* b = x.data() + block * 64;
+    const float s = std::ldexp(1.0f + float(rng() % 1024) / 1024.0f, int(rng() % 30) - 20);  // fp16-exact
+    const int kind = int(block % 3);
+    for (int i = 0; i < 64; ++i) {
+      if (kind == 2) {
+        b[i] = normal(rng) * s * 2.5f;
+        continue;
+      }
+      const float tie = (float(int(rng() % 15) - 7) + 0.5f) * s;
+      float v = tie;
+      for (int ulps = int(rng() % 7) - 3; ulps != 0; ulps += ulps > 0 ? -1 : 1)
+        v = std::nextafter(v, ulps > 0 ? INFINITY : -INFINITY);
+      b[i] = kind == 0 || i == 17 ? v : normal(rng) * s * 2.5f;
+    }
+    if (kind != 2) b[int(rng() % 64)] = (rng() % 2 ? 7.0f : -7.0f) * s;  // the block's amax
+  }
+  for (Isa isa : {Isa::avx2, Isa::avx512}) {
+    if (!isa_available(isa)) continue;
+    for (Rounding mode : {Rounding::nearest_even, Rounding::nearest_away}) {
+      std::vector<float> want(x.size()), got(x.size());
+      fake_quantize(Format::sint4, x, want, rows, cols, {mode, Isa::scalar, 1});
+      fake_quantize(Format::sint4, x, got, rows, cols, {mode, isa, 2});
+      for (std::size_t i = 0; i < x.size(); ++i)
+        ASSERT_EQ(std::bit_cast<std::uint32_t>(got[i]), std::bit_cast<std::uint32_t>(want[i]))
+            << isa_name(isa) << (mode == Rounding::nearest_away ? " ties-away" : " ties-even") << " index " << i
+            << " x = " << x[i];
+      const PackedMatrix pw = pack(Format::sint4, x, rows, cols, {mode, Isa::scalar, 1});
+      const PackedMatrix pg = pack(Format::sint4, x, rows, cols, {mode, isa, 2});
+      ASSERT_EQ(pg.codes, pw.codes) << isa_name(isa);
+      ASSERT_EQ(pg.scales, pw.scales) << isa_name(isa);
+    }
+  }
+}
+
 // The vectorized 16-bit casts against the reference over a sweep of every 997th float bit pattern
 // (4.3 million values: every binade, subnormals, NaN payloads and both signs) plus the edges where
 // rounding reaches the largest finite value (fp16 65504 / 65520, bf16 0x7F7F7FFF / 0x7F7F8000).

@@ -429,6 +429,46 @@ FastScale fast_scale(std::int32_t amax_bits, float tensor_scale) {
   }
 }
 
+// sint4's elements without a division. The reference divides each value by the block's step and
+// rounds the fp32 quotient q to an integer; vdivps is the slowest instruction of that loop (several
+// times the cost of a multiply). Here t = x * (1 / step) stands in for q: t is within 2^-18 of q
+// (two roundings, each within 2^-24 relative, and |q| < 16, which the first test below ensures: it
+// fails only where the fp16 step saturated, for amax beyond 7 x 65504). So wherever t lies farther than kTieGuard = 2^-16 from
+// every half-integer, q and t round to the same integer, in either rounding mode (they differ only at
+// ties). A block with any value that close to a tie returns false and takes the dividing path, so
+// the bits are the reference's (tests/cpp/test_simd.cpp draws exact and near ties on purpose).
+constexpr float kTieGuard = 1.0f / 65536.0f;
+
+template <class V, bool Pack, int K>
+bool sint4_block_by_reciprocal(const float* in, float amax, float step, float* out, typename V::I (&c)[K],
+                               bool stream) {
+  using F = typename V::F;
+  using I = typename V::I;
+  const float reciprocal = 1.0f / step;
+  if (!(amax * reciprocal < 15.0f)) return false;
+  const F inv = V::set_f(reciprocal);
+  F t[K];
+  typename V::M near_tie = V::no_lanes();
+  for (int k = 0; k < K; ++k) {
+    t[k] = V::mul(V::load(in + k * V::W), inv);
+    near_tie = V::or_m(near_tie, V::off_integer(t[k], V::set_f(0.5f - kTieGuard)));
+  }
+  if (V::any(near_tie)) return false;
+  const F step_v = V::set_f(step);
+  for (int k = 0; k < K; ++k) {
+    // Saturation as the reference's: |q| beyond 7 gives +-7 (7.5 itself is a tie, never here).
+    const I q = V::min_i(V::max_i(V::cvt_nearest(t[k]), V::set_i(-7)), V::set_i(7));
+    if constexpr (Pack) {
+      c[k] = V::and_i(q, V::set_i(0xF));  // two's complement nibble
+    } else {
+      const F v = V::mul(V::cvt(q), step_v);  // code 0 gives +0, as decoding it does
+      if (stream) V::stream(out + k * V::W, v);
+      else V::store(out + k * V::W, v);
+    }
+  }
+  return true;
+}
+
 template <Format Fmt>
 constexpr int block_for() {
   return Fmt == Format::sint4 ? 64 : Fmt == Format::nvfp4 ? 16 : 32;
@@ -462,7 +502,11 @@ void fast_block_row(const float* in, float* out, std::int64_t cols, float tensor
     }
     const F to_grid = V::set_f(s.to_grid), scale = V::set_f(s.scale);
     I c[K];
-    for (int k = 0; k < K; ++k) {
+    bool done = false;
+    if constexpr (Fmt == Format::sint4)
+      done = sint4_block_by_reciprocal<V, Pack, K>(in + start, __builtin_bit_cast(float, amax_bits), s.to_grid,
+                                                   Pack ? nullptr : out + start, c, stream);
+    for (int k = 0; k < K && !done; ++k) {
       const F x = V::load(in + start + k * V::W);
       const F t = divide ? V::div(x, to_grid) : V::mul(x, to_grid);
       const I sign = V::and_i(V::bits(t), sign_mask);

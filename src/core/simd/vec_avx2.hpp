@@ -59,6 +59,18 @@ struct VecAvx2 {
 
   static I cvtt(F a) { return _mm256_cvttps_epi32(a); }
   static F cvt(I a) { return _mm256_cvtepi32_ps(a); }
+  // MXCSR's rounding: to nearest even, which the codecs' magic sums assume as well.
+  static I cvt_nearest(F a) { return _mm256_cvtps_epi32(a); }
+  static I min_i(I a, I b) { return _mm256_min_epi32(a, b); }
+
+  // Lanes whose distance to the nearest integer exceeds `limit`.
+  static M off_integer(F a, F limit) {
+    const F frac = sub(a, _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    return _mm256_castps_si256(_mm256_cmp_ps(flt(and_i(bits(frac), set_i(0x7FFFFFFF))), limit, _CMP_GT_OQ));
+  }
+  static M no_lanes() { return _mm256_setzero_si256(); }
+  static M or_m(M a, M b) { return _mm256_or_si256(a, b); }
+  static bool any(M m) { return !_mm256_testz_si256(m, m); }
 
   static std::int32_t hmax_i(I a) {
     __m128i m = _mm_max_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
