@@ -92,7 +92,7 @@ void fake_quantize(Format f, std::span<const float> in, std::span<float> out, st
   {
     std::vector<std::uint32_t> codes, scales;  // scratch of the scalar path, one per thread
     if (!kernels) codes.resize(std::size_t(detail::padded_cols(f, cols))), scales.resize(std::size_t(blocks + 1));
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
     for (std::int64_t r = 0; r < rows; ++r) {
       const float* src = in.data() + r * cols;
       float* dst = out.data() + r * cols;
@@ -103,6 +103,7 @@ void fake_quantize(Format f, std::span<const float> in, std::span<float> out, st
         detail::reference_decode_row(f, codes.data(), scales.data(), tensor_scale, cols, dst);
       }
     }
+    if (kernels && stream) kernels->stream_fence();  // before the region's closing barrier
   }
 }
 

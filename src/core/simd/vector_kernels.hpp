@@ -14,9 +14,11 @@ namespace loraq::detail {
 struct VectorKernels {
   bool (*supports)(Format f);
   // out = fake-quantized row (may alias in). stream: write with non-temporal stores (large outputs
-  // that will not be read back from cache soon); used only where out is vector-aligned.
+  // that will not be read back from cache soon); used only where out is vector-aligned. A thread
+  // that streamed calls stream_fence once after its last row, before other threads read its rows.
   void (*fake_quantize_row)(Format f, const float* in, float* out, std::int64_t cols, float tensor_scale,
                             Rounding rounding, bool stream);
+  void (*stream_fence)();
   // Packed codes (packed_row_bytes) and scale bytes (blocks_per_row * scale_bytes) of one row.
   void (*pack_row)(Format f, const float* in, std::int64_t cols, float tensor_scale, Rounding rounding,
                    std::uint8_t* codes, std::uint8_t* scales);
