@@ -530,8 +530,9 @@ void fast_block_row(const float* in, float* out, std::int64_t cols, float tensor
       for (int i = 0; i < scale_width; ++i) scales[b * scale_width + i] = std::uint8_t(s.code >> (8 * i));
     }
   };
-  // Two blocks at a time: their scale computations (a serial chain of
-  // scalar operations each) run side by side, and overlap with the vector work.
+  // Four blocks at a time: their scale computations (a serial chain of scalar operations each,
+  // after a horizontal maximum) run side by side, and overlap with the vector work. Four against
+  // two: sint4 17% and mxfp4 pack 10% faster in cache (Emerald Rapids, one thread); eight: no better.
   constexpr int group = 4;
   std::int64_t start = 0, b = 0;
   for (; start + group * B <= whole; start += group * B, b += group) {
