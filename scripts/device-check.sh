@@ -15,25 +15,29 @@ export LD_LIBRARY_PATH="$root/lib:$(dirname "${cublas:-/usr/local/cuda/lib64/x}"
 bin=$root/bin
 export LORAQ_BENCH_SHAPES=$PWD/bench/shapes  # the benchmarks' SANA and FLUX shapes (this copy of the tree)
 { nvidia-smi -L; nproc; } 2>&1 | tee "$out/machine.txt"
-"$bin/test_cuda" 2>&1 | tee "$out/test_cuda.log"
-"$bin/test_linear_kernel" --gtest_filter='*Cuda*' 2>&1 | tee -a "$out/test_cuda.log"
-"$bin/bench_cuda" 2>&1 | tee "$out/bench_cuda.log"
-"$bin/loraq-make-model" -o "$root/pixart" --hidden 1152 --blocks 28 >/dev/null
+# Each step has its own time limit, most important first, so that a slow or hung step costs only its
+# own share of the device call and what ran before it still comes back.
+step() { local limit=$1; shift; timeout --kill-after=5 "$limit" "$@"; local rc=$?; echo "[step exit $rc: $*]"; }
+step 100 "$bin/test_cuda" 2>&1 | tee "$out/test_cuda.log"
+step 60 "$bin/test_linear_kernel" --gtest_filter='*Cuda*' 2>&1 | tee -a "$out/test_cuda.log"
+step 120 "$bin/bench_cuda" --benchmark_out="$out/bench_cuda.json" --benchmark_out_format=json 2>&1 |
+  tee "$out/bench_cuda.log"
+step 60 "$bin/loraq-make-model" -o "$root/pixart" --hidden 1152 --blocks 28 >/dev/null
 start=$(date +%s%N)
-"$bin/loraq" quantize "$root/pixart" --recipe recipes/loraq-sint4-r128.yaml -o "$root/q-gpu" --device cuda \
+step 150 "$bin/loraq" quantize "$root/pixart" --recipe recipes/loraq-sint4-r128.yaml -o "$root/q-gpu" --device cuda \
   --no-progress 2>&1 | tee "$out/quantize_gpu.log"
-if [ "${PIPESTATUS[0]}" -eq 0 ]; then
+if [ -f "$root/q-gpu/quantize_report.csv" ]; then
   echo "whole model on the GPU: $(( ($(date +%s%N) - start) / 1000000 )) ms" | tee -a "$out/quantize_gpu.log"
 else
-  echo "whole model on the GPU: FAILED" | tee -a "$out/quantize_gpu.log"
+  echo "whole model on the GPU: FAILED or cut off" | tee -a "$out/quantize_gpu.log"
 fi
 cp "$root/q-gpu/quantize_report.csv" "$out/" 2>/dev/null
-LORAQ_BIN="$bin/loraq" python3 -m pytest -q -rs tests/python/test_quantize_pipeline.py -k device 2>&1 |
+LORAQ_BIN="$bin/loraq" step 60 python3 -m pytest -q -rs tests/python/test_quantize_pipeline.py -k device 2>&1 |
   tee "$out/pytest_device.log"
 # Last, the CPU kernel sets on this host's CPU (another CPU than the development machine's): bit for
 # bit against the scalar set, then the kernel benchmark at M = 1024.
 { grep -m1 'model name' /proc/cpuinfo; grep -o -w -E 'avx512_vnni|avx_vnni|avx512f' /proc/cpuinfo | sort -u; } 2>&1 |
   tee "$out/cpu_kernels.log"
-"$bin/test_kernel_sets" 2>&1 | tee -a "$out/cpu_kernels.log"
-"$bin/test_linear_kernel" --gtest_filter='-*Cuda*' 2>&1 | tee -a "$out/cpu_kernels.log"
-"$bin/bench_linear" --benchmark_min_time=0.2 --benchmark_filter='M1024' 2>&1 | tee "$out/bench_linear.log"
+step 30 "$bin/test_kernel_sets" 2>&1 | tee -a "$out/cpu_kernels.log"
+step 60 "$bin/test_linear_kernel" --gtest_filter='-*Cuda*' 2>&1 | tee -a "$out/cpu_kernels.log"
+step 60 "$bin/bench_linear" --benchmark_min_time=0.2 --benchmark_filter='M1024' 2>&1 | tee "$out/bench_linear.log"

@@ -90,8 +90,10 @@ __global__ void cayley_system_kernel(const double* w, const double* omega, const
   const std::int64_t k = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (k >= n * n) return;
   const std::int64_t i = k / n, j = k % n;  // row-major (i, j)
-  a[i + j * n] = (i == j ? 1.0 : 0.0) - h * w[k];
-  rhs[i + j * n] = omega[k] + h * wo[k];
+  // Rounded products and sums, as the CPU's (built without contraction) computes them: nvcc would
+  // otherwise fuse each into one fused multiply-add.
+  a[i + j * n] = __dsub_rn(i == j ? 1.0 : 0.0, __dmul_rn(h, w[k]));
+  rhs[i + j * n] = __dadd_rn(omega[k], __dmul_rn(h, wo[k]));
 }
 
 __global__ void from_column_major_kernel(const double* cm, double* rm, std::int64_t n) {

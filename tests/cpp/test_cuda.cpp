@@ -129,7 +129,8 @@ TEST(Cuda, AdamStepMatchesCpu) {
     ASSERT_EQ(std::bit_cast<std::uint32_t>(x_gpu[i]), std::bit_cast<std::uint32_t>(x_cpu[i])) << "i " << i;
 }
 
-// The whole method on the GPU against the CPU: the same start (same objective to 1e-5), the same
+// The whole method on the GPU against the CPU: the same start (same objective to 1e-5 without
+// straight-through, 2% with it), the same
 // descent (best objectives within 2%), the same layer quality (relative error within 2%), and the
 // same bytes from two GPU runs. Rank 86 and 400 columns: partial blocks in every factor.
 TEST(Cuda, LoraqOnGpuMatchesCpu) {
@@ -160,12 +161,28 @@ TEST(Cuda, LoraqOnGpuMatchesCpu) {
     const QuantizedLayer gpu = impl::run(input, options, &gpu_report);
     const QuantizedLayer gpu2 = impl::run(input, options, &gpu_again);
     const std::string what = "straight_through " + std::to_string(straight_through);
-    EXPECT_NEAR(gpu_report.adam.initial, cpu_report.adam.initial, 1e-5 * cpu_report.adam.initial) << what;
+    // Without straight-through the start is the same SVD, so the first objective agrees to GEMM
+    // rounding. With it, the rotation runs first, and its gradient jumps where an element of
+    // Q2(A) - A changes sign, so CPU and GPU rotations can part by a code flip: 2% then.
+    const double start_tolerance = straight_through ? 0.02 : 1e-5;
+    EXPECT_NEAR(gpu_report.adam.initial, cpu_report.adam.initial, start_tolerance * cpu_report.adam.initial) << what;
     EXPECT_LT(gpu_report.adam.best, 0.9 * gpu_report.adam.initial) << what << ": Adam did not descend on the GPU";
     EXPECT_NEAR(gpu_report.adam.best, cpu_report.adam.best, 0.02 * cpu_report.adam.best) << what;
     EXPECT_NEAR(gpu_report.rotation.best, cpu_report.rotation.best, 0.02 * cpu_report.rotation.best) << what;
     EXPECT_LE(gpu_report.rotation.best, gpu_report.rotation.initial) << what;
-    EXPECT_NEAR(gpu.metrics.relative_error, cpu.metrics.relative_error, 0.02 * cpu.metrics.relative_error) << what;
+    // impl::run leaves the metrics to quantize_layer: the layer's weight error, computed here.
+    const auto relative_error = [&](const QuantizedLayer& q) {
+      const std::vector<float> w_eff = effective_weight(q);
+      double noise = 0, signal = 0;
+      for (std::size_t i = 0; i < w.size(); ++i) {
+        noise += (double(w_eff[i]) - w[i]) * (double(w_eff[i]) - w[i]);
+        signal += double(w[i]) * w[i];
+      }
+      return std::sqrt(noise / signal);
+    };
+    const double cpu_error = relative_error(cpu), gpu_error = relative_error(gpu);
+    EXPECT_GT(cpu_error, 0.0) << what;
+    EXPECT_NEAR(gpu_error, cpu_error, 0.02 * cpu_error) << what;
     EXPECT_EQ(gpu.residual.codes, gpu2.residual.codes) << what << ": two GPU runs differ";
     EXPECT_EQ(gpu.branch->up.codes, gpu2.branch->up.codes) << what;
     EXPECT_EQ(gpu.branch->down.codes, gpu2.branch->down.codes) << what;
