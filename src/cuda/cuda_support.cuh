@@ -68,8 +68,8 @@ class DeviceBuffer {
 };
 
 // One host thread's work on one GPU: its own stream and handles, so that layers in flight on
-// several host threads never share cuBLAS state. Made per call: the handles cost milliseconds,
-// a layer's loops seconds.
+// several host threads never share cuBLAS state. The loops take one per host thread and keep it
+// (thread_session below): made per call, the handles cost more than a small layer's loops.
 class Session {
  public:
   explicit Session(int device) {
@@ -99,6 +99,19 @@ class Session {
   cublasHandle_t blas_ = nullptr;
   cusolverDnHandle_t solver_ = nullptr;
 };
+
+// The calling thread's session on `device`, made on first use and kept for the thread's life. Never
+// destroyed: the threads live until the process exits, and destroying a handle after the CUDA
+// runtime has shut down at exit is not safe. A layer's loops run on one host thread, so two layers in
+// flight never share a session.
+inline Session& thread_session(int device) {
+  thread_local std::vector<Session*> sessions;  // by device number
+  if (device < 0) throw Error("CUDA device " + std::to_string(device) + " does not exist");
+  if (std::size_t(device) >= sessions.size()) sessions.resize(std::size_t(device) + 1, nullptr);
+  if (!sessions[std::size_t(device)]) sessions[std::size_t(device)] = new Session(device);
+  check(cudaSetDevice(device), "cudaSetDevice");  // the thread may have used another device since
+  return *sessions[std::size_t(device)];
+}
 
 // C[m, n] = alpha op(A) op(B) + beta C over row-major matrices (linalg::gemm's convention), in
 // float or double. cuBLAS is column-major, where a row-major X is X^T: so it computes

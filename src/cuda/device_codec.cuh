@@ -124,11 +124,17 @@ __device__ inline float quantize_in_block(float x, unsigned amax_bits, const Dev
 // The warp's block: lane l holds values l, l + 32 (the second only for 64-value blocks); `count`
 // of them are inside the row (the rest are 0 and are not stored). Quantizes x in place.
 __device__ inline void quantize_block_warp(float (&x)[kMaxPerLane], const DeviceFormat& g) {
+  // Loops of kMaxPerLane with the block's count as a guard: a trip count known at compile time keeps
+  // x in registers (unrolled, every index a constant).
   const int per_lane = g.block / 32;
   unsigned amax = 0;
-  for (int j = 0; j < per_lane; ++j) amax = max(amax, __float_as_uint(x[j]) & 0x7FFFFFFFu);
+#pragma unroll
+  for (int j = 0; j < kMaxPerLane; ++j)
+    if (j < per_lane) amax = max(amax, __float_as_uint(x[j]) & 0x7FFFFFFFu);
   amax = __reduce_max_sync(0xFFFFFFFFu, amax);
-  for (int j = 0; j < per_lane; ++j) x[j] = quantize_in_block(x[j], amax, g);
+#pragma unroll
+  for (int j = 0; j < kMaxPerLane; ++j)
+    if (j < per_lane) x[j] = quantize_in_block(x[j], amax, g);
 }
 
 }  // namespace loraq::cuda::detail
