@@ -432,11 +432,12 @@ FastScale fast_scale(std::int32_t amax_bits, float tensor_scale) {
 // sint4's elements without a division. The reference divides each value by the block's step and
 // rounds the fp32 quotient q to an integer; vdivps is the slowest instruction of that loop (several
 // times the cost of a multiply). Here t = x * (1 / step) stands in for q: t is within 2^-18 of q
-// (two roundings, each within 2^-24 relative, and |q| < 16, which the first test below ensures: it
-// fails only where the fp16 step saturated, for amax beyond 7 x 65504). So wherever t lies farther than kTieGuard = 2^-16 from
-// every half-integer, q and t round to the same integer, in either rounding mode (they differ only at
-// ties). A block with any value that close to a tie returns false and takes the dividing path, so
-// the bits are the reference's (tests/cpp/test_simd.cpp draws exact and near ties on purpose).
+// (two roundings, each within 2^-24 relative, and |q| < 16, which the first test below ensures; it
+// fails only where the fp16 step saturated, for amax beyond 7 x 65504). So wherever t lies farther
+// than kTieGuard = 2^-16 from every half-integer, q and t round to the same integer, in either
+// rounding mode (they differ only at ties). A block with any value that close to a tie returns false
+// and takes the dividing path, so the bits are the reference's (tests/cpp/test_simd.cpp draws exact
+// and near ties on purpose).
 constexpr float kTieGuard = 1.0f / 65536.0f;
 
 template <class V, bool Pack, int K>
