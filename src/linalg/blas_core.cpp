@@ -3,9 +3,9 @@
 // Why: OpenBLAS's DYNAMIC_ARCH builds (Debian's) choose their kernels once, when the library loads,
 // from the CPU's family and model. A CPU newer than the library is not in its table, and gets the
 // SSE3 "Prescott" kernels: Debian 12's 0.3.21 on Emerald Rapids ran SGEMM at 57 GFLOP/s there
-// (2 threads) against 230-250 with OPENBLAS_CORETYPE=SkylakeX (docs/performance.md), and earlier
-// sessions' Zen 5 was in the same case. The documented remedy is the environment variable, read
-// when the library loads; so a program sets it and re-executes itself.
+// (2 threads) against 230-250 with OPENBLAS_CORETYPE=SkylakeX (docs/performance.md); 0.3.21
+// predates Zen 5 as well. The documented remedy is the environment variable, read when the library
+// loads; so a program sets it and re-executes itself.
 #include <cblas.h>
 #include <unistd.h>
 
