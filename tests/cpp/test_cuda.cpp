@@ -130,9 +130,8 @@ TEST(Cuda, AdamStepMatchesCpu) {
 }
 
 // The whole method on the GPU against the CPU: the same start (same objective to 1e-5 without
-// straight-through, 2% with it), the same
-// descent (best objectives within 2%), the same layer quality (relative error within 2%), and the
-// same bytes from two GPU runs. Rank 86 and 400 columns: partial blocks in every factor.
+// straight-through, 2% with it), the same descent (best objectives within 2%), the same layer
+// quality (relative error within 2%), and the same bytes from two GPU runs. Rank 86 and 400 columns: partial blocks in every factor.
 TEST(Cuda, LoraqOnGpuMatchesCpu) {
   REQUIRE_GPU();
   const std::int64_t out = 256, in = 400;

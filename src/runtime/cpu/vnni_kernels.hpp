@@ -7,9 +7,9 @@
 //     off by 128 x (sum of the codes).
 // The activation rows carry minus those offsets per token and chunk (offset4, offset8), and each
 // chunk's sums start from them: a broadcast load instead of a subtraction per token and chunk, which
-// would compete with vpdpbusd for a vector port (Intel runs 512-bit vpdpbusd on port 0 only). Either
-// way the per-chunk int32 sum is exact, so each goes into the fp32 accumulator with the same fused
-// multiply-add as the scalar kernels: every set gives the same bits.
+// would compete with vpdpbusd for the two 512-bit vector ports, the kernel's limit on Emerald Rapids
+// (docs/performance.md). Either way the per-chunk int32 sum is exact, so each goes into the fp32
+// accumulator with the same fused multiply-add as the scalar kernels: every set gives the same bits.
 //
 // Included only by those two files, after their V: nothing here may have external linkage
 // (src/core/simd/README.md, "Linkage rule").
