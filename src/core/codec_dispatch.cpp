@@ -57,6 +57,27 @@ float tensor_scale_of(Format f, std::span<const float> values, const QuantOption
   return detail::nvfp4_tensor_scale(amax);
 }
 
+// Whether a run of whole rows can go to a kernel as one long row: every block ends where a row ends
+// and nothing is per row (int8_channel's scale), so the blocks and their codes and scales are laid
+// out exactly as in one row of the total length. The kernels then start up once per thread instead
+// of once per row (sint4's pipeline over groups of blocks: 1152-value rows are 18 blocks).
+bool rows_concatenate(Format f, std::int64_t cols) {
+  const FormatInfo& info = format_info(f);
+  if (info.scale == ScaleType::none) return true;
+  return info.block_size > 0 && cols % info.block_size == 0;
+}
+
+// This thread's share of `count` rows, the same contiguous split as schedule(static).
+struct RowRange {
+  std::int64_t begin, end;
+};
+RowRange thread_rows(std::int64_t count) {
+  const std::int64_t t = omp_get_thread_num(), n = omp_get_num_threads();
+  const std::int64_t base = count / n, extra = count % n;
+  const std::int64_t begin = t * base + std::min(t, extra);
+  return {begin, begin + base + (t < extra ? 1 : 0)};
+}
+
 }  // namespace
 
 namespace detail {
@@ -90,20 +111,28 @@ void fake_quantize(Format f, std::span<const float> in, std::span<float> out, st
   const bool stream = rows * cols * std::int64_t(sizeof(float)) >= (std::int64_t(8) << 20);
 #pragma omp parallel num_threads(thread_count(options))
   {
-    std::vector<std::uint32_t> codes, scales;  // scratch of the scalar path, one per thread
-    if (!kernels) codes.resize(std::size_t(detail::padded_cols(f, cols))), scales.resize(std::size_t(blocks + 1));
+    if (kernels && rows_concatenate(f, cols)) {
+      const RowRange mine = thread_rows(rows);
+      if (mine.end > mine.begin)
+        kernels->fake_quantize_row(f, in.data() + mine.begin * cols, out.data() + mine.begin * cols,
+                                   (mine.end - mine.begin) * cols, tensor_scale, options.rounding, stream);
+      if (stream) kernels->stream_fence();
+    } else {
+      std::vector<std::uint32_t> codes, scales;  // scratch of the scalar path, one per thread
+      if (!kernels) codes.resize(std::size_t(detail::padded_cols(f, cols))), scales.resize(std::size_t(blocks + 1));
 #pragma omp for schedule(static) nowait
-    for (std::int64_t r = 0; r < rows; ++r) {
-      const float* src = in.data() + r * cols;
-      float* dst = out.data() + r * cols;
-      if (kernels) {
-        kernels->fake_quantize_row(f, src, dst, cols, tensor_scale, options.rounding, stream);
-      } else {
-        detail::reference_encode_row(f, src, cols, tensor_scale, options.rounding, codes.data(), scales.data());
-        detail::reference_decode_row(f, codes.data(), scales.data(), tensor_scale, cols, dst);
+      for (std::int64_t r = 0; r < rows; ++r) {
+        const float* src = in.data() + r * cols;
+        float* dst = out.data() + r * cols;
+        if (kernels) {
+          kernels->fake_quantize_row(f, src, dst, cols, tensor_scale, options.rounding, stream);
+        } else {
+          detail::reference_encode_row(f, src, cols, tensor_scale, options.rounding, codes.data(), scales.data());
+          detail::reference_decode_row(f, codes.data(), scales.data(), tensor_scale, cols, dst);
+        }
       }
+      if (kernels && stream) kernels->stream_fence();  // before the region's closing barrier
     }
-    if (kernels && stream) kernels->stream_fence();  // before the region's closing barrier
   }
 }
 
@@ -121,13 +150,22 @@ PackedMatrix pack(Format f, std::span<const float> in, std::int64_t rows, std::i
   packed.codes.assign(std::size_t(rows * row_bytes), 0);
   packed.scales.assign(std::size_t(rows * blocks * scale_width), 0);
   const detail::RowPacker prototype(f, cols, options);  // throws here, outside the parallel region
+  const detail::VectorKernels* kernels = vector_kernels(f, options, /*packing=*/true);
 #pragma omp parallel num_threads(thread_count(options))
   {
-    detail::RowPacker packer = prototype;
+    if (kernels && rows_concatenate(f, cols)) {
+      const RowRange mine = thread_rows(rows);
+      if (mine.end > mine.begin)
+        kernels->pack_row(f, in.data() + mine.begin * cols, (mine.end - mine.begin) * cols, packed.tensor_scale,
+                          options.rounding, packed.codes.data() + mine.begin * row_bytes,
+                          packed.scales.data() + mine.begin * blocks * scale_width);
+    } else {
+      detail::RowPacker packer = prototype;
 #pragma omp for schedule(static)
-    for (std::int64_t r = 0; r < rows; ++r)
-      packer.pack(in.data() + r * cols, packed.tensor_scale, packed.codes.data() + r * row_bytes,
-                  packed.scales.data() + r * blocks * scale_width);
+      for (std::int64_t r = 0; r < rows; ++r)
+        packer.pack(in.data() + r * cols, packed.tensor_scale, packed.codes.data() + r * row_bytes,
+                    packed.scales.data() + r * blocks * scale_width);
+    }
   }
   return packed;
 }

@@ -145,6 +145,36 @@ TEST(SimdSint4, TiesAndNearTiesMatchReference) {
   }
 }
 
+// sint4 blocks whose step is an fp16 subnormal (amax / 7 below 2^-14) or rounds to zero: the step
+// can then be far from amax / 7, so that amax / step reaches 7.5 and beyond, and codes must clamp to
+// -7..7 (the vector path sends those blocks to the per-block one). Blocks of every such magnitude sit
+// next to ordinary ones in groups that span rows, with 1, 2 and 3 threads.
+TEST(SimdSint4, SubnormalStepsMatchReference) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const std::int64_t rows = 24, cols = 1152;
+  std::vector<float> x(std::size_t(rows * cols));
+  for (std::int64_t block = 0; block < rows * cols / 64; ++block) {
+    const float magnitude = block % 4 == 3 ? 1.0f : std::ldexp(1.0f, -int(rng() % 16) - 12);  // 2^-12 .. 2^-27
+    for (int i = 0; i < 64; ++i) x[std::size_t(block * 64 + i)] = normal(rng) * magnitude;
+  }
+  for (Isa isa : {Isa::avx2, Isa::avx512}) {
+    if (!isa_available(isa)) continue;
+    for (int threads : {1, 2, 3}) {
+      std::vector<float> want(x.size()), got(x.size());
+      fake_quantize(Format::sint4, x, want, rows, cols, {Rounding::nearest_even, Isa::scalar, 1});
+      fake_quantize(Format::sint4, x, got, rows, cols, {Rounding::nearest_even, isa, threads});
+      for (std::size_t i = 0; i < x.size(); ++i)
+        ASSERT_EQ(std::bit_cast<std::uint32_t>(got[i]), std::bit_cast<std::uint32_t>(want[i]))
+            << isa_name(isa) << " " << threads << " threads, index " << i << " x = " << x[i];
+      const PackedMatrix pw = pack(Format::sint4, x, rows, cols, {Rounding::nearest_even, Isa::scalar, 1});
+      const PackedMatrix pg = pack(Format::sint4, x, rows, cols, {Rounding::nearest_even, isa, threads});
+      ASSERT_EQ(pg.codes, pw.codes) << isa_name(isa) << " " << threads << " threads";
+      ASSERT_EQ(pg.scales, pw.scales) << isa_name(isa) << " " << threads << " threads";
+    }
+  }
+}
+
 // The vectorized 16-bit casts against the reference over a sweep of every 997th float bit pattern
 // (4.3 million values: every binade, subnormals, NaN payloads and both signs) plus the edges where
 // rounding reaches the largest finite value (fp16 65504 / 65520, bf16 0x7F7F7FFF / 0x7F7F8000).

@@ -81,6 +81,32 @@ struct VecAvx2 {
 
   static void store_i32(std::int32_t* p, I a) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), a); }
 
+  // Lane g = the largest lane of m[g], for W vectors at once: a transpose whose every step is a max.
+  static I transpose_max(const I* m) {
+    I pairs[4], quads[2];
+    for (int i = 0; i < 4; ++i)  // 128-bit lane j: [m2i m2i+1 m2i m2i+1] partials
+      pairs[i] = _mm256_max_epi32(_mm256_unpacklo_epi32(m[2 * i], m[2 * i + 1]),
+                                  _mm256_unpackhi_epi32(m[2 * i], m[2 * i + 1]));
+    for (int i = 0; i < 2; ++i)  // 128-bit lane j: [m4i .. m4i+3], one partial each
+      quads[i] = _mm256_max_epi32(_mm256_unpacklo_epi64(pairs[2 * i], pairs[2 * i + 1]),
+                                  _mm256_unpackhi_epi64(pairs[2 * i], pairs[2 * i + 1]));
+    return _mm256_max_epi32(_mm256_permute2x128_si256(quads[0], quads[1], 0x20),
+                            _mm256_permute2x128_si256(quads[0], quads[1], 0x31));
+  }
+  static I zero_i() { return _mm256_setzero_si256(); }
+  static F zero_f() { return _mm256_setzero_ps(); }
+  static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F round_even(F a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static M lt_f(F a, F b) { return _mm256_castps_si256(_mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
+  static M and_m(M a, M b) { return _mm256_and_si256(a, b); }
+  static unsigned lane_bits(M m) { return unsigned(_mm256_movemask_ps(_mm256_castsi256_ps(m))); }
+  // Each lane rounded to fp16 (nearest even) and widened back; the W fp16 codes go to `codes`.
+  static F fp16_round_codes(F a, std::uint16_t* codes) {
+    const __m128i h = _mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes), h);
+    return _mm256_cvtph_ps(h);
+  }
+
   // The low byte of each lane: W bytes.
   static void store_bytes(I codes, std::uint8_t* dst) {
     const __m256i gather = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,  //
