@@ -175,6 +175,41 @@ TEST(SimdSint4, SubnormalStepsMatchReference) {
   }
 }
 
+// Every format on blocks of 64 values at one magnitude each, tiny (2^-150 to 2^-110), huge (2^100 to
+// 2^124) or ordinary: the shared scales at both ends of their range (MX exponents near -126, where
+// 2^-e times a grid's own power of two leaves the floats), whole rows of such blocks so that the
+// vector paths handle them in groups, with 1 and 3 threads.
+TEST(SimdBlockScales, ExtremeMagnitudesMatchReference) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const std::int64_t rows = 6, cols = 1152;
+  std::vector<float> x(std::size_t(rows * cols));
+  for (std::int64_t block = 0; block < rows * cols / 64; ++block) {
+    const int kind = int(rng() % 3);
+    const int exponent = kind == 0 ? int(rng() % 41) - 150 : kind == 1 ? 100 + int(rng() % 25) : int(rng() % 7) - 3;
+    for (int i = 0; i < 64; ++i) x[std::size_t(block * 64 + i)] = normal(rng) * std::ldexp(1.0f, exponent);
+  }
+  for (Isa isa : {Isa::avx2, Isa::avx512}) {
+    if (!isa_available(isa)) continue;
+    for (const FormatInfo& info : all_formats()) {
+      for (int threads : {1, 3}) {
+        const std::string where = std::string(isa_name(isa)) + " " + std::string(info.name) + " " +
+                                  std::to_string(threads) + " threads";
+        std::vector<float> want(x.size()), got(x.size());
+        fake_quantize(info.format, x, want, rows, cols, {Rounding::nearest_even, Isa::scalar, 1});
+        fake_quantize(info.format, x, got, rows, cols, {Rounding::nearest_even, isa, threads});
+        for (std::size_t i = 0; i < x.size(); ++i)
+          ASSERT_EQ(std::bit_cast<std::uint32_t>(got[i]), std::bit_cast<std::uint32_t>(want[i]))
+              << where << " index " << i << " x = " << x[i];
+        const PackedMatrix pw = pack(info.format, x, rows, cols, {Rounding::nearest_even, Isa::scalar, 1});
+        const PackedMatrix pg = pack(info.format, x, rows, cols, {Rounding::nearest_even, isa, threads});
+        ASSERT_EQ(pg.codes, pw.codes) << where;
+        ASSERT_EQ(pg.scales, pw.scales) << where;
+      }
+    }
+  }
+}
+
 // The vectorized 16-bit casts against the reference over a sweep of every 997th float bit pattern
 // (4.3 million values: every binade, subnormals, NaN payloads and both signs) plus the edges where
 // rounding reaches the largest finite value (fp16 65504 / 65520, bf16 0x7F7F7FFF / 0x7F7F8000).

@@ -471,27 +471,24 @@ bool sint4_block_by_reciprocal(const float* in, float amax, float step, float* o
   return true;
 }
 
-// sint4 with one block per vector lane: the row's `blocks` whole blocks of 64 values go in groups
-// of W, and each group's amax, fp16 step and reciprocal are computed as vectors (lane g = block g),
-// so that no block waits on a horizontal maximum, a scalar division and an fp16 round trip in
-// series: that chain was the per-block path's limit (about 55 cycles a block in cache on Emerald
-// Rapids, for some 25 vector instructions). The scale is fast_scale's, step = fp16(min(amax / 7,
-// 65504)) rounded to nearest even, and the elements are sint4_block_by_reciprocal's, for blocks with
-// amax x (1 / step) < 7.5, where |t| < 7.5 needs no clamp to -7..7. Any other block (non-finite,
-// zero, an fp16-subnormal step, a value near a tie) goes to `fallback(b, amax_bits)`, the per-block
-// path.
-//
-// The maxima of the next group are taken while this group is quantized, block for block: loads and
-// stores then alternate evenly, and the next group's memory is being read while this one computes.
-// Taking a group's maxima in one burst before quantizing it ran at 0.58 of memcpy out of cache with
-// streaming stores (the burst of 4 KiB of loads waits on memory once per group, and then the stores
-// come in a burst), against 0.83 with this order (Emerald Rapids, 4608x1152).
-template <class V, bool Pack, class Fallback>
-void sint4_blocks(const float* in, std::int64_t blocks, float* out, std::uint8_t* codes, std::uint8_t* scales,
-                  bool stream, Fallback&& fallback) {
-  using F = typename V::F;
+template <Format Fmt>
+constexpr int block_for() {
+  return Fmt == Format::sint4 ? 64 : Fmt == Format::nvfp4 ? 16 : 32;
+}
+
+// Blocks of B values in groups of W, one block per vector lane: `group(first, n, amax_bits,
+// next_max)` handles blocks [first, first + n) given their amax bits as one vector (lane g = block
+// first + g), and calls next_max(g) once per block g it handles, in order, which takes the largest
+// magnitude of block g of the next group. So no block waits on a horizontal maximum followed by its
+// scalar scale computation (the chain that bounded the per-block path: about 55 cycles a sint4 block
+// in cache on Emerald Rapids, for some 25 vector instructions), and loads and stores alternate
+// evenly, the next group's memory being read while this one computes. Taking a group's maxima in one
+// burst before quantizing it instead ran at 0.58 of memcpy out of cache with streaming stores (sint4,
+// 4608x1152), against 0.83 interleaved.
+template <class V, int B, class Group>
+void block_groups(const float* in, std::int64_t blocks, Group&& group) {
   using I = typename V::I;
-  constexpr int B = 64, K = B / V::W;
+  constexpr int K = B / V::W;
   const I abs_mask = V::set_i(0x7FFFFFFF);
   const auto block_max = [&](const float* x) {
     I m = V::and_i(V::bits(V::load(x)), abs_mask);
@@ -503,8 +500,23 @@ void sint4_blocks(const float* in, std::int64_t blocks, float* out, std::uint8_t
   for (int g = 0; g < V::W; ++g) m[g] = g < group_size(0) ? block_max(in + g * B) : V::zero_i();
   for (std::int64_t first = 0; first < blocks; first += V::W) {
     const int n = group_size(first), next = first + V::W < blocks ? group_size(first + V::W) : 0;
-    const float* group = in + first * B;
-    const I amax_bits = V::transpose_max(m);
+    const float* following = in + (first + V::W) * B;
+    group(first, n, V::transpose_max(m), [&](int g) { m[g] = g < next ? block_max(following + g * B) : V::zero_i(); });
+    for (int g = n; g < V::W; ++g) m[g] = V::zero_i();  // only the last group is short
+  }
+}
+
+// sint4 over block_groups. The scale is fast_scale's, step = fp16(min(amax / 7, 65504)) rounded to
+// nearest even, and the elements are sint4_block_by_reciprocal's, for blocks with amax x (1 / step)
+// < 7.5, where |t| < 7.5 needs no clamp to -7..7. Any other block (non-finite, zero, an
+// fp16-subnormal step, a value near a tie) goes to `fallback(b, amax_bits)`, the per-block path.
+template <class V, bool Pack, class Fallback>
+void sint4_blocks(const float* in, std::int64_t blocks, float* out, std::uint8_t* codes, std::uint8_t* scales,
+                  bool stream, Fallback&& fallback) {
+  using F = typename V::F;
+  using I = typename V::I;
+  constexpr int B = 64, K = B / V::W;
+  block_groups<V, B>(in, blocks, [&](std::int64_t first, int n, I amax_bits, auto&& next_max) {
     const F amax = V::flt(amax_bits);
     alignas(64) std::uint16_t scale_codes[V::W];
     alignas(64) float steps[V::W], reciprocals[V::W];
@@ -518,10 +530,9 @@ void sint4_blocks(const float* in, std::int64_t blocks, float* out, std::uint8_t
     V::store(reciprocals, reciprocal);
     V::store_i32(amaxes, amax_bits);
     if constexpr (Pack) std::memcpy(scales + 2 * first, scale_codes, 2 * std::size_t(n));  // little-endian fp16
-    for (int g = 0; g < V::W; ++g) {
-      m[g] = g < next ? block_max(group + (V::W + g) * B) : V::zero_i();
-      if (g >= n) continue;
-      const float* x = group + g * B;
+    for (int g = 0; g < n; ++g) {
+      next_max(g);
+      const float* x = in + (first + g) * B;
       F t[K];
       typename V::M near_tie = V::no_lanes();
       if (fast >> g & 1) {
@@ -550,12 +561,33 @@ void sint4_blocks(const float* in, std::int64_t blocks, float* out, std::uint8_t
         }
       }
     }
-  }
+  });
 }
 
-template <Format Fmt>
-constexpr int block_for() {
-  return Fmt == Format::sint4 ? 64 : Fmt == Format::nvfp4 ? 16 : 32;
+// The MX formats over block_groups: fast_scale's shared exponent for W blocks at once (integer
+// operations on the amax bits), then `block(b, amax_bits, scale)` for each block, which is
+// fast_block_row's per-block step (the general path where scale.ok is false).
+template <class V, Format Fmt, class Block>
+void mx_blocks(const float* in, std::int64_t blocks, Block&& block) {
+  using I = typename V::I;
+  constexpr Grid G = grid_for<Fmt>();
+  constexpr std::int32_t lowest = (G.emax + 1) << 23, beyond = (254 + G.emax < 255 ? 254 + G.emax : 255) << 23;
+  block_groups<V, block_for<Fmt>()>(in, blocks, [&](std::int64_t first, int n, I amax_bits, auto&& next_max) {
+    const I shared_exp = V::sub_i(V::template shr_c<23>(amax_bits), V::set_i(127 + G.emax));
+    const unsigned ok = V::lane_bits(
+        V::and_m(V::gt_i(amax_bits, V::set_i(lowest - 1)), V::gt_i(V::set_i(beyond), amax_bits)));
+    alignas(64) std::int32_t amaxes[V::W], exps[V::W];
+    V::store_i32(amaxes, amax_bits);
+    V::store_i32(exps, shared_exp);
+    for (int g = 0; g < n; ++g) {
+      next_max(g);
+      const int e = exps[g];
+      const FastScale s = (ok >> g & 1) ? FastScale{true, power_of_two_constant(-e), power_of_two_constant(e), 1.0f,
+                                                    std::uint32_t(e + 127)}
+                                        : FastScale{false, 0, 0, 0, 0};
+      block(first + g, amaxes[g], s);
+    }
+  });
 }
 
 template <class V, Format Fmt, bool Away, bool Pack>
@@ -590,6 +622,28 @@ void fast_block_row(const float* in, float* out, std::int64_t cols, float tensor
     if constexpr (Fmt == Format::sint4)
       done = sint4_block_by_reciprocal<V, Pack, K>(in + start, __builtin_bit_cast(float, amax_bits), s.to_grid,
                                                    Pack ? nullptr : out + start, c, stream);
+    if constexpr (G.is_int && !divide && !Away) {
+      // MX integers with ties to even: the grid is the integers times 2^-f (1/64 for mxint8, 1/4 for
+      // mxint4), so the code is the FPU's ties-to-even conversion of t x 2^f, clamped to +-max:
+      // four operations where R takes some fifteen. t x 2^f is exact (t below 2^-126, where x x
+      // to_grid may have rounded, lies far below the grid step), and code x 2^(e - f) is the product R
+      // computes, rounded once, +0 for code 0.
+      constexpr float units = power_of_two_constant(G.man_bits - (G.emin_field - 127));
+      constexpr std::int32_t largest = std::int32_t(G.max_value * units);
+      const F step = V::set_f(s.scale / units);
+      for (int k = 0; k < K; ++k) {
+        const F t = V::mul(V::mul(V::load(in + start + k * V::W), to_grid), V::set_f(units));
+        const I q = V::min_i(V::max_i(V::cvt_nearest(t), V::set_i(-largest)), V::set_i(largest));
+        if constexpr (Pack) {
+          c[k] = V::and_i(q, V::set_i((1 << G.bits) - 1));
+        } else {
+          const F v = V::mul(V::cvt(q), step);
+          if (stream) V::stream(out + start + k * V::W, v);
+          else V::store(out + start + k * V::W, v);
+        }
+      }
+      done = true;
+    }
     for (int k = 0; k < K && !done; ++k) {
       const F x = V::load(in + start + k * V::W);
       const F t = divide ? V::div(x, to_grid) : V::mul(x, to_grid);
@@ -622,6 +676,12 @@ void fast_block_row(const float* in, float* out, std::int64_t cols, float tensor
   if constexpr (Fmt == Format::sint4) {
     sint4_blocks<V, Pack>(in, whole / B, out, codes, scales, stream, [&](std::int64_t block, std::int32_t amax_bits) {
       finish_block(block * B, block, amax_bits, fast_scale<V, Fmt>(amax_bits, tensor_scale));
+    });
+    start = whole;
+    b = whole / B;
+  } else if constexpr (Fmt != Format::nvfp4) {
+    mx_blocks<V, Fmt>(in, whole / B, [&](std::int64_t block, std::int32_t amax_bits, const FastScale& s) {
+      finish_block(block * B, block, amax_bits, s);
     });
     start = whole;
     b = whole / B;
