@@ -28,7 +28,7 @@ namespace loraq::runtime {
 inline constexpr int kChunk = 32;  // values of one exact int32 partial sum
 inline constexpr int kPanel = 8;   // output rows of a panel: the int32 lanes of an AVX2 register
 inline constexpr int kMaxPanels = 2;  // panels of one micro-kernel call (2: the 16 lanes of AVX-512)
-inline constexpr int kMaxTile = 8;    // tokens of one micro-kernel call
+inline constexpr int kMaxTile = 12;   // tokens of one micro-kernel call (the AVX-512 set's tile)
 
 struct WeightPanels {
   int bits = 0;  // 4 or 8

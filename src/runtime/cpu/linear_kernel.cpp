@@ -1,4 +1,4 @@
-// QuantizedLinearKernel: weights repacked once; forward() runs blocks of 32 tokens, each through
+// QuantizedLinearKernel: weights repacked once; forward() runs blocks of 36 tokens, each through
 // one pass that quantizes the block's activations (for the residual and the branch), computes the
 // branch's intermediate T = Qa2(X) down^T, then every residual panel with the up-projection and bias
 // fused into its epilogue. Each output element is computed by one thread in a fixed order, so the
@@ -18,9 +18,11 @@
 namespace loraq {
 namespace {
 
-// 32: each block streams all weight panels once, so larger blocks read them less often; measured on
-// Zen 5 (bench_linear), 32 was 3-5% faster than 16 and 64 slower than both (fewer blocks to share out).
-constexpr std::int64_t kTokenBlock = 32;
+// Each block streams all weight panels once, so larger blocks read them less often; measured on Zen
+// 5 (bench_linear, tiles of 8 tokens), 32 was 3-5% faster than 16 and 64 slower than both (fewer
+// blocks to share out). 36 = three of the AVX-512 set's 12-token tiles (on Emerald Rapids 24 to 64
+// were alike within the noise) and 4.5 of the 8-token tiles of the others.
+constexpr std::int64_t kTokenBlock = 36;
 
 // Calls f(set, first panel, first token, tokens) over panels [p0, p1) and tokens [0, rows): groups
 // of ks.panels panels (a trailing shorter group on ks.narrow), each in tiles of the set's tile.

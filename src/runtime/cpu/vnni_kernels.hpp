@@ -26,7 +26,7 @@ namespace {
 template <class V, int T>
 inline void add_chunk(const typename V::I (&sums)[T], const loraq::runtime::ActivationTile& a, std::int64_t c,
                       const typename V::F row_scales, typename V::F (&y)[T]) {
-  #pragma GCC unroll 8
+  #pragma GCC unroll 12
   for (int t = 0; t < T; ++t) {
     const typename V::F scale = V::mul(V::set1_f(a.scales[t * a.chunk_stride + c]), row_scales);
     y[t] = V::fma(V::cvt(sums[t]), scale, y[t]);
@@ -40,16 +40,16 @@ inline void panel_loop(const float* scales, std::int64_t chunks, const loraq::ru
                        const std::int32_t* offsets, float* acc, Body&& body) {
   using loraq::runtime::kPanel;
   typename V::F y[T];
-  #pragma GCC unroll 8
+  #pragma GCC unroll 12
   for (int t = 0; t < T; ++t) y[t] = V::zero_f();
   for (std::int64_t c = 0; c < chunks; ++c) {
     typename V::I sums[T];
-    #pragma GCC unroll 8
+    #pragma GCC unroll 12
     for (int t = 0; t < T; ++t) sums[t] = V::set1_i(offsets[t * a.chunk_stride + c]);
     body(c, sums);
     add_chunk<V, T>(sums, a, c, V::load_scales(scales + c * kPanel, chunks * kPanel), y);
   }
-  #pragma GCC unroll 8
+  #pragma GCC unroll 12
   for (int t = 0; t < T; ++t) V::store(acc + t * V::rows, y[t]);
 }
 
@@ -63,7 +63,7 @@ void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunk
     for (int v = 0; v < 4; ++v) {
       const typename V::I k = V::load_codes(codes + c * 128 + v * 32, chunks * 128);
       const typename V::I lo = V::and_(k, low4), hi = V::and_(V::srl4(k), low4);
-      #pragma GCC unroll 8
+      #pragma GCC unroll 12
       for (int t = 0; t < T; ++t) {
         const std::int8_t* x = a.codes + t * a.code_stride + c * kChunk + 8 * v;
         sums[t] = V::dpbusd(sums[t], lo, x);
@@ -79,10 +79,10 @@ void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunk
   using loraq::runtime::kChunk;
   const typename V::I top_bit = V::set1_b(std::int8_t(0x80));
   panel_loop<V, T>(scales, chunks, a, a.offset8, acc, [&](std::int64_t c, typename V::I(&sums)[T]) {
-    #pragma GCC unroll 8
+    #pragma GCC unroll 12
     for (int g = 0; g < 8; ++g) {
       const typename V::I k = V::xor_(V::load_codes(codes + c * 256 + g * 32, chunks * 256), top_bit);
-      #pragma GCC unroll 8
+      #pragma GCC unroll 12
       for (int t = 0; t < T; ++t) sums[t] = V::dpbusd(sums[t], k, a.codes + t * a.code_stride + c * kChunk + 4 * g);
     }
   });
