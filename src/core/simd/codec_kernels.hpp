@@ -533,16 +533,22 @@ void sint4_blocks(const float* in, std::int64_t blocks, float* out, std::uint8_t
     for (int g = 0; g < n; ++g) {
       next_max(g);
       const float* x = in + (first + g) * B;
-      F t[K];
-      typename V::M near_tie = V::no_lanes();
+      // t = x / step as x x (1 / step), and d = t - round(t): t - d is t rounded to an integer
+      // (exactly, and +0 where a negative t rounds to zero, as decoding code 0 gives), and the
+      // largest |d| tells whether any value lies near a tie.
+      F t[K], d[K];
+      bool near_tie = true;
       if (fast >> g & 1) {
         const F inv = V::set_f(reciprocals[g]);
+        F largest = V::zero_f();
         for (int k = 0; k < K; ++k) {
           t[k] = V::mul(V::load(x + k * V::W), inv);
-          near_tie = V::or_m(near_tie, V::off_integer(t[k], V::set_f(0.5f - kTieGuard)));
+          d[k] = V::frac(t[k]);
+          largest = V::max_abs(largest, d[k]);
         }
+        near_tie = V::any(V::gt_f(largest, V::set_f(0.5f - kTieGuard)));
       }
-      if (!(fast >> g & 1) || V::any(near_tie)) {
+      if (near_tie) {
         fallback(first + g, amaxes[g]);
         continue;
       }
@@ -554,8 +560,7 @@ void sint4_blocks(const float* in, std::int64_t blocks, float* out, std::uint8_t
         const F s = V::set_f(steps[g]);
         float* y = out + (first + g) * B;
         for (int k = 0; k < K; ++k) {
-          // + 0 turns the -0 of a negative value rounded to 0 into +0, as decoding code 0 gives.
-          const F v = V::fma(V::round_even(t[k]), s, V::zero_f());
+          const F v = V::mul(V::sub(t[k], d[k]), s);
           if (stream) V::stream(y + k * V::W, v);
           else V::store(y + k * V::W, v);
         }
