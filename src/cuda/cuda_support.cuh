@@ -73,28 +73,36 @@ class DeviceBuffer {
 class Session {
  public:
   explicit Session(int device) {
-    check(cudaSetDevice(device), "cudaSetDevice");
-    check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
-    check(cublasCreate(&blas_), "cublasCreate");
-    check(cublasSetStream(blas_, stream_), "cublasSetStream");
-    // fp32 products (the default math mode; TF32 is not enabled): they round as the CPU SGEMM does.
-    check(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
-    check(cusolverDnCreate(&solver_), "cusolverDnCreate");
-    check(cusolverDnSetStream(solver_, stream_), "cusolverDnSetStream");
+    try {
+      check(cudaSetDevice(device), "cudaSetDevice");
+      check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+      check(cublasCreate(&blas_), "cublasCreate");
+      check(cublasSetStream(blas_, stream_), "cublasSetStream");
+      // fp32 products (the default math mode; TF32 is not enabled): they round as the CPU SGEMM does.
+      check(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+      check(cusolverDnCreate(&solver_), "cusolverDnCreate");
+      check(cusolverDnSetStream(solver_, stream_), "cusolverDnSetStream");
+    } catch (...) {  // a failure part way (out of memory, say) releases what was made: no destructor runs
+      release();
+      throw;
+    }
   }
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
-  ~Session() {
-    if (solver_) cusolverDnDestroy(solver_);
-    if (blas_) cublasDestroy(blas_);
-    if (stream_) cudaStreamDestroy(stream_);
-  }
+  ~Session() { release(); }
   cudaStream_t stream() const { return stream_; }
   cublasHandle_t blas() const { return blas_; }
   cusolverDnHandle_t solver() const { return solver_; }
   void sync() const { check(cudaStreamSynchronize(stream_), "stream synchronize"); }
 
  private:
+  void release() noexcept {
+    if (solver_) cusolverDnDestroy(solver_);
+    if (blas_) cublasDestroy(blas_);
+    if (stream_) cudaStreamDestroy(stream_);
+    solver_ = nullptr, blas_ = nullptr, stream_ = nullptr;
+  }
+
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   cusolverDnHandle_t solver_ = nullptr;

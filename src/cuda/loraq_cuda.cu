@@ -96,6 +96,14 @@ __global__ void cayley_system_kernel(const double* w, const double* omega, const
   rhs[i + j * n] = __dadd_rn(omega[k], __dmul_rn(h, wo[k]));
 }
 
+// cuSOLVER reports a singular matrix (getrf) or a rejected argument in `info` on the device; the
+// first non-zero one is kept in `first` (zeroed before the loop) and read with each step's objective,
+// so that a failed solve stops the method as the CPU's linalg::solve does instead of going on with
+// garbage (W is skew-symmetric, so I - h W is never singular unless a NaN got in).
+__global__ void keep_first_failure_kernel(const int* info, int* first) {
+  if (*first == 0 && *info != 0) *first = *info;
+}
+
 __global__ void from_column_major_kernel(const double* cm, double* rm, std::int64_t n) {
   const std::int64_t k = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (k >= n * n) return;
@@ -237,13 +245,22 @@ OptimizerTrace CudaAccelerator::optimize_rotation(std::span<const float> up_host
   DeviceBuffer<float> u(nu), d(nd), a(nu), c(nd), omega_f(nr), grad_f(nr);
   DeviceBuffer<double> omega(nr), best(nr), grad(nr), p(nr), skew(nr), wo(nr), a_cm(nr), rhs_cm(nr);
   DeviceBuffer<double> row_ss{std::size_t(std::max(out, r))}, totals{2}, norm{1};
-  DeviceBuffer<int> pivots(nr > 0 ? std::size_t(r) : 0), info(1);
+  DeviceBuffer<int> pivots(nr > 0 ? std::size_t(r) : 0), info(1), first_failure(1);
+  check(cudaMemsetAsync(first_failure.get(), 0, sizeof(int), s.stream()), "cudaMemset");
   u.upload(up_host.data(), s.stream());
   d.upload(down_host.data(), s.stream());
   int lwork = 0;
   check(cusolverDnDgetrf_bufferSize(s.solver(), int(r), int(r), a_cm.get(), int(r), &lwork), "getrf_bufferSize");
   DeviceBuffer<double> work(std::size_t(std::max(lwork, 1)));
   launch(identity_kernel, std::int64_t(nr), s.stream(), "identity_kernel", omega.get(), r);
+
+  int failure = 0;  // first_failure as last read, after a synchronization
+  auto throw_if_failed = [&] {
+    if (failure != 0)
+      throw Error(failure > 0 ? "cuda optimize_rotation: the Cayley system is singular (cuSOLVER getrf: zero pivot " +
+                                    std::to_string(failure) + ")"
+                              : "cuda optimize_rotation: cuSOLVER rejected argument " + std::to_string(-failure));
+  };
 
   // RotationObjective::evaluate: A = up Omega, C = Omega^T down, f = ||Q2(A) - A||^2 / ||up||^2 +
   // ||Q2(C) - C||^2 / ||down||^2, grad = -2 up^T (Q2(A) - A) / ||up||^2 - 2 down (Q2(C) - C)^T / ||down||^2.
@@ -264,7 +281,10 @@ OptimizerTrace CudaAccelerator::optimize_rotation(std::span<const float> up_host
     }
     double t[2];
     check(cudaMemcpyAsync(t, totals.get(), sizeof t, cudaMemcpyDeviceToHost, s.stream()), "copy to host");
+    check(cudaMemcpyAsync(&failure, first_failure.get(), sizeof failure, cudaMemcpyDeviceToHost, s.stream()),
+          "copy to host");
     s.sync();
+    throw_if_failed();
     return t[0] / up_norm2 + t[1] / down_norm2;
   };
 
@@ -282,9 +302,13 @@ OptimizerTrace CudaAccelerator::optimize_rotation(std::span<const float> up_host
            wo.get(), 0.5 * alpha, a_cm.get(), rhs_cm.get(), r);
     check(cusolverDnDgetrf(s.solver(), int(r), int(r), a_cm.get(), int(r), work.get(), pivots.get(), info.get()),
           "getrf");
+    keep_first_failure_kernel<<<1, 1, 0, s.stream()>>>(info.get(), first_failure.get());
+    check_launch("keep_first_failure_kernel");
     check(cusolverDnDgetrs(s.solver(), CUBLAS_OP_N, int(r), int(r), a_cm.get(), int(r), pivots.get(), rhs_cm.get(),
                            int(r), info.get()),
           "getrs");
+    keep_first_failure_kernel<<<1, 1, 0, s.stream()>>>(info.get(), first_failure.get());
+    check_launch("keep_first_failure_kernel");
     launch(from_column_major_kernel, std::int64_t(nr), s.stream(), "from_column_major_kernel", rhs_cm.get(),
            omega.get(), r);
   };
@@ -295,7 +319,10 @@ OptimizerTrace CudaAccelerator::optimize_rotation(std::span<const float> up_host
     cayley_step();
   });
   (keep_best && trace.best_step != steps ? best : omega).download(omega_host.data(), s.stream());
+  check(cudaMemcpyAsync(&failure, first_failure.get(), sizeof failure, cudaMemcpyDeviceToHost, s.stream()),
+        "copy to host");
   s.sync();
+  throw_if_failed();  // the last step's solve
   return trace;
 }
 
