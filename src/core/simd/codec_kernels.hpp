@@ -595,6 +595,35 @@ void mx_blocks(const float* in, std::int64_t blocks, Block&& block) {
   });
 }
 
+// nvfp4 over block_groups: fast_scale's e4m3 block scale for W blocks at once (the magic-sum
+// rounding of FastRounder on amax / 6 / tensor_scale), then `block(b, amax_bits, scale)` for each
+// block, as mx_blocks does.
+template <class V, class Block>
+void nvfp4_blocks(const float* in, std::int64_t blocks, float tensor_scale, Block&& block) {
+  using F = typename V::F;
+  using I = typename V::I;
+  using E4M3 = FastRounder<V, kE4M3, false>;
+  block_groups<V, 16>(in, blocks, [&](std::int64_t first, int n, I amax_bits, auto&& next_max) {
+    // Lanes with a non-finite amax (or a zero tensor scale) compute garbage here and are not used.
+    const F block_scale = E4M3::round(V::div(V::div(V::flt(amax_bits), V::set_f(6.0f)), V::set_f(tensor_scale)));
+    const F divisor = V::mul(block_scale, V::set_f(tensor_scale));
+    const unsigned ok = tensor_scale == 0.0f ? 0u : V::lane_bits(V::and_m(V::gt_i(V::set_i(0x7F800000), amax_bits),
+                                                                        V::gt_f(divisor, V::zero_f())));
+    alignas(64) float scales[V::W], divisors[V::W];
+    alignas(64) std::int32_t amaxes[V::W], codes[V::W];
+    V::store(scales, block_scale);
+    V::store(divisors, divisor);
+    V::store_i32(amaxes, amax_bits);
+    V::store_i32(codes, E4M3::code(block_scale, V::zero_i()));
+    for (int g = 0; g < n; ++g) {
+      next_max(g);
+      block(first + g, amaxes[g],
+            (ok >> g & 1) ? FastScale{true, divisors[g], scales[g], tensor_scale, std::uint32_t(codes[g])}
+                          : FastScale{false, 0, 0, 0, 0});
+    }
+  });
+}
+
 template <class V, Format Fmt, bool Away, bool Pack>
 void fast_block_row(const float* in, float* out, std::int64_t cols, float tensor_scale, Rounding rounding,
                     std::uint8_t* codes, std::uint8_t* scales, bool stream) {
@@ -684,7 +713,13 @@ void fast_block_row(const float* in, float* out, std::int64_t cols, float tensor
     });
     start = whole;
     b = whole / B;
-  } else if constexpr (Fmt != Format::nvfp4) {
+  } else if constexpr (Fmt == Format::nvfp4) {
+    nvfp4_blocks<V>(in, whole / B, tensor_scale, [&](std::int64_t block, std::int32_t amax_bits, const FastScale& s) {
+      finish_block(block * B, block, amax_bits, s);
+    });
+    start = whole;
+    b = whole / B;
+  } else {
     mx_blocks<V, Fmt>(in, whole / B, [&](std::int64_t block, std::int32_t amax_bits, const FastScale& s) {
       finish_block(block * B, block, amax_bits, s);
     });
