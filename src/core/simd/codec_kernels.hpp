@@ -638,11 +638,6 @@ void fast_block_row(const float* in, float* out, std::int64_t cols, float tensor
   const GridRounder<V> general(G, rounding);
   const I abs_mask = V::set_i(0x7FFFFFFF), sign_mask = V::set_i(static_cast<std::int32_t>(0x80000000u));
   const std::int64_t whole = cols / B * B;
-  const auto block_amax = [&](std::int64_t start) {
-    I m = V::set_i(0);
-    for (int k = 0; k < K; ++k) m = V::max_i(m, V::and_i(V::bits(V::load(in + start + k * V::W)), abs_mask));
-    return V::hmax_i(m);
-  };
   const auto finish_block = [&](std::int64_t start, std::int64_t b, std::int32_t amax_bits, const FastScale& s) {
     if (!s.ok) {
       quantize_scaled<V>(Fmt, general, in + start, B, {__builtin_bit_cast(float, amax_bits), amax_bits < 0x7F800000},
@@ -702,40 +697,19 @@ void fast_block_row(const float* in, float* out, std::int64_t cols, float tensor
       for (int i = 0; i < scale_width; ++i) scales[b * scale_width + i] = std::uint8_t(s.code >> (8 * i));
     }
   };
-  // Four blocks at a time: their scale computations (a serial chain of scalar operations each,
-  // after a horizontal maximum) run side by side, and overlap with the vector work. Four against
-  // two: sint4 17% and mxfp4 pack 10% faster in cache (Emerald Rapids, one thread); eight: no better.
-  constexpr int group = 4;
-  std::int64_t start = 0, b = 0;
+  // The whole blocks a group at a time (block_groups), each block through finish_block; sint4's
+  // ordinary blocks have their own loop, and only its others come here.
+  const auto each_block = [&](std::int64_t block, std::int32_t amax_bits, const FastScale& s) {
+    finish_block(block * B, block, amax_bits, s);
+  };
   if constexpr (Fmt == Format::sint4) {
     sint4_blocks<V, Pack>(in, whole / B, out, codes, scales, stream, [&](std::int64_t block, std::int32_t amax_bits) {
-      finish_block(block * B, block, amax_bits, fast_scale<V, Fmt>(amax_bits, tensor_scale));
+      each_block(block, amax_bits, fast_scale<V, Fmt>(amax_bits, tensor_scale));
     });
-    start = whole;
-    b = whole / B;
   } else if constexpr (Fmt == Format::nvfp4) {
-    nvfp4_blocks<V>(in, whole / B, tensor_scale, [&](std::int64_t block, std::int32_t amax_bits, const FastScale& s) {
-      finish_block(block * B, block, amax_bits, s);
-    });
-    start = whole;
-    b = whole / B;
+    nvfp4_blocks<V>(in, whole / B, tensor_scale, each_block);
   } else {
-    mx_blocks<V, Fmt>(in, whole / B, [&](std::int64_t block, std::int32_t amax_bits, const FastScale& s) {
-      finish_block(block * B, block, amax_bits, s);
-    });
-    start = whole;
-    b = whole / B;
-  }
-  for (; start + group * B <= whole; start += group * B, b += group) {
-    std::int32_t amax[group];
-    FastScale scale[group];
-    for (int g = 0; g < group; ++g) amax[g] = block_amax(start + g * B);
-    for (int g = 0; g < group; ++g) scale[g] = fast_scale<V, Fmt>(amax[g], tensor_scale);
-    for (int g = 0; g < group; ++g) finish_block(start + g * B, b + g, amax[g], scale[g]);
-  }
-  for (; start < whole; start += B, ++b) {
-    const std::int32_t a = block_amax(start);
-    finish_block(start, b, a, fast_scale<V, Fmt>(a, tensor_scale));
+    mx_blocks<V, Fmt>(in, whole / B, each_block);
   }
   if (whole < cols)  // the partial last block
     quantize_block_row<V>(Fmt, in + whole, Pack ? nullptr : out + whole, cols - whole, tensor_scale, rounding,
