@@ -39,6 +39,22 @@ std::vector<float> hostile_input(std::size_t n, std::uint32_t seed, bool with_no
   return x;
 }
 
+// Fake quantization values (bits) and packed bytes of x [rows, cols] with `isa` on `threads` threads
+// against the scalar reference on one; `where` names the case in a failure.
+void expect_reference_bits(Format f, const std::vector<float>& x, std::int64_t rows, std::int64_t cols, Isa isa,
+                           Rounding mode, int threads, const std::string& where) {
+  std::vector<float> want(x.size()), got(x.size());
+  fake_quantize(f, x, want, rows, cols, {mode, Isa::scalar, 1});
+  fake_quantize(f, x, got, rows, cols, {mode, isa, threads});
+  for (std::size_t i = 0; i < x.size(); ++i)
+    ASSERT_EQ(std::bit_cast<std::uint32_t>(got[i]), std::bit_cast<std::uint32_t>(want[i]))
+        << where << " index " << i << " x = " << x[i];
+  const PackedMatrix pw = pack(f, x, rows, cols, {mode, Isa::scalar, 1});
+  const PackedMatrix pg = pack(f, x, rows, cols, {mode, isa, threads});
+  ASSERT_EQ(pg.codes, pw.codes) << where;
+  ASSERT_EQ(pg.scales, pw.scales) << where;
+}
+
 class SimdMatchesReference : public ::testing::TestWithParam<Isa> {};
 
 TEST_P(SimdMatchesReference, BitIdentical) {
@@ -129,19 +145,10 @@ TEST(SimdSint4, TiesAndNearTiesMatchReference) {
   }
   for (Isa isa : {Isa::avx2, Isa::avx512}) {
     if (!isa_available(isa)) continue;
-    for (Rounding mode : {Rounding::nearest_even, Rounding::nearest_away}) {
-      std::vector<float> want(x.size()), got(x.size());
-      fake_quantize(Format::sint4, x, want, rows, cols, {mode, Isa::scalar, 1});
-      fake_quantize(Format::sint4, x, got, rows, cols, {mode, isa, 2});
-      for (std::size_t i = 0; i < x.size(); ++i)
-        ASSERT_EQ(std::bit_cast<std::uint32_t>(got[i]), std::bit_cast<std::uint32_t>(want[i]))
-            << isa_name(isa) << (mode == Rounding::nearest_away ? " ties-away" : " ties-even") << " index " << i
-            << " x = " << x[i];
-      const PackedMatrix pw = pack(Format::sint4, x, rows, cols, {mode, Isa::scalar, 1});
-      const PackedMatrix pg = pack(Format::sint4, x, rows, cols, {mode, isa, 2});
-      ASSERT_EQ(pg.codes, pw.codes) << isa_name(isa);
-      ASSERT_EQ(pg.scales, pw.scales) << isa_name(isa);
-    }
+    for (Rounding mode : {Rounding::nearest_even, Rounding::nearest_away})
+      ASSERT_NO_FATAL_FAILURE(expect_reference_bits(
+          Format::sint4, x, rows, cols, isa, mode, 2,
+          std::string(isa_name(isa)) + (mode == Rounding::nearest_away ? " ties-away" : " ties-even")));
   }
 }
 
@@ -160,18 +167,10 @@ TEST(SimdSint4, SubnormalStepsMatchReference) {
   }
   for (Isa isa : {Isa::avx2, Isa::avx512}) {
     if (!isa_available(isa)) continue;
-    for (int threads : {1, 2, 3}) {
-      std::vector<float> want(x.size()), got(x.size());
-      fake_quantize(Format::sint4, x, want, rows, cols, {Rounding::nearest_even, Isa::scalar, 1});
-      fake_quantize(Format::sint4, x, got, rows, cols, {Rounding::nearest_even, isa, threads});
-      for (std::size_t i = 0; i < x.size(); ++i)
-        ASSERT_EQ(std::bit_cast<std::uint32_t>(got[i]), std::bit_cast<std::uint32_t>(want[i]))
-            << isa_name(isa) << " " << threads << " threads, index " << i << " x = " << x[i];
-      const PackedMatrix pw = pack(Format::sint4, x, rows, cols, {Rounding::nearest_even, Isa::scalar, 1});
-      const PackedMatrix pg = pack(Format::sint4, x, rows, cols, {Rounding::nearest_even, isa, threads});
-      ASSERT_EQ(pg.codes, pw.codes) << isa_name(isa) << " " << threads << " threads";
-      ASSERT_EQ(pg.scales, pw.scales) << isa_name(isa) << " " << threads << " threads";
-    }
+    for (int threads : {1, 2, 3})
+      ASSERT_NO_FATAL_FAILURE(expect_reference_bits(Format::sint4, x, rows, cols, isa, Rounding::nearest_even, threads,
+                                                    std::string(isa_name(isa)) + " " + std::to_string(threads) +
+                                                        " threads"));
   }
 }
 
@@ -192,20 +191,11 @@ TEST(SimdBlockScales, ExtremeMagnitudesMatchReference) {
   for (Isa isa : {Isa::avx2, Isa::avx512}) {
     if (!isa_available(isa)) continue;
     for (const FormatInfo& info : all_formats()) {
-      for (int threads : {1, 3}) {
-        const std::string where = std::string(isa_name(isa)) + " " + std::string(info.name) + " " +
-                                  std::to_string(threads) + " threads";
-        std::vector<float> want(x.size()), got(x.size());
-        fake_quantize(info.format, x, want, rows, cols, {Rounding::nearest_even, Isa::scalar, 1});
-        fake_quantize(info.format, x, got, rows, cols, {Rounding::nearest_even, isa, threads});
-        for (std::size_t i = 0; i < x.size(); ++i)
-          ASSERT_EQ(std::bit_cast<std::uint32_t>(got[i]), std::bit_cast<std::uint32_t>(want[i]))
-              << where << " index " << i << " x = " << x[i];
-        const PackedMatrix pw = pack(info.format, x, rows, cols, {Rounding::nearest_even, Isa::scalar, 1});
-        const PackedMatrix pg = pack(info.format, x, rows, cols, {Rounding::nearest_even, isa, threads});
-        ASSERT_EQ(pg.codes, pw.codes) << where;
-        ASSERT_EQ(pg.scales, pw.scales) << where;
-      }
+      for (int threads : {1, 3})
+        ASSERT_NO_FATAL_FAILURE(expect_reference_bits(info.format, x, rows, cols, isa, Rounding::nearest_even,
+                                                      threads,
+                                                      std::string(isa_name(isa)) + " " + std::string(info.name) + " " +
+                                                          std::to_string(threads) + " threads"));
     }
   }
 }
