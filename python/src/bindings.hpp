@@ -6,6 +6,7 @@
 // behind the user's back. Arrays go out as numpy arrays that own the C++ vector they were made from.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
@@ -55,6 +56,18 @@ NumpyArray<T> to_numpy(std::vector<T>&& values, std::initializer_list<std::size_
   auto* owned = new std::vector<T>(std::move(values));
   nb::capsule owner(owned, [](void* p) noexcept { delete static_cast<std::vector<T>*>(p); });
   return NumpyArray<T>(owned->data(), shape, owner);
+}
+
+// A numpy array of `shape` whose values the caller writes next (through `out`): unlike a
+// std::vector, the memory is not zeroed first, on one thread, before a kernel that overwrites it.
+template <class T>
+NumpyArray<T> uninitialized_numpy(std::initializer_list<std::size_t> shape, std::span<T>& out) {
+  std::size_t n = 1;
+  for (std::size_t d : shape) n *= d;
+  T* values = new T[std::max<std::size_t>(n, 1)];  // default-initialized: no writes
+  nb::capsule owner(values, [](void* p) noexcept { delete[] static_cast<T*>(p); });
+  out = std::span<T>(values, n);
+  return NumpyArray<T>(values, shape, owner);
 }
 
 void register_formats(nb::module_& m);

@@ -62,12 +62,14 @@ void register_kernels(nb::module_& m) {
             options.threads = threads;
             options.skip_branch = skip_branch;
             if (isa) options.isa = parse_isa(*isa);
-            std::vector<float> y(std::size_t(shape.rows * k.out_features()));
+            std::span<float> y;
+            NumpyArray<float> result =
+                uninitialized_numpy<float>({std::size_t(shape.rows), std::size_t(k.out_features())}, y);
             {
               nb::gil_scoped_release release;
-              k.forward(values_of(x), shape.rows, y, options);
+              k.forward(values_of(x), shape.rows, y, options);  // writes every value (or throws)
             }
-            return to_numpy(std::move(y), {std::size_t(shape.rows), std::size_t(k.out_features())});
+            return result;
           },
           nb::arg("x").noconvert(), nb::arg("threads") = 0, nb::arg("isa").none() = nb::none(),
           nb::arg("skip_branch") = false, "y [rows, out] for C-contiguous float32 x [rows, in] (or one row).")
