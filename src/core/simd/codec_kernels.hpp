@@ -500,8 +500,8 @@ void block_groups(const float* in, std::int64_t blocks, Group&& group) {
   for (int g = 0; g < V::W; ++g) m[g] = g < group_size(0) ? block_max(in + g * B) : V::zero_i();
   for (std::int64_t first = 0; first < blocks; first += V::W) {
     const int n = group_size(first), next = first + V::W < blocks ? group_size(first + V::W) : 0;
-    const float* following = in + (first + V::W) * B;
-    group(first, n, V::transpose_max(m), [&](int g) { m[g] = g < next ? block_max(following + g * B) : V::zero_i(); });
+    group(first, n, V::transpose_max(m),
+          [&](int g) { m[g] = g < next ? block_max(in + (first + V::W + g) * B) : V::zero_i(); });
     for (int g = n; g < V::W; ++g) m[g] = V::zero_i();  // only the last group is short
   }
 }

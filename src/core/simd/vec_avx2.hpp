@@ -103,8 +103,6 @@ struct VecAvx2 {
   }
   static I zero_i() { return _mm256_setzero_si256(); }
   static F zero_f() { return _mm256_setzero_ps(); }
-  static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
-  static F round_even(F a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static M lt_f(F a, F b) { return _mm256_castps_si256(_mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
   static M and_m(M a, M b) { return _mm256_and_si256(a, b); }
   static unsigned lane_bits(M m) { return unsigned(_mm256_movemask_ps(_mm256_castsi256_ps(m))); }

@@ -93,8 +93,6 @@ struct VecAvx512 {
   }
   static I zero_i() { return _mm512_setzero_si512(); }
   static F zero_f() { return _mm512_setzero_ps(); }
-  static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
-  static F round_even(F a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static M lt_f(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
   static M and_m(M a, M b) { return M(a & b); }
   static unsigned lane_bits(M m) { return m; }
