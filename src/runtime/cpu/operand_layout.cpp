@@ -95,6 +95,9 @@ struct RowDecoder {
   void decode_scales(const std::uint32_t* scale_codes, float* chunk_scales) const {
     const float unit = element_unit(format);
     const std::int64_t per_block = info.block_size == 0 ? chunks : info.block_size / kChunk;
+    if (per_block < 1 || (info.block_size != 0 && info.block_size % kChunk != 0))
+      throw Error("integer kernels: " + std::string(info.name) + " blocks are not whole " + std::to_string(kChunk) +
+                  "-value chunks");
     for (std::int64_t b = 0, c = 0; c < chunks; ++b) {
       const float value = scale_value(info.scale, scale_codes[b]) * unit;
       for (std::int64_t i = 0; i < per_block && c < chunks; ++i) chunk_scales[c++] = value;
