@@ -654,7 +654,7 @@ void fast_block_row(const float* in, float* out, std::int64_t cols, float tensor
     if constexpr (G.is_int && !divide && !Away) {
       // MX integers with ties to even: the grid is the integers times 2^-f (1/64 for mxint8, 1/4 for
       // mxint4), so the code is the FPU's ties-to-even conversion of t x 2^f, clamped to +-max:
-      // four operations where R takes some fifteen. t x 2^f is exact (t below 2^-126, where x x
+      // five operations where R takes some fifteen. t x 2^f is exact (t below 2^-126, where x x
       // to_grid may have rounded, lies far below the grid step), and code x 2^(e - f) is the product R
       // computes, rounded once, +0 for code 0.
       constexpr float units = power_of_two_constant(G.man_bits - (G.emin_field - 127));
