@@ -55,6 +55,19 @@ void expect_reference_bits(Format f, const std::vector<float>& x, std::int64_t r
   ASSERT_EQ(pg.scales, pw.scales) << where;
 }
 
+// rows x cols normal values in blocks of 64, each block scaled by magnitude(block).
+template <class Magnitude>
+std::vector<float> blocks_at_magnitudes(std::int64_t rows, std::int64_t cols, std::uint32_t seed, Magnitude&& magnitude) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(std::size_t(rows * cols));
+  for (std::int64_t block = 0; block < rows * cols / 64; ++block) {
+    const float m = magnitude(block, rng);
+    for (int i = 0; i < 64; ++i) x[std::size_t(block * 64 + i)] = normal(rng) * m;
+  }
+  return x;
+}
+
 class SimdMatchesReference : public ::testing::TestWithParam<Isa> {};
 
 TEST_P(SimdMatchesReference, BitIdentical) {
@@ -157,14 +170,10 @@ TEST(SimdSint4, TiesAndNearTiesMatchReference) {
 // -7..7 (the vector path sends those blocks to the per-block one). Blocks of every such magnitude sit
 // next to ordinary ones in groups that span rows, with 1, 2 and 3 threads.
 TEST(SimdSint4, SubnormalStepsMatchReference) {
-  std::mt19937 rng(7);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
   const std::int64_t rows = 24, cols = 1152;
-  std::vector<float> x(std::size_t(rows * cols));
-  for (std::int64_t block = 0; block < rows * cols / 64; ++block) {
-    const float magnitude = block % 4 == 3 ? 1.0f : std::ldexp(1.0f, -int(rng() % 16) - 12);  // 2^-12 .. 2^-27
-    for (int i = 0; i < 64; ++i) x[std::size_t(block * 64 + i)] = normal(rng) * magnitude;
-  }
+  const std::vector<float> x = blocks_at_magnitudes(rows, cols, 7, [](std::int64_t block, std::mt19937& rng) {
+    return block % 4 == 3 ? 1.0f : std::ldexp(1.0f, -int(rng() % 16) - 12);  // 2^-12 .. 2^-27
+  });
   for (Isa isa : {Isa::avx2, Isa::avx512}) {
     if (!isa_available(isa)) continue;
     for (int threads : {1, 2, 3})
@@ -179,15 +188,11 @@ TEST(SimdSint4, SubnormalStepsMatchReference) {
 // 2^-e times a grid's own power of two leaves the floats), whole rows of such blocks so that the
 // vector paths handle them in groups, with 1 and 3 threads.
 TEST(SimdBlockScales, ExtremeMagnitudesMatchReference) {
-  std::mt19937 rng(11);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
   const std::int64_t rows = 6, cols = 1152;
-  std::vector<float> x(std::size_t(rows * cols));
-  for (std::int64_t block = 0; block < rows * cols / 64; ++block) {
+  const std::vector<float> x = blocks_at_magnitudes(rows, cols, 11, [](std::int64_t, std::mt19937& rng) {
     const int kind = int(rng() % 3);
-    const int exponent = kind == 0 ? int(rng() % 41) - 150 : kind == 1 ? 100 + int(rng() % 25) : int(rng() % 7) - 3;
-    for (int i = 0; i < 64; ++i) x[std::size_t(block * 64 + i)] = normal(rng) * std::ldexp(1.0f, exponent);
-  }
+    return std::ldexp(1.0f, kind == 0 ? int(rng() % 41) - 150 : kind == 1 ? 100 + int(rng() % 25) : int(rng() % 7) - 3);
+  });
   for (Isa isa : {Isa::avx2, Isa::avx512}) {
     if (!isa_available(isa)) continue;
     for (const FormatInfo& info : all_formats()) {
