@@ -57,16 +57,6 @@ float tensor_scale_of(Format f, std::span<const float> values, const QuantOption
   return detail::nvfp4_tensor_scale(amax);
 }
 
-// Whether a run of whole rows can go to a kernel as one long row: every block ends where a row ends
-// and nothing is per row (int8_channel's scale), so the blocks and their codes and scales are laid
-// out exactly as in one row of the total length. The kernels then start up once per thread instead
-// of once per row (sint4's pipeline over groups of blocks: 1152-value rows are 18 blocks).
-bool rows_concatenate(Format f, std::int64_t cols) {
-  const FormatInfo& info = format_info(f);
-  if (info.scale == ScaleType::none) return true;
-  return info.block_size > 0 && cols % info.block_size == 0;
-}
-
 // This thread's share of `count` rows, the same contiguous split as schedule(static).
 struct RowRange {
   std::int64_t begin, end;
@@ -111,7 +101,7 @@ void fake_quantize(Format f, std::span<const float> in, std::span<float> out, st
   const bool stream = rows * cols * std::int64_t(sizeof(float)) >= (std::int64_t(8) << 20);
 #pragma omp parallel num_threads(thread_count(options))
   {
-    if (kernels && rows_concatenate(f, cols)) {
+    if (kernels && detail::rows_concatenate(f, cols)) {
       const RowRange mine = thread_rows(rows);
       if (mine.end > mine.begin)
         kernels->fake_quantize_row(f, in.data() + mine.begin * cols, out.data() + mine.begin * cols,
@@ -153,7 +143,7 @@ PackedMatrix pack(Format f, std::span<const float> in, std::int64_t rows, std::i
   const detail::VectorKernels* kernels = vector_kernels(f, options, /*packing=*/true);
 #pragma omp parallel num_threads(thread_count(options))
   {
-    if (kernels && rows_concatenate(f, cols)) {
+    if (kernels && detail::rows_concatenate(f, cols)) {
       const RowRange mine = thread_rows(rows);
       if (mine.end > mine.begin)
         kernels->pack_row(f, in.data() + mine.begin * cols, (mine.end - mine.begin) * cols, packed.tensor_scale,

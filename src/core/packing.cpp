@@ -70,4 +70,10 @@ void load_scales(ScaleType type, const std::uint8_t* in, std::int64_t n, std::ui
   }
 }
 
+bool rows_concatenate(Format f, std::int64_t cols) {
+  const FormatInfo& info = format_info(f);
+  if (info.scale == ScaleType::none) return true;
+  return info.block_size > 0 && cols % info.block_size == 0;
+}
+
 }  // namespace loraq::detail

@@ -17,4 +17,11 @@ void unpack_codes(int bits, const std::uint8_t* in, std::int64_t n, std::uint32_
 void store_scales(ScaleType type, const std::uint32_t* scale_codes, std::int64_t n, std::uint8_t* out);
 void load_scales(ScaleType type, const std::uint8_t* in, std::int64_t n, std::uint32_t* scale_codes);
 
+// Whether rows of `cols` values can be coded as one long row: every block ends where a row ends and
+// nothing is per row (int8_channel's scale), so the blocks, codes and scales of consecutive rows are
+// laid out exactly as in one row of their total length. The codec dispatcher and the integer
+// kernels' activation quantization then call a row kernel once for many rows (the vector codecs
+// work on groups of blocks, which would otherwise restart on every row).
+bool rows_concatenate(Format f, std::int64_t cols);
+
 }  // namespace loraq::detail

@@ -441,6 +441,21 @@ FastScale fast_scale(std::int32_t amax_bits, float tensor_scale) {
 // and near ties on purpose).
 constexpr float kTieGuard = 1.0f / 65536.0f;
 
+// t = x x reciprocal for the K vectors at x, and d = t - round(t) (exact): t - d is t rounded to an
+// integer (+0 where a negative t rounds to zero, as decoding code 0 gives). Returns whether any
+// value lies within kTieGuard of a tie, where t may round otherwise than the reference's quotient.
+template <class V, int K>
+bool sint4_quotients(const float* x, float reciprocal, typename V::F (&t)[K], typename V::F (&d)[K]) {
+  const typename V::F inv = V::set_f(reciprocal);
+  typename V::F largest = V::zero_f();
+  for (int k = 0; k < K; ++k) {
+    t[k] = V::mul(V::load(x + k * V::W), inv);
+    d[k] = V::frac(t[k]);
+    largest = V::max_abs(largest, d[k]);
+  }
+  return V::any(V::gt_f(largest, V::set_f(0.5f - kTieGuard)));
+}
+
 template <class V, bool Pack, int K>
 bool sint4_block_by_reciprocal(const float* in, float amax, float step, float* out, typename V::I (&c)[K],
                                bool stream) {
@@ -448,14 +463,8 @@ bool sint4_block_by_reciprocal(const float* in, float amax, float step, float* o
   using I = typename V::I;
   const float reciprocal = 1.0f / step;
   if (!(amax * reciprocal < 15.0f)) return false;
-  const F inv = V::set_f(reciprocal);
-  F t[K];
-  typename V::M near_tie = V::no_lanes();
-  for (int k = 0; k < K; ++k) {
-    t[k] = V::mul(V::load(in + k * V::W), inv);
-    near_tie = V::or_m(near_tie, V::off_integer(t[k], V::set_f(0.5f - kTieGuard)));
-  }
-  if (V::any(near_tie)) return false;
+  F t[K], d[K];
+  if (sint4_quotients<V, K>(in, reciprocal, t, d)) return false;
   const F step_v = V::set_f(step);
   for (int k = 0; k < K; ++k) {
     // Saturation as the reference's: |q| beyond 7 gives +-7 (7.5 itself is a tie, never here).
@@ -502,7 +511,6 @@ void block_groups(const float* in, std::int64_t blocks, Group&& group) {
     const int n = group_size(first), next = first + V::W < blocks ? group_size(first + V::W) : 0;
     group(first, n, V::transpose_max(m),
           [&](int g) { m[g] = g < next ? block_max(in + (first + V::W + g) * B) : V::zero_i(); });
-    for (int g = n; g < V::W; ++g) m[g] = V::zero_i();  // only the last group is short
   }
 }
 
@@ -533,22 +541,8 @@ void sint4_blocks(const float* in, std::int64_t blocks, float* out, std::uint8_t
     for (int g = 0; g < n; ++g) {
       next_max(g);
       const float* x = in + (first + g) * B;
-      // t = x / step as x x (1 / step), and d = t - round(t): t - d is t rounded to an integer
-      // (exactly, and +0 where a negative t rounds to zero, as decoding code 0 gives), and the
-      // largest |d| tells whether any value lies near a tie.
       F t[K], d[K];
-      bool near_tie = true;
-      if (fast >> g & 1) {
-        const F inv = V::set_f(reciprocals[g]);
-        F largest = V::zero_f();
-        for (int k = 0; k < K; ++k) {
-          t[k] = V::mul(V::load(x + k * V::W), inv);
-          d[k] = V::frac(t[k]);
-          largest = V::max_abs(largest, d[k]);
-        }
-        near_tie = V::any(V::gt_f(largest, V::set_f(0.5f - kTieGuard)));
-      }
-      if (near_tie) {
+      if (!(fast >> g & 1) || sint4_quotients<V, K>(x, reciprocals[g], t, d)) {
         fallback(first + g, amaxes[g]);
         continue;
       }

@@ -63,11 +63,6 @@ struct VecAvx2 {
   static I cvt_nearest(F a) { return _mm256_cvtps_epi32(a); }
   static I min_i(I a, I b) { return _mm256_min_epi32(a, b); }
 
-  // Lanes whose distance to the nearest integer exceeds `limit`.
-  static M off_integer(F a, F limit) {
-    const F frac = sub(a, _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    return _mm256_castps_si256(_mm256_cmp_ps(flt(and_i(bits(frac), set_i(0x7FFFFFFF))), limit, _CMP_GT_OQ));
-  }
   // a - (a rounded to the nearest integer, ties to even), exact.
   static F frac(F a) { return sub(a, _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)); }
   // max(|a|, |b|) for non-NaN lanes.
@@ -76,8 +71,6 @@ struct VecAvx2 {
     return _mm256_max_ps(_mm256_and_ps(a, abs_mask), _mm256_and_ps(b, abs_mask));
   }
   static M gt_f(F a, F b) { return _mm256_castps_si256(_mm256_cmp_ps(a, b, _CMP_GT_OQ)); }
-  static M no_lanes() { return _mm256_setzero_si256(); }
-  static M or_m(M a, M b) { return _mm256_or_si256(a, b); }
   static bool any(M m) { return !_mm256_testz_si256(m, m); }
 
   static std::int32_t hmax_i(I a) {

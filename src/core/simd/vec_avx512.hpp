@@ -59,18 +59,11 @@ struct VecAvx512 {
   static I cvt_nearest(F a) { return _mm512_cvt_roundps_epi32(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static I min_i(I a, I b) { return _mm512_min_epi32(a, b); }
 
-  // Lanes whose distance to the nearest integer exceeds `limit` (vreduceps gives a - round(a)).
-  static M off_integer(F a, F limit) {
-    return _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_reduce_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)),
-                              limit, _CMP_GT_OQ);
-  }
   // a - (a rounded to the nearest integer, ties to even), exact: one vreduceps.
   static F frac(F a) { return _mm512_reduce_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   // max(|a|, |b|) for non-NaN lanes: one vrangeps (imm 0b1011: the larger magnitude, sign cleared).
   static F max_abs(F a, F b) { return _mm512_range_ps(a, b, 0x0B); }
   static M gt_f(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
-  static M no_lanes() { return 0; }
-  static M or_m(M a, M b) { return M(a | b); }
   static bool any(M m) { return m != 0; }
 
   static std::int32_t hmax_i(I a) { return _mm512_reduce_max_epi32(a); }

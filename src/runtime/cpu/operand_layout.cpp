@@ -194,12 +194,10 @@ void quantize_activations(Format format, const float* x, std::int64_t rows, std:
   out.offset8.resize(std::size_t(rows * out.chunks));
   RowDecoder decoder(format, cols);
   const std::int64_t scale_row_bytes = decoder.blocks * scale_bytes(format);
-  // Where every block ends at a row's end, all rows pack as one long row: one call of the codec
-  // instead of one per row, each with its start-up (the vector codecs work on groups of 16 blocks;
-  // a 1152-value mxint8 row is 36). 8-bit codes in whole chunks are the kernels' int8 codes already,
-  // packed in place; other widths are unpacked row by row.
-  const std::int64_t block = format_info(format).block_size;
-  const bool one_call = block > 0 && cols % block == 0;
+  // All rows in one call of the codec where they concatenate (a 1152-value mxint8 row is 36 blocks,
+  // the vector codecs work on groups of 16). 8-bit codes in whole chunks are the kernels' int8 codes
+  // already, packed in place; other widths are unpacked row by row.
+  const bool one_call = detail::rows_concatenate(format, cols);
   const bool in_place = one_call && element_bits(format) == 8 && cols == out.chunks * kChunk;
   thread_local std::vector<std::uint8_t> packed_codes, packed_scales;  // pack()'s layout
   packed_codes.resize(std::size_t(in_place ? 0 : (one_call ? rows : 1) * decoder.row_bytes));
