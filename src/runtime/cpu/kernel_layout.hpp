@@ -14,7 +14,11 @@
 // two offsets that undo the weights' unsigned storage: -8 x (sum of codes) for 4-bit weights,
 // -128 x (sum of codes) for 8-bit ones the VNNI kernels store with their top bit flipped. The VNNI
 // kernels start each chunk's int32 sums at the offset, a broadcast from memory (a load, no vector
-// ALU work), instead of subtracting it per token and chunk.
+// ALU work), instead of subtracting it per token and chunk. Tokens are interleaved in groups of
+// kTokenGroup: a group stores chunk 0 of its tokens one after the other, then chunk 1, and so on
+// (scales and offsets likewise), so that a kernel reaches every token of its tile from one pointer
+// per chunk at constant offsets. With a pointer per token, 12 tokens did not fit the general
+// registers, and the spills and pointer updates cost more than the kernel's vector work could hide.
 #pragma once
 
 #include <cstdint>
@@ -29,6 +33,7 @@ inline constexpr int kChunk = 32;  // values of one exact int32 partial sum
 inline constexpr int kPanel = 8;   // output rows of a panel: the int32 lanes of an AVX2 register
 inline constexpr int kMaxPanels = 2;  // panels of one micro-kernel call (2: the 16 lanes of AVX-512)
 inline constexpr int kMaxTile = 12;   // tokens of one micro-kernel call (the AVX-512 set's tile)
+inline constexpr int kTokenGroup = kMaxTile;  // every set's tile divides it, so no tile spans two groups
 
 struct WeightPanels {
   int bits = 0;  // 4 or 8
@@ -55,32 +60,38 @@ struct DecodedRows {
 };
 DecodedRows decode_rows(const PackedMatrix& packed);
 
+// Token t's chunk c is at group g = t / kTokenGroup, i = t % kTokenGroup: codes at
+// ((g * chunks + c) * kTokenGroup + i) * kChunk, its scale and offsets at (g * chunks + c) *
+// kTokenGroup + i. The last group is padded with zero codes, scales and offsets.
 struct ActivationRows {
   std::int64_t rows = 0, chunks = 0;
-  std::vector<std::int8_t> codes;    // rows x chunks * kChunk, zero past the last column
-  std::vector<float> scales;         // rows x chunks
-  std::vector<std::int32_t> offset4;  // rows x chunks: -8 x the sum of the chunk's codes
-  std::vector<std::int32_t> offset8;  // rows x chunks: -128 x the sum of the chunk's codes
+  std::vector<std::int8_t> codes;    // groups x chunks x kTokenGroup x kChunk, zero past the last column
+  std::vector<float> scales;         // groups x chunks x kTokenGroup
+  std::vector<std::int32_t> offset4;  // -8 x the sum of the chunk's codes
+  std::vector<std::int32_t> offset8;  // -128 x the sum of the chunk's codes
 };
 
 // Quantizes x [rows, cols] to `format` with the library's codec (so the codes are those of
 // fake_quantize, bit for bit) and lays them out for the kernels. One thread.
 void quantize_activations(Format format, const float* x, std::int64_t rows, std::int64_t cols, ActivationRows& out);
 
-// One tile of up to kMaxTile tokens of an ActivationRows.
+// One tile of up to kMaxTile tokens of an ActivationRows, within one group: token t's chunk c has its
+// codes at codes + c * code_chunk_stride + t * kChunk, its scale at scales[c * chunk_stride + t]
+// (offsets likewise).
 struct ActivationTile {
-  const std::int8_t* codes;  // first token's codes; token t at codes + t * code_stride
-  const float* scales;       // first token's chunk scales; token t at + t * chunk_stride
-  const std::int32_t* offset4;  // token t's chunk offsets at + t * chunk_stride
+  const std::int8_t* codes;
+  const float* scales;
+  const std::int32_t* offset4;
   const std::int32_t* offset8;
-  std::int64_t code_stride, chunk_stride;
+  std::int64_t code_chunk_stride, chunk_stride;
 };
 
-// The tile of `rows` starting at token t0.
+// The tile of `rows` starting at token t0 (a tile never crosses a group: t0 is a multiple of the
+// set's tile, which divides kTokenGroup).
 inline ActivationTile tile_at(const ActivationRows& rows, std::int64_t t0) {
-  return {rows.codes.data() + t0 * rows.chunks * kChunk, rows.scales.data() + t0 * rows.chunks,
-          rows.offset4.data() + t0 * rows.chunks, rows.offset8.data() + t0 * rows.chunks, rows.chunks * kChunk,
-          rows.chunks};
+  const std::int64_t first = (t0 / kTokenGroup) * rows.chunks * kTokenGroup + t0 % kTokenGroup;
+  return {rows.codes.data() + first * kChunk, rows.scales.data() + first, rows.offset4.data() + first,
+          rows.offset8.data() + first, kTokenGroup * kChunk, kTokenGroup};
 }
 
 // A kernel set computes `panels` consecutive panels (rows = panels x kPanel output rows) for up to

@@ -49,7 +49,7 @@ void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunk
       const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(k, 4), low4);
       #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) {
-        const std::int8_t* x = a.codes + t * a.code_stride + c * kChunk + 8 * v;
+        const std::int8_t* x = a.codes + c * a.code_chunk_stride + t * kChunk + 8 * v;
         const __m256i prod = _mm256_add_epi16(_mm256_maddubs_epi16(lo, broadcast4(x)),
                                               _mm256_maddubs_epi16(hi, broadcast4(x + 4)));
         pairs[t] = _mm256_add_epi16(pairs[t], prod);
@@ -59,8 +59,8 @@ void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunk
     #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
       const __m256i sum = _mm256_add_epi32(_mm256_madd_epi16(pairs[t], ones),
-                                           _mm256_set1_epi32(a.offset4[t * a.chunk_stride + c]));
-      const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(a.scales[t * a.chunk_stride + c]), row_scales);
+                                           _mm256_set1_epi32(a.offset4[c * a.chunk_stride + t]));
+      const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(a.scales[c * a.chunk_stride + t]), row_scales);
       y[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, y[t]);
     }
   }
@@ -86,7 +86,7 @@ void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunk
       const __m256i k = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 256 + g * 32));
       #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) {
-        const __m256i x = broadcast4(a.codes + t * a.code_stride + c * kChunk + 4 * g);
+        const __m256i x = broadcast4(a.codes + c * a.code_chunk_stride + t * kChunk + 4 * g);
         const __m256i prod = _mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(k, x));
         sums[t] = _mm256_add_epi32(sums[t], _mm256_madd_epi16(prod, ones));
       }
@@ -94,7 +94,7 @@ void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunk
     const __m256 row_scales = _mm256_loadu_ps(scales + c * kPanel);
     #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
-      const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(a.scales[t * a.chunk_stride + c]), row_scales);
+      const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(a.scales[c * a.chunk_stride + t]), row_scales);
       y[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t]), scale, y[t]);
     }
   }
@@ -148,6 +148,7 @@ void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, cons
 namespace loraq::runtime {
 
 const KernelSet& avx2_kernels() {
+  static_assert(kTokenGroup % 4 == 0, "a tile must not span two token groups");
   static const KernelSet set{"avx2", 1, 4, panel_w4_any, panel_w8_any, epilogue, &set};
   return set;
 }

@@ -42,9 +42,8 @@ struct Avx512Vnni {
   static I srl4(I a) { return _mm512_srli_epi16(a, 4); }
   // acc + unsigned bytes of w x the 4 signed bytes at x, broadcast to every lane.
   static I dpbusd(I acc, I w, const std::int8_t* x) {
-    std::int32_t v;
-    std::memcpy(&v, x, 4);
-    return _mm512_dpbusd_epi32(acc, w, _mm512_set1_epi32(v));
+    asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*reinterpret_cast<const std::int32_t*>(x)));
+    return acc;
   }
   static F cvt(I a) { return _mm512_cvtepi32_ps(a); }
   static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
@@ -61,6 +60,7 @@ struct Avx512Vnni {
 namespace {
 
 constexpr int kRows = Avx512Vnni::rows;
+static_assert(loraq::runtime::kTokenGroup % Avx512Vnni::tile == 0, "a tile must not span two token groups");
 
 // Two chains per token (even and odd j): 24 independent fused multiply-adds at 12 tokens; the 16
 // rows' up values are one load per j for all tokens.

@@ -41,6 +41,7 @@ struct AvxVnni {
   static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
   static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
 };
+static_assert(loraq::runtime::kTokenGroup % AvxVnni::tile == 0, "a tile must not span two token groups");
 
 }  // namespace
 

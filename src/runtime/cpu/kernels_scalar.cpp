@@ -14,14 +14,14 @@ void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunk
       float y = 0.0f;
       for (std::int64_t c = 0; c < chunks; ++c) {
         const std::uint8_t* k = codes + c * 128;
-        const std::int8_t* x = a.codes + t * a.code_stride + c * kChunk;
+        const std::int8_t* x = a.codes + c * a.code_chunk_stride + t * kChunk;
         std::int32_t sum = 0;
         for (int v = 0; v < 4; ++v)
           for (int j = 0; j < 4; ++j) {
             const int byte = k[v * 32 + 4 * r + j];
             sum += ((byte & 15) - 8) * x[8 * v + j] + ((byte >> 4) - 8) * x[8 * v + 4 + j];
           }
-        y = std::fma(float(sum), a.scales[t * a.chunk_stride + c] * scales[c * kPanel + r], y);
+        y = std::fma(float(sum), a.scales[c * a.chunk_stride + t] * scales[c * kPanel + r], y);
       }
       acc[t * kPanel + r] = y;
     }
@@ -35,11 +35,11 @@ void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunk
       float y = 0.0f;
       for (std::int64_t c = 0; c < chunks; ++c) {
         const std::uint8_t* k = codes + c * 256;
-        const std::int8_t* x = a.codes + t * a.code_stride + c * kChunk;
+        const std::int8_t* x = a.codes + c * a.code_chunk_stride + t * kChunk;
         std::int32_t sum = 0;
         for (int g = 0; g < 8; ++g)
           for (int j = 0; j < 4; ++j) sum += std::int8_t(k[g * 32 + 4 * r + j]) * x[4 * g + j];
-        y = std::fma(float(sum), a.scales[t * a.chunk_stride + c] * scales[c * kPanel + r], y);
+        y = std::fma(float(sum), a.scales[c * a.chunk_stride + t] * scales[c * kPanel + r], y);
       }
       acc[t * kPanel + r] = y;
     }
@@ -63,6 +63,7 @@ void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, cons
 }  // namespace
 
 const KernelSet& scalar_kernels() {
+  static_assert(kTokenGroup % 4 == 0, "a tile must not span two token groups");
   static const KernelSet set{"scalar", 1, 4, panel_w4, panel_w8, epilogue, &set};
   return set;
 }

@@ -187,28 +187,35 @@ void quantize_activations(Format format, const float* x, std::int64_t rows, std:
   QuantOptions one_thread;
   one_thread.threads = 1;
   out.rows = rows;
-  out.chunks = (cols + kChunk - 1) / kChunk;
-  out.codes.resize(std::size_t(rows * out.chunks * kChunk));
-  out.scales.resize(std::size_t(rows * out.chunks));
-  out.offset4.resize(std::size_t(rows * out.chunks));
-  out.offset8.resize(std::size_t(rows * out.chunks));
+  const std::int64_t chunks = out.chunks = (cols + kChunk - 1) / kChunk;
+  const std::int64_t slots = (rows + kTokenGroup - 1) / kTokenGroup * kTokenGroup * chunks;
+  out.codes.assign(std::size_t(slots * kChunk), 0);
+  out.scales.assign(std::size_t(slots), 0.0f);
+  out.offset4.assign(std::size_t(slots), 0);
+  out.offset8.assign(std::size_t(slots), 0);
+  // Each row's codes and chunk scales row-major first (what the codec and RowDecoder write), then
+  // interleaved into the groups.
+  thread_local std::vector<std::int8_t> row_major;
+  thread_local std::vector<float> row_scales_f;
+  row_major.resize(std::size_t(rows * chunks * kChunk));
+  row_scales_f.resize(std::size_t(chunks));
   RowDecoder decoder(format, cols);
   const std::int64_t scale_row_bytes = decoder.blocks * scale_bytes(format);
   // All rows in one call of the codec where they concatenate (a 1152-value mxint8 row is 36 blocks,
   // the vector codecs work on groups of 16). 8-bit codes in whole chunks are the kernels' int8 codes
   // already, packed in place; other widths are unpacked row by row.
   const bool one_call = detail::rows_concatenate(format, cols);
-  const bool in_place = one_call && element_bits(format) == 8 && cols == out.chunks * kChunk;
+  const bool in_place = one_call && element_bits(format) == 8 && cols == chunks * kChunk;
   thread_local std::vector<std::uint8_t> packed_codes, packed_scales;  // pack()'s layout
   packed_codes.resize(std::size_t(in_place ? 0 : (one_call ? rows : 1) * decoder.row_bytes));
   packed_scales.resize(std::size_t((one_call ? rows : 1) * scale_row_bytes));
   detail::RowPacker packer(format, one_call ? rows * cols : cols, one_thread);
   if (one_call)
-    packer.pack(x, 1.0f, in_place ? reinterpret_cast<std::uint8_t*>(out.codes.data()) : packed_codes.data(),
+    packer.pack(x, 1.0f, in_place ? reinterpret_cast<std::uint8_t*>(row_major.data()) : packed_codes.data(),
                 packed_scales.data());
   for (std::int64_t row = 0; row < rows; ++row) {
-    std::int8_t* codes = out.codes.data() + row * out.chunks * kChunk;
-    float* scales = out.scales.data() + row * out.chunks;
+    std::int8_t* codes = row_major.data() + row * chunks * kChunk;
+    float* scales = row_scales_f.data();
     const std::uint8_t* row_codes = packed_codes.data() + (one_call ? row * decoder.row_bytes : 0);
     const std::uint8_t* row_scales = packed_scales.data() + (one_call ? row * scale_row_bytes : 0);
     if (!one_call) packer.pack(x + row * cols, 1.0f, packed_codes.data(), packed_scales.data());
@@ -218,12 +225,14 @@ void quantize_activations(Format format, const float* x, std::int64_t rows, std:
     } else {
       decoder.decode_row(row_codes, row_scales, codes, scales);
     }
-    std::int32_t* offset4 = out.offset4.data() + row * out.chunks;
-    std::int32_t* offset8 = out.offset8.data() + row * out.chunks;
-    for (std::int64_t c = 0; c < out.chunks; ++c) {
+    const std::int64_t first = (row / kTokenGroup) * chunks * kTokenGroup + row % kTokenGroup;
+    for (std::int64_t c = 0; c < chunks; ++c) {
+      const std::int64_t slot = first + c * kTokenGroup;
+      std::memcpy(out.codes.data() + slot * kChunk, codes + c * kChunk, kChunk);
       const std::int32_t sum = chunk_sum(codes + c * kChunk);
-      offset4[c] = -8 * sum;
-      offset8[c] = -128 * sum;
+      out.scales[std::size_t(slot)] = scales[c];
+      out.offset4[std::size_t(slot)] = -8 * sum;
+      out.offset8[std::size_t(slot)] = -128 * sum;
     }
   }
 }

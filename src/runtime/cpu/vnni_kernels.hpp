@@ -28,7 +28,7 @@ inline void add_chunk(const typename V::I (&sums)[T], const loraq::runtime::Acti
                       const typename V::F row_scales, typename V::F (&y)[T]) {
   #pragma GCC unroll 12
   for (int t = 0; t < T; ++t) {
-    const typename V::F scale = V::mul(V::set1_f(a.scales[t * a.chunk_stride + c]), row_scales);
+    const typename V::F scale = V::mul(V::set1_f(a.scales[c * a.chunk_stride + t]), row_scales);
     y[t] = V::fma(V::cvt(sums[t]), scale, y[t]);
   }
 }
@@ -45,7 +45,7 @@ inline void panel_loop(const float* scales, std::int64_t chunks, const loraq::ru
   for (std::int64_t c = 0; c < chunks; ++c) {
     typename V::I sums[T];
     #pragma GCC unroll 12
-    for (int t = 0; t < T; ++t) sums[t] = V::set1_i(offsets[t * a.chunk_stride + c]);
+    for (int t = 0; t < T; ++t) sums[t] = V::set1_i(offsets[c * a.chunk_stride + t]);
     body(c, sums);
     add_chunk<V, T>(sums, a, c, V::load_scales(scales + c * kPanel, chunks * kPanel), y);
   }
@@ -65,7 +65,7 @@ void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunk
       const typename V::I lo = V::and_(k, low4), hi = V::and_(V::srl4(k), low4);
       #pragma GCC unroll 12
       for (int t = 0; t < T; ++t) {
-        const std::int8_t* x = a.codes + t * a.code_stride + c * kChunk + 8 * v;
+        const std::int8_t* x = a.codes + c * a.code_chunk_stride + t * kChunk + 8 * v;
         sums[t] = V::dpbusd(sums[t], lo, x);
         sums[t] = V::dpbusd(sums[t], hi, x + 4);
       }
@@ -83,7 +83,7 @@ void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunk
     for (int g = 0; g < 8; ++g) {
       const typename V::I k = V::xor_(V::load_codes(codes + c * 256 + g * 32, chunks * 256), top_bit);
       #pragma GCC unroll 12
-      for (int t = 0; t < T; ++t) sums[t] = V::dpbusd(sums[t], k, a.codes + t * a.code_stride + c * kChunk + 4 * g);
+      for (int t = 0; t < T; ++t) sums[t] = V::dpbusd(sums[t], k, a.codes + c * a.code_chunk_stride + t * kChunk + 4 * g);
     }
   });
 }
