@@ -10,6 +10,10 @@
 //   8-bit weights (256 bytes): vector g = 0..7; byte 4 * row + j holds code(row, 32c + 4g + j).
 // Scales: one fp32 per (chunk, row), the block's scale times the element's unit (1/64 for mxint8,
 // 1/4 for mxint4, 1 for sint4 and int8_channel), so that value = code x scale exactly.
+// Panels are stored in pairs (kMaxPanels; an odd last panel beside a zero one), each 32-byte vector
+// of panel 2q followed by the same vector of panel 2q + 1, and likewise their 8 scales: one 64-byte
+// load gives the AVX-512 kernels both panels (two 32-byte loads and an insert cost a shuffle per
+// vector on the port vpdpbusd needs). A one-panel kernel steps over its partner's bytes.
 // Activations: per token, int8 codes padded to whole chunks, and per chunk one fp32 scale and the
 // two offsets that undo the weights' unsigned storage: -8 x (sum of codes) for 4-bit weights,
 // -128 x (sum of codes) for 8-bit ones the VNNI kernels store with their top bit flipped. The VNNI
@@ -34,15 +38,27 @@ inline constexpr int kPanel = 8;   // output rows of a panel: the int32 lanes of
 inline constexpr int kMaxPanels = 2;  // panels of one micro-kernel call (2: the 16 lanes of AVX-512)
 inline constexpr int kMaxTile = 12;   // tokens of one micro-kernel call (the AVX-512 set's tile)
 inline constexpr int kTokenGroup = kMaxTile;  // every set's tile divides it, so no tile spans two groups
+// Strides in a pair of panels: between a panel's consecutive 32-byte vectors, between its chunks (4-
+// and 8-bit codes), and between its chunks' 8 scales.
+inline constexpr int kPairVector = kMaxPanels * 32;
+inline constexpr int kPairChunk4 = 4 * kPairVector, kPairChunk8 = 8 * kPairVector;
+inline constexpr int kPairScales = kMaxPanels * kPanel;
 
 struct WeightPanels {
   int bits = 0;  // 4 or 8
   std::int64_t rows = 0, cols = 0, chunks = 0, panels = 0;
-  std::vector<std::uint8_t> codes;  // panels x chunks x chunk_bytes()
-  std::vector<float> scales;        // panels x chunks x kPanel
-  std::int64_t chunk_bytes() const { return bits == 4 ? 128 : 256; }
-  const std::uint8_t* panel_codes(std::int64_t p) const { return codes.data() + p * chunks * chunk_bytes(); }
-  const float* panel_scales(std::int64_t p) const { return scales.data() + p * chunks * kPanel; }
+  std::vector<std::uint8_t> codes;  // pairs x chunks x kMaxPanels x chunk_bytes()
+  std::vector<float> scales;        // pairs x chunks x kPairScales
+  std::int64_t pairs() const { return (panels + kMaxPanels - 1) / kMaxPanels; }
+  std::int64_t chunk_bytes() const { return bits == 4 ? 128 : 256; }  // one panel's
+  std::uint8_t* panel_codes(std::int64_t p) {
+    return codes.data() + (p / kMaxPanels) * chunks * kMaxPanels * chunk_bytes() + (p % kMaxPanels) * 32;
+  }
+  float* panel_scales(std::int64_t p) {
+    return scales.data() + (p / kMaxPanels) * chunks * kPairScales + (p % kMaxPanels) * kPanel;
+  }
+  const std::uint8_t* panel_codes(std::int64_t p) const { return const_cast<WeightPanels*>(this)->panel_codes(p); }
+  const float* panel_scales(std::int64_t p) const { return const_cast<WeightPanels*>(this)->panel_scales(p); }
 };
 
 // sint4, mxint4, mxint8 and int8_channel: value = integer code x scale.
@@ -100,8 +116,8 @@ inline ActivationTile tile_at(const ActivationRows& rows, std::int64_t t0) {
 // acc[t * rows + r] = sum over chunks c of float(int32 dot of token t and row r over chunk c)
 // x (activation scale x weight scale), accumulated in chunk order with fused multiply-adds from 0,
 // for the rows of a panel and the next panels - 1 ones: codes and scales point at the first panel's
-// (WeightPanels::panel_codes / panel_scales), the next ones follow chunks x chunk bytes and
-// chunks x kPanel scales later. Raw pointers only: the vector kernels must not instantiate inline
+// (WeightPanels::panel_codes / panel_scales; a two-panel call starts at an even panel, whose partner
+// is interleaved with it). Raw pointers only: the vector kernels must not instantiate inline
 // library code (src/core/simd/README.md, "Linkage rule").
 using PanelKernel = void (*)(const std::uint8_t* codes, const float* scales, std::int64_t chunks,
                              const ActivationTile& a, int tokens, float* acc);

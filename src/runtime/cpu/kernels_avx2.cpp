@@ -18,6 +18,10 @@ namespace {
 
 using loraq::runtime::ActivationTile;
 using loraq::runtime::kChunk;
+using loraq::runtime::kPairChunk4;
+using loraq::runtime::kPairChunk8;
+using loraq::runtime::kPairScales;
+using loraq::runtime::kPairVector;
 using loraq::runtime::kPanel;
 
 inline __m256i broadcast4(const std::int8_t* p) {
@@ -44,7 +48,7 @@ void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunk
         // Not unrolled: unrolled, GCC reassociates the int16 sums and spills the products.
 #pragma GCC unroll 1
     for (int v = 0; v < 4; ++v) {
-      const __m256i k = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 128 + v * 32));
+      const __m256i k = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * kPairChunk4 + v * kPairVector));
       const __m256i lo = _mm256_and_si256(k, low4);
       const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(k, 4), low4);
       #pragma GCC unroll 8
@@ -55,7 +59,7 @@ void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunk
         pairs[t] = _mm256_add_epi16(pairs[t], prod);
       }
     }
-    const __m256 row_scales = _mm256_loadu_ps(scales + c * kPanel);
+    const __m256 row_scales = _mm256_loadu_ps(scales + c * kPairScales);
     #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
       const __m256i sum = _mm256_add_epi32(_mm256_madd_epi16(pairs[t], ones),
@@ -83,7 +87,7 @@ void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunk
     for (int t = 0; t < T; ++t) sums[t] = _mm256_setzero_si256();
     #pragma GCC unroll 8
     for (int g = 0; g < 8; ++g) {
-      const __m256i k = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 256 + g * 32));
+      const __m256i k = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * kPairChunk8 + g * kPairVector));
       #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) {
         const __m256i x = broadcast4(a.codes + c * a.code_chunk_stride + t * kChunk + 4 * g);
@@ -91,7 +95,7 @@ void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunk
         sums[t] = _mm256_add_epi32(sums[t], _mm256_madd_epi16(prod, ones));
       }
     }
-    const __m256 row_scales = _mm256_loadu_ps(scales + c * kPanel);
+    const __m256 row_scales = _mm256_loadu_ps(scales + c * kPairScales);
     #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
       const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(a.scales[c * a.chunk_stride + t]), row_scales);

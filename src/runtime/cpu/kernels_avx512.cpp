@@ -24,15 +24,9 @@ struct Avx512Vnni {
   using I = __m512i;
   using F = __m512;
 
-  // Panel p's 32 bytes at `first` and panel p + 1's at first + stride, as one register.
-  static I load_codes(const std::uint8_t* first, std::int64_t stride) {
-    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(first));
-    const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(first + stride));
-    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-  }
-  static F load_scales(const float* first, std::int64_t stride) {
-    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(first)), _mm256_loadu_ps(first + stride), 1);
-  }
+  // A pair of panels' 32-byte vectors (or 8 scales) side by side (kernel_layout.hpp): one load.
+  static I load_codes(const std::uint8_t* p) { return _mm512_loadu_si512(p); }
+  static F load_scales(const float* p) { return _mm512_loadu_ps(p); }
   static F zero_f() { return _mm512_setzero_ps(); }
   static I set1_b(std::int8_t v) { return _mm512_set1_epi8(v); }
   static I set1_i(std::int32_t v) { return _mm512_set1_epi32(v); }

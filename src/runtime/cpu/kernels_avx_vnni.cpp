@@ -19,10 +19,8 @@ struct AvxVnni {
   using I = __m256i;
   using F = __m256;
 
-  static I load_codes(const std::uint8_t* p, std::int64_t /*one panel*/) {
-    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  }
-  static F load_scales(const float* p, std::int64_t /*one panel*/) { return _mm256_loadu_ps(p); }
+  static I load_codes(const std::uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static F load_scales(const float* p) { return _mm256_loadu_ps(p); }
   static F zero_f() { return _mm256_setzero_ps(); }
   static I set1_b(std::int8_t v) { return _mm256_set1_epi8(v); }
   static I set1_i(std::int32_t v) { return _mm256_set1_epi32(v); }

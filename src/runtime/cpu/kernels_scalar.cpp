@@ -13,15 +13,15 @@ void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunk
     for (int r = 0; r < kPanel; ++r) {
       float y = 0.0f;
       for (std::int64_t c = 0; c < chunks; ++c) {
-        const std::uint8_t* k = codes + c * 128;
+        const std::uint8_t* k = codes + c * kPairChunk4;
         const std::int8_t* x = a.codes + c * a.code_chunk_stride + t * kChunk;
         std::int32_t sum = 0;
         for (int v = 0; v < 4; ++v)
           for (int j = 0; j < 4; ++j) {
-            const int byte = k[v * 32 + 4 * r + j];
+            const int byte = k[v * kPairVector + 4 * r + j];
             sum += ((byte & 15) - 8) * x[8 * v + j] + ((byte >> 4) - 8) * x[8 * v + 4 + j];
           }
-        y = std::fma(float(sum), a.scales[c * a.chunk_stride + t] * scales[c * kPanel + r], y);
+        y = std::fma(float(sum), a.scales[c * a.chunk_stride + t] * scales[c * kPairScales + r], y);
       }
       acc[t * kPanel + r] = y;
     }
@@ -34,12 +34,12 @@ void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunk
     for (int r = 0; r < kPanel; ++r) {
       float y = 0.0f;
       for (std::int64_t c = 0; c < chunks; ++c) {
-        const std::uint8_t* k = codes + c * 256;
+        const std::uint8_t* k = codes + c * kPairChunk8;
         const std::int8_t* x = a.codes + c * a.code_chunk_stride + t * kChunk;
         std::int32_t sum = 0;
         for (int g = 0; g < 8; ++g)
-          for (int j = 0; j < 4; ++j) sum += std::int8_t(k[g * 32 + 4 * r + j]) * x[4 * g + j];
-        y = std::fma(float(sum), a.scales[c * a.chunk_stride + t] * scales[c * kPanel + r], y);
+          for (int j = 0; j < 4; ++j) sum += std::int8_t(k[g * kPairVector + 4 * r + j]) * x[4 * g + j];
+        y = std::fma(float(sum), a.scales[c * a.chunk_stride + t] * scales[c * kPairScales + r], y);
       }
       acc[t * kPanel + r] = y;
     }

@@ -133,24 +133,25 @@ WeightPanels make_panels(const PackedMatrix& packed) {
   p.cols = d.cols;
   p.chunks = d.chunks;
   p.panels = (d.rows + kPanel - 1) / kPanel;
-  p.codes.assign(std::size_t(p.panels * p.chunks * p.chunk_bytes()), p.bits == 4 ? 0x88 : 0);
-  p.scales.assign(std::size_t(p.panels * p.chunks * kPanel), 0.0f);
+  p.codes.assign(std::size_t(p.pairs() * kMaxPanels * p.chunks * p.chunk_bytes()), p.bits == 4 ? 0x88 : 0);
+  p.scales.assign(std::size_t(p.pairs() * p.chunks * kPairScales), 0.0f);
   for (std::int64_t row = 0; row < p.rows; ++row) {
     const std::int8_t* codes = d.codes.data() + row * d.chunks * kChunk;
     const float* chunk_scales = d.scales.data() + row * d.chunks;
     const std::int64_t panel = row / kPanel, r = row % kPanel;
     for (std::int64_t c = 0; c < p.chunks; ++c) {
-      std::uint8_t* chunk = p.codes.data() + (panel * p.chunks + c) * p.chunk_bytes();
       const std::int8_t* k = codes + c * kChunk;
       if (p.bits == 4) {
+        std::uint8_t* chunk = p.panel_codes(panel) + c * kPairChunk4;
         for (int v = 0; v < 4; ++v)
           for (int j = 0; j < 4; ++j)
-            chunk[v * 32 + 4 * r + j] = std::uint8_t((k[8 * v + j] + 8) | ((k[8 * v + 4 + j] + 8) << 4));
+            chunk[v * kPairVector + 4 * r + j] = std::uint8_t((k[8 * v + j] + 8) | ((k[8 * v + 4 + j] + 8) << 4));
       } else {
+        std::uint8_t* chunk = p.panel_codes(panel) + c * kPairChunk8;
         for (int g = 0; g < 8; ++g)
-          for (int j = 0; j < 4; ++j) chunk[g * 32 + 4 * r + j] = std::uint8_t(k[4 * g + j]);
+          for (int j = 0; j < 4; ++j) chunk[g * kPairVector + 4 * r + j] = std::uint8_t(k[4 * g + j]);
       }
-      p.scales[std::size_t((panel * p.chunks + c) * kPanel + r)] = chunk_scales[c];
+      p.panel_scales(panel)[c * kPairScales + r] = chunk_scales[c];
     }
   }
   return p;

@@ -47,7 +47,7 @@ inline void panel_loop(const float* scales, std::int64_t chunks, const loraq::ru
     #pragma GCC unroll 12
     for (int t = 0; t < T; ++t) sums[t] = V::set1_i(offsets[c * a.chunk_stride + t]);
     body(c, sums);
-    add_chunk<V, T>(sums, a, c, V::load_scales(scales + c * kPanel, chunks * kPanel), y);
+    add_chunk<V, T>(sums, a, c, V::load_scales(scales + c * loraq::runtime::kPairScales), y);
   }
   #pragma GCC unroll 12
   for (int t = 0; t < T; ++t) V::store(acc + t * V::rows, y[t]);
@@ -56,12 +56,12 @@ inline void panel_loop(const float* scales, std::int64_t chunks, const loraq::ru
 template <class V, int T>
 void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunks,
               const loraq::runtime::ActivationTile& a, float* acc) {
-  using loraq::runtime::kChunk;
+  using loraq::runtime::kChunk, loraq::runtime::kPairChunk4, loraq::runtime::kPairVector;
   const typename V::I low4 = V::set1_b(0x0F);
   panel_loop<V, T>(scales, chunks, a, a.offset4, acc, [&](std::int64_t c, typename V::I(&sums)[T]) {
     #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) {
-      const typename V::I k = V::load_codes(codes + c * 128 + v * 32, chunks * 128);
+      const typename V::I k = V::load_codes(codes + c * kPairChunk4 + v * kPairVector);
       const typename V::I lo = V::and_(k, low4), hi = V::and_(V::srl4(k), low4);
       #pragma GCC unroll 12
       for (int t = 0; t < T; ++t) {
@@ -76,12 +76,12 @@ void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunk
 template <class V, int T>
 void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunks,
               const loraq::runtime::ActivationTile& a, float* acc) {
-  using loraq::runtime::kChunk;
+  using loraq::runtime::kChunk, loraq::runtime::kPairChunk8, loraq::runtime::kPairVector;
   const typename V::I top_bit = V::set1_b(std::int8_t(0x80));
   panel_loop<V, T>(scales, chunks, a, a.offset8, acc, [&](std::int64_t c, typename V::I(&sums)[T]) {
     #pragma GCC unroll 12
     for (int g = 0; g < 8; ++g) {
-      const typename V::I k = V::xor_(V::load_codes(codes + c * 256 + g * 32, chunks * 256), top_bit);
+      const typename V::I k = V::xor_(V::load_codes(codes + c * kPairChunk8 + g * kPairVector), top_bit);
       #pragma GCC unroll 12
       for (int t = 0; t < T; ++t) sums[t] = V::dpbusd(sums[t], k, a.codes + c * a.code_chunk_stride + t * kChunk + 4 * g);
     }
