@@ -20,6 +20,7 @@ struct Case {
   std::optional<Format> act1, act2;  // unset: fp32 activations
   std::int64_t rows, out, in, rank;
   bool smooth = true, bias = true;
+  float x_scale = 1.0f;  // multiplies the generated inputs
 };
 
 std::string name_of(std::optional<Format> f) { return f ? std::string(format_info(*f).name) : "fp32"; }
@@ -55,6 +56,7 @@ Fixture make(const Case& c, unsigned seed) {
   if (c.smooth)
     for (std::int64_t i = 0; i < c.in; ++i) f.layer.smooth.push_back(positive(rng));
   f.x = heavy_tailed(c.rows * c.in, rng);
+  for (float& v : f.x) v *= c.x_scale;
   if (c.bias) f.bias = heavy_tailed(c.out, rng);
   return f;
 }
@@ -156,6 +158,19 @@ TEST(LinearKernel, IntegerPathWithinFp32BoundOfFloat64Reference) {
           expect_within_bound({w, b, a, a == Format::mxint4 ? Format::mxint8 : a, s[0], s[1], s[2], s[3]}, seed++);
           ASSERT_FALSE(HasFailure());
         }
+}
+
+TEST(LinearKernel, TinyActivationsWithSubnormalScalesWithinBound) {
+  // Inputs so small that sint4's fp16 block scales are subnormal (below 2^-14; the kernels decode
+  // them by moving bits, not through the element table) and mxint8's shared exponents are far below 1.
+  unsigned seed = 300;
+  for (float x_scale : {1e-7f, 3e-6f, 2e-5f})
+    for (Format a : {Format::sint4, Format::mxint8}) {
+      Case c{Format::sint4, Format::mxint8, a, a, 13, 24, 160, 8};
+      c.smooth = false;
+      c.x_scale = x_scale;
+      expect_within_bound(c, seed++);
+    }
 }
 
 TEST(LinearKernel, FloatPathWithinBound) {
