@@ -73,6 +73,7 @@ TEST(KernelSets, EpilogueEqualsScalarBitForBit) {
   std::mt19937 rng(7);
   std::normal_distribution<float> normal;
   for (std::int64_t rank : {0, 1, 5, 62, 86}) {
+    // T term-major: token t's term j at t_rows[j * kTokens + t].
     std::vector<float> up(static_cast<std::size_t>(kOut * rank)), t_rows(static_cast<std::size_t>(kTokens * rank));
     std::vector<float> acc(kMaxTile * kMaxPanels * kPanel), bias(kMaxPanels * kPanel);
     for (auto* v : {&up, &t_rows, &acc, &bias})
@@ -82,12 +83,12 @@ TEST(KernelSets, EpilogueEqualsScalarBitForBit) {
       for (int tokens = 1; tokens <= set->tile; ++tokens)
         for (std::int64_t p = 0; p + set->panels <= (kOut + kPanel - 1) / kPanel; p += set->panels) {
           float got[kMaxTile * kMaxPanels * kPanel], want[kMaxTile * kPanel], acc_q[kMaxTile * kPanel];
-          set->epilogue(acc.data(), t_rows.data(), rank, projection.rows_of(p), projection.stride, rank, bias.data(),
+          set->epilogue(acc.data(), t_rows.data(), kTokens, projection.rows_of(p), projection.stride, rank, bias.data(),
                         tokens, got);
           for (int q = 0; q < set->panels; ++q) {
             for (int t = 0; t < tokens; ++t)
               std::memcpy(acc_q + t * kPanel, acc.data() + t * set->rows() + q * kPanel, kPanel * sizeof(float));
-            scalar_kernels().epilogue(acc_q, t_rows.data(), rank, projection.rows_of(p + q), projection.stride, rank,
+            scalar_kernels().epilogue(acc_q, t_rows.data(), kTokens, projection.rows_of(p + q), projection.stride, rank,
                                       bias.data() + q * kPanel, tokens, want);
             for (int t = 0; t < tokens; ++t)
               ASSERT_EQ(0, std::memcmp(got + t * set->rows() + q * kPanel, want + t * kPanel, kPanel * sizeof(float)))

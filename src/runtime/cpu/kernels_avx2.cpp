@@ -131,17 +131,16 @@ void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, cons
       const __m256 u0 = _mm256_loadu_ps(up + j * up_stride), u1 = _mm256_loadu_ps(up + (j + 1) * up_stride);
 #pragma GCC unroll 4
       for (int t = 0; t < 4; ++t) {
-        even[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(t_rows + t * t_stride + j), u0, even[t]);
-        odd[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(t_rows + t * t_stride + j + 1), u1, odd[t]);
+        even[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(t_rows + j * t_stride + t), u0, even[t]);
+        odd[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(t_rows + (j + 1) * t_stride + t), u1, odd[t]);
       }
     }
   }
   const __m256 b = _mm256_loadu_ps(bias);
   for (int t = 0; t < tokens; ++t) {
-    const float* tr = t_rows + t * t_stride;
     for (std::int64_t i = j; i < rank; ++i) {
       __m256& chain = i % 2 ? odd[t] : even[t];
-      chain = _mm256_fmadd_ps(_mm256_set1_ps(tr[i]), _mm256_loadu_ps(up + i * up_stride), chain);
+      chain = _mm256_fmadd_ps(_mm256_set1_ps(t_rows[i * t_stride + t]), _mm256_loadu_ps(up + i * up_stride), chain);
     }
     _mm256_storeu_ps(out + t * kPanel, _mm256_add_ps(_mm256_add_ps(even[t], odd[t]), b));
   }

@@ -72,14 +72,14 @@ void epilogue_t(const float* acc, const float* t_rows, std::int64_t t_stride, co
     const __m512 u0 = _mm512_loadu_ps(up + j * up_stride), u1 = _mm512_loadu_ps(up + (j + 1) * up_stride);
     #pragma GCC unroll 12
     for (int t = 0; t < T; ++t) {
-      even[t] = _mm512_fmadd_ps(_mm512_set1_ps(t_rows[t * t_stride + j]), u0, even[t]);
-      odd[t] = _mm512_fmadd_ps(_mm512_set1_ps(t_rows[t * t_stride + j + 1]), u1, odd[t]);
+      even[t] = _mm512_fmadd_ps(_mm512_set1_ps(t_rows[j * t_stride + t]), u0, even[t]);
+      odd[t] = _mm512_fmadd_ps(_mm512_set1_ps(t_rows[(j + 1) * t_stride + t]), u1, odd[t]);
     }
   }
   if (j < rank) {  // an odd rank: its last term goes into the even chain
     const __m512 u0 = _mm512_loadu_ps(up + j * up_stride);
     #pragma GCC unroll 12
-    for (int t = 0; t < T; ++t) even[t] = _mm512_fmadd_ps(_mm512_set1_ps(t_rows[t * t_stride + j]), u0, even[t]);
+    for (int t = 0; t < T; ++t) even[t] = _mm512_fmadd_ps(_mm512_set1_ps(t_rows[j * t_stride + t]), u0, even[t]);
   }
   const __m512 b = _mm512_loadu_ps(bias);
   #pragma GCC unroll 12

@@ -54,7 +54,7 @@ void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, cons
       float even = acc[t * kPanel + r], odd = 0.0f;
       for (std::int64_t j = 0; j < rank; ++j) {
         float& chain = j % 2 ? odd : even;
-        chain = std::fma(t_rows[t * t_stride + j], up[j * up_stride + r], chain);
+        chain = std::fma(t_rows[j * t_stride + t], up[j * up_stride + r], chain);
       }
       out[t * kPanel + r] = (even + odd) + bias[r];
     }

@@ -138,7 +138,7 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
                                             float* y) const {
   using runtime::kPanel;
   // Per-thread scratch, reused across blocks and calls.
-  thread_local std::vector<float> smoothed, xq1, xq2, t_rows, float_out;
+  thread_local std::vector<float> smoothed, xq1, xq2, t_major, t_rows, float_out;
   thread_local runtime::ActivationRows a1, a2;
   const float* src = x + m0 * in;
   if (!smooth.empty()) {
@@ -163,10 +163,14 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
   else
     q1 = float_input(residual_activation, xq1);
 
-  // The branch's intermediate T [rows, t_stride()], from the same activations where the formats agree.
-  const std::int64_t ts = t_stride();
+  // The branch's intermediate T, from the same activations where the formats agree: t_stride()
+  // terms per token, stored term-major within groups of kTokenGroup tokens (kernel_layout.hpp).
+  const std::int64_t ts = t_stride(), group = runtime::kTokenGroup;
+  auto t_at = [&](std::int64_t token, std::int64_t j) -> float& {
+    return t_rows[std::size_t(((token / group) * ts + j) * group + token % group)];
+  };
   if (with_branch) {
-    t_rows.assign(std::size_t(rows * ts), 0.0f);
+    t_rows.resize(std::size_t((rows + group - 1) / group * group * ts));
     if (int_branch) {
       const runtime::ActivationRows* a = &a1;
       if (!(int_residual && branch_activation == residual_activation)) {
@@ -179,11 +183,14 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
         (down.bits == 4 ? s.w4 : s.w8)(down.panel_codes(p), down.panel_scales(p), down.chunks,
                                       runtime::tile_at(*a, t0), nt, acc);
         for (int t = 0; t < nt; ++t)
-          std::copy_n(acc + t * s.rows(), s.rows(), t_rows.data() + (t0 + t) * ts + p * kPanel);
+          for (int r = 0; r < s.rows(); ++r) t_at(t0 + t, p * kPanel + r) = acc[t * s.rows() + r];
       });
     } else {
       const float* q = int_residual || branch_activation != residual_activation ? float_input(branch_activation, xq2) : q1;
-      linalg::gemm(false, true, rows, rank, in, 1.0f, q, in, down_f.data(), in, 0.0f, t_rows.data(), ts);
+      t_major.resize(std::size_t(rows * ts));
+      linalg::gemm(false, true, rows, rank, in, 1.0f, q, in, down_f.data(), in, 0.0f, t_major.data(), ts);
+      for (std::int64_t t = 0; t < rows; ++t)
+        for (std::int64_t j = 0; j < ts; ++j) t_at(t, j) = t_major[std::size_t(t * ts + j)];
     }
   }
 
@@ -206,7 +213,7 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
         for (int r = 0; r < s.rows(); ++r)
           acc[t * s.rows() + r] = r < valid ? float_out[std::size_t((t0 + t) * cols + c0 - col0 + r)] : 0.0f;
     }
-    s.epilogue(acc, with_branch ? t_rows.data() + t0 * ts : nullptr, ts,
+    s.epilogue(acc, with_branch ? &t_at(t0, 0) : nullptr, group,
                with_branch ? up.rows_of(p) : nullptr, up.stride, with_branch ? rank : 0,
                bias.data() + c0, nt, result);
     for (int t = 0; t < nt; ++t) std::copy_n(result + t * s.rows(), valid, y + (m0 + t0 + t) * out + c0);
