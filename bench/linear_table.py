@@ -2,21 +2,33 @@
 """The markdown table of docs/performance.md ("Quantized linear kernels") from bench_linear's JSON.
 
     ./build/bench/bench_linear --benchmark_min_time=0.3 --benchmark_format=json > linear.json
-    python3 bench/linear_table.py linear.json
+    python3 bench/linear_table.py linear.json [more.json ...]
+
+With several files (runs of the same benchmark), every cell is the median of its values over them.
 
 Per layer shape and token count: SGEMM's time, and per configuration (w4a8, w4a4) the residual
 alone and with its branch: time in ms, x_sgemm (SGEMM / kernel, both timed interleaved) and the
 branch's extra time in percent (against the residual alone, interleaved too).
 """
 import json
+import statistics
 import sys
 
 
-def main(path):
-    rows = {}
-    for b in json.load(open(path))["benchmarks"]:
-        kind, shape, tokens = b["name"].split("/")[:3]
-        rows.setdefault((shape, tokens), {})[kind] = b
+def main(paths):
+    runs = {}  # (shape, tokens) -> kind -> field -> values over the files
+    labels = []
+    for path in paths:
+        for b in json.load(open(path))["benchmarks"]:
+            kind, shape, tokens = b["name"].split("/")[:3]
+            fields = runs.setdefault((shape, tokens), {}).setdefault(kind, {})
+            for key in ("real_time", "x_sgemm", "branch_pct"):
+                if key in b:
+                    fields.setdefault(key, []).append(b[key])
+            if kind == "w4a8_branch":
+                labels.append(b.get("label", ""))
+    rows = {key: {kind: {f: statistics.median(v) for f, v in fields.items()} for kind, fields in kinds.items()}
+            for key, kinds in runs.items()}
     print("| layer [out, in] | M | SGEMM ms | W4A8 ms | x SGEMM | + branch ms | x SGEMM | branch "
           "| W4A4 ms | x SGEMM | + branch ms | x SGEMM | branch |")
     print("|" + "---|" * 13)
@@ -27,9 +39,10 @@ def main(path):
             cells += [f"{res['real_time']:.2f}", f"{res['x_sgemm']:.2f}", f"{br['real_time']:.2f}",
                       f"{br['x_sgemm']:.2f}", f"{br['branch_pct']:.0f}%"]
         print("| " + " | ".join(cells) + " |")
-    label = next(iter(rows.values()))["w4a8_branch"].get("label", "")
-    print(f"\nkernels: {label}")
+    print(f"\nkernels: {labels[0] if labels else ''}" + (f" (medians of {len(paths)} runs)" if len(paths) > 1 else ""))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if len(sys.argv) < 2:
+        sys.exit("usage: linear_table.py bench_linear.json [more.json ...]")
+    main(sys.argv[1:])

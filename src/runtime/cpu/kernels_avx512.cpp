@@ -5,12 +5,10 @@
 // One call covers two panels (16 rows: one int32 lane per row) for up to 12 tokens: 12 int32 sums and
 // 12 fp32 accumulators leave 8 of the 32 registers for the weights and constants, and the nibble
 // unpacking, shared by the tile's tokens, costs less per token than at 8 (the residual 8-10% faster
-// at 1152x1152, M = 1024 and 4096, Emerald Rapids; 16 tokens would not fit). The weight
-// panels keep the AVX2 layout (kernel_layout.hpp): the two panels' 32-byte vectors are loaded
-// into the halves of one register. The panel kernels are vnni_kernels.hpp's; the epilogue is here.
+// at 1152x1152, M = 1024 and 4096, Emerald Rapids; 16 tokens would not fit). The weight panels are
+// stored in interleaved pairs (kernel_layout.hpp), so each 64-byte load gives both panels' vectors.
+// The panel kernels are vnni_kernels.hpp's; the epilogue is here.
 #include <immintrin.h>
-
-#include <cstring>
 
 #include "runtime/cpu/kernel_layout.hpp"
 
@@ -34,7 +32,11 @@ struct Avx512Vnni {
   static I and_(I a, I b) { return _mm512_and_si512(a, b); }
   static I xor_(I a, I b) { return _mm512_xor_si512(a, b); }
   static I srl4(I a) { return _mm512_srli_epi16(a, 4); }
-  // acc + unsigned bytes of w x the 4 signed bytes at x, broadcast to every lane.
+  // acc + unsigned bytes of w x the 4 signed bytes at x, broadcast to every lane. In assembly for
+  // the embedded broadcast ({1to16}): from the intrinsics GCC 12 emitted a separate vpbroadcastd
+  // into a register per product, ran out of registers at 12 tokens and copied sums between them
+  // (66 register moves per chunk). This form, with the token-grouped activations, took the
+  // residual at 1152x1152, M = 1024, from 4.57 to 3.67 ms (docs/performance.md).
   static I dpbusd(I acc, I w, const std::int8_t* x) {
     asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*reinterpret_cast<const std::int32_t*>(x)));
     return acc;
