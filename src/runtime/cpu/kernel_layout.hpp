@@ -51,14 +51,15 @@ struct WeightPanels {
   std::vector<float> scales;        // pairs x chunks x kPairScales
   std::int64_t pairs() const { return (panels + kMaxPanels - 1) / kMaxPanels; }
   std::int64_t chunk_bytes() const { return bits == 4 ? 128 : 256; }  // one panel's
-  std::uint8_t* panel_codes(std::int64_t p) {
-    return codes.data() + (p / kMaxPanels) * chunks * kMaxPanels * chunk_bytes() + (p % kMaxPanels) * 32;
+  // Where panel p's first code and first scale are (its partner's sit beside them).
+  std::int64_t code_offset(std::int64_t p) const {
+    return (p / kMaxPanels) * chunks * kMaxPanels * chunk_bytes() + (p % kMaxPanels) * 32;
   }
-  float* panel_scales(std::int64_t p) {
-    return scales.data() + (p / kMaxPanels) * chunks * kPairScales + (p % kMaxPanels) * kPanel;
+  std::int64_t scale_offset(std::int64_t p) const {
+    return (p / kMaxPanels) * chunks * kPairScales + (p % kMaxPanels) * kPanel;
   }
-  const std::uint8_t* panel_codes(std::int64_t p) const { return const_cast<WeightPanels*>(this)->panel_codes(p); }
-  const float* panel_scales(std::int64_t p) const { return const_cast<WeightPanels*>(this)->panel_scales(p); }
+  const std::uint8_t* panel_codes(std::int64_t p) const { return codes.data() + code_offset(p); }
+  const float* panel_scales(std::int64_t p) const { return scales.data() + scale_offset(p); }
 };
 
 // sint4, mxint4, mxint8 and int8_channel: value = integer code x scale.

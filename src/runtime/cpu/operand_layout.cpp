@@ -165,16 +165,16 @@ WeightPanels make_panels(const PackedMatrix& packed) {
     for (std::int64_t c = 0; c < p.chunks; ++c) {
       const std::int8_t* k = codes + c * kChunk;
       if (p.bits == 4) {
-        std::uint8_t* chunk = p.panel_codes(panel) + c * kPairChunk4;
+        std::uint8_t* chunk = p.codes.data() + p.code_offset(panel) + c * kPairChunk4;
         for (int v = 0; v < 4; ++v)
           for (int j = 0; j < 4; ++j)
             chunk[v * kPairVector + 4 * r + j] = std::uint8_t((k[8 * v + j] + 8) | ((k[8 * v + 4 + j] + 8) << 4));
       } else {
-        std::uint8_t* chunk = p.panel_codes(panel) + c * kPairChunk8;
+        std::uint8_t* chunk = p.codes.data() + p.code_offset(panel) + c * kPairChunk8;
         for (int g = 0; g < 8; ++g)
           for (int j = 0; j < 4; ++j) chunk[g * kPairVector + 4 * r + j] = std::uint8_t(k[4 * g + j]);
       }
-      p.panel_scales(panel)[c * kPairScales + r] = chunk_scales[c];
+      p.scales[std::size_t(p.scale_offset(panel) + c * kPairScales + r)] = chunk_scales[c];
     }
   }
   return p;
@@ -228,9 +228,9 @@ void quantize_activations(Format format, const float* x, std::int64_t rows, std:
   // Each row's codes and chunk scales row-major first (what the codec and RowDecoder write), then
   // interleaved into the groups.
   thread_local std::vector<std::int8_t> row_major;
-  thread_local std::vector<float> row_scales_f;
+  thread_local std::vector<float> chunk_scales;
   row_major.resize(std::size_t(rows * chunks * kChunk));
-  row_scales_f.resize(std::size_t(chunks));
+  chunk_scales.resize(std::size_t(chunks));
   RowDecoder decoder(format, cols);
   const std::int64_t scale_row_bytes = decoder.blocks * scale_bytes(format);
   // All rows in one call of the codec where they concatenate (a 1152-value mxint8 row is 36 blocks,
@@ -247,7 +247,7 @@ void quantize_activations(Format format, const float* x, std::int64_t rows, std:
                 packed_scales.data());
   for (std::int64_t row = 0; row < rows; ++row) {
     std::int8_t* codes = row_major.data() + row * chunks * kChunk;
-    float* scales = row_scales_f.data();
+    float* scales = chunk_scales.data();
     const std::uint8_t* row_codes = packed_codes.data() + (one_call ? row * decoder.row_bytes : 0);
     const std::uint8_t* row_scales = packed_scales.data() + (one_call ? row * scale_row_bytes : 0);
     if (!one_call) packer.pack(x + row * cols, 1.0f, packed_codes.data(), packed_scales.data());
