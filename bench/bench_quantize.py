@@ -11,6 +11,8 @@ and noisy. --max-rss-gb adds an absolute limit (the FLUX test: 4 GB).
   python3 bench/bench_quantize.py --arch flux --data /big/disk --repeat 1   # 12 B parameters, 24 GB: more than
                                                                            # this machine's memory
   python3 bench/bench_quantize.py --arch sana                              # 1.6 B parameters (SANA 1600M)
+  python3 bench/bench_quantize.py --arch sana --recipe recipes/sana/loraq-sint4-r128.yaml --repeat 1
+                                                                           # LoRaQ on it: 1 h 44 min, 2 cores
   python3 bench/bench_quantize.py --recipe recipes/loraq-sint4-r128.yaml --device cuda --repeat 1
 """
 import argparse
