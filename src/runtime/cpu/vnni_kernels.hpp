@@ -83,7 +83,8 @@ void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunk
     for (int g = 0; g < 8; ++g) {
       const typename V::I k = V::xor_(V::load_codes(codes + c * kPairChunk8 + g * kPairVector), top_bit);
       #pragma GCC unroll 12
-      for (int t = 0; t < T; ++t) sums[t] = V::dpbusd(sums[t], k, a.codes + c * a.code_chunk_stride + t * kChunk + 4 * g);
+      for (int t = 0; t < T; ++t)
+        sums[t] = V::dpbusd(sums[t], k, a.codes + c * a.code_chunk_stride + t * kChunk + 4 * g);
     }
   });
 }
