@@ -7,6 +7,7 @@
 #include <emmintrin.h>
 #endif
 
+#include "core/fast_scales.hpp"
 #include "core/packing.hpp"
 #include "core/row_packer.hpp"
 #include "loraq/element.hpp"
@@ -58,16 +59,10 @@ float scale_value(ScaleType type, std::uint32_t code) {
       // go through the element table.
       if (code > 0 && code < 255) return std::bit_cast<float>(code << 23);
       return decode(Element::e8m0, code);
-    case ScaleType::fp16: {
-      // Finite and infinite values by moving the bits (decode() goes through ldexp, and this runs
-      // for every block of every sint4 activation row); NaN through the element table.
-      const std::uint32_t sign = (code & 0x8000u) << 16, magnitude = code & 0x7fffu;
-      if (magnitude >= 0x7c00u) return magnitude == 0x7c00u ? std::bit_cast<float>(sign | 0x7f800000u)
-                                                             : decode(Element::fp16, code);
-      if (magnitude >= 0x0400u) return std::bit_cast<float>(sign | ((magnitude + ((127u - 15u) << 10)) << 13));
-      const float subnormal = float(magnitude) * 0x1p-24f;  // exact: at most 10 significant bits
-      return sign ? -subnormal : subnormal;
-    }
+    case ScaleType::fp16:
+      // By moving the bits (decode() goes through ldexp, and this runs for every block of every
+      // sint4 activation row); the same helper the codecs use.
+      return fast_fp16_value(static_cast<std::uint16_t>(code));
     case ScaleType::fp32: {
       float v;
       std::memcpy(&v, &code, sizeof v);
