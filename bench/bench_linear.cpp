@@ -6,6 +6,9 @@
 //   w4a8: sint4 residual, mxint8 activations; branch mxint8 at rank 62 (512 bits per output channel,
 //         the budget of SVDQuant's 16-bit rank-32 branch), mxint8 activations.
 //   w4a4: sint4 residual with sint4 activations; the same branch with mxint8 activations.
+//   w4a8_qt8: w4a8 with the branch's intermediate T quantized to mxint8 (activations.intermediate),
+//         so that the up-projection runs on the integer kernels too (not the paper's formula: T
+//         is fp32 there; this is the option that makes the layer fully sub-16-bit).
 // Each kernel benchmark also times SGEMM and the residual alone, interleaved with its own runs, and
 // reports (medians):
 //   x_sgemm        SGEMM time / this kernel's time (> 1: faster than fp32)
@@ -94,9 +97,10 @@ void bm_sgemm(benchmark::State& state, Shape s, std::int64_t m) {
 
 // Each iteration times this kernel, then SGEMM and (for the branch) the residual alone right after
 // it, so that the ratios compare runs under the same load: the machines are shared.
-void bm_kernel(benchmark::State& state, Shape s, std::int64_t m, Format act1, bool branch) {
+void bm_kernel(benchmark::State& state, Shape s, std::int64_t m, Format act1, bool branch,
+               std::optional<Format> intermediate) {
   Setup& st = setup_for(s, m);
-  const QuantizedLinearKernel kernel(st.layer, act1, Format::mxint8);
+  const QuantizedLinearKernel kernel(st.layer, LayerActivations{act1, Format::mxint8, intermediate});
   LinearKernelOptions options, residual_only;
   options.skip_branch = !branch;
   residual_only.skip_branch = true;
@@ -130,9 +134,13 @@ int main(int argc, char** argv) {
       for (auto [name, act] : {std::pair{"w4a8", Format::mxint8}, {"w4a4", Format::sint4}})
         for (bool branch : {false, true})
           benchmark::RegisterBenchmark((std::string(name) + (branch ? "_branch" : "_residual") + tail).c_str(), bm_kernel,
-                                       s, m, act, branch)
+                                       s, m, act, branch, std::nullopt)
               ->Unit(benchmark::kMillisecond)
               ->UseManualTime();
+      benchmark::RegisterBenchmark(("w4a8_qt8_branch" + tail).c_str(), bm_kernel, s, m, Format::mxint8, true,
+                                   Format::mxint8)
+          ->Unit(benchmark::kMillisecond)
+          ->UseManualTime();
     }
   }
   benchmark::Initialize(&argc, argv);

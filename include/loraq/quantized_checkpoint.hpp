@@ -43,6 +43,8 @@ struct QuantizedLayerInfo {
   // The recipe's activation formats at each branch's input (what the kernels and loraq.torch
   // quantize X to); unset: 16-bit activations.
   std::optional<Format> residual_activation, branch_activation;
+  // The recipe's activations.intermediate (Qt of the branch's T); unset: T in fp32.
+  std::optional<Format> intermediate_activation;
 };
 
 // "P" of "P.weight" (names without ".weight" are their own prefix).

@@ -41,6 +41,9 @@ struct LayerRecipe {
   std::optional<double> budget;            // the paper's beta: branch bits per channel; rank = floor(beta / bits(Q2))
   std::optional<Format> residual_activation;
   std::optional<Format> branch_activation;
+  // Qt: the format of the branch's intermediate T = Qa2(X) down^T at the up-projection's input
+  // (unset: T stays fp32, as in the paper's formula).
+  std::optional<Format> intermediate_activation;
   // SmoothQuant-style smoothing (SVDQuant, the paper's A.1.1): s_j = max|X_j|^alpha / max|W_j|^beta,
   // the weight quantized as W diag(s), the input divided by s. An unset alpha or beta ("auto") is
   // chosen per layer by grid search on output error over captured rows (methods/smoothing.cpp).

@@ -8,12 +8,14 @@ or loaded from a quantized checkpoint.
 A QuantizedLinear computes, for an input X [..., in] (the paper's Figure 1 and section 3.4):
 
     Xs = X / s                                               # s: smoothing vector, when there is one
-    Y  = Qa1(Xs) Q1(P)^T + (Qa2(Xs) Q2(down)^T) Q2(up)^T + bias
+    Y  = Qa1(Xs) Q1(P)^T + Qt(Qa2(Xs) Q2(down)^T) Q2(up)^T + bias
 
 P is the residual [out, in], down [rank, in] and up [out, rank] the low-rank branch, all held
 dequantized in float32 buffers. Qa1 and Qa2 are the activation formats of the residual and branch
 inputs (None: 16-bit, left as they are): dynamic per-token fake quantization, blocks along
 in_features, computed by loraq.fake_quant on CPU float32, so bit for bit what the C++ codecs give.
+Qt, the format of the branch's intermediate (blocks along the rank), is None (T kept in float32,
+the paper's formula) unless the recipe sets activations.intermediate.
 A CUDA input is copied to the CPU for Qa and back (correct, slow). The matmuls run in float32 on
 the input's device; the output has the input's dtype. Nothing here computes gradients through Qa.
 
@@ -75,12 +77,14 @@ def _as_float32(t: Any, what: str) -> Optional["torch.Tensor"]:
 
 
 class QuantizedLinear(nn.Module):
-    """Y = Qa1(X/s) Q1(P)^T + (Qa2(X/s) Q2(down)^T) Q2(up)^T + bias (see the module docstring).
+    """Y = Qa1(X/s) Q1(P)^T + Qt(Qa2(X/s) Q2(down)^T) Q2(up)^T + bias (see the module docstring).
 
     residual [out, in], down [rank, in], up [out, rank] (both or neither), bias [out], smooth [in]:
     the dequantized values (torch tensors or numpy arrays; kept as float32 buffers).
     residual_activation / branch_activation: activation format names of the table (loraq.formats()),
-    None for 16-bit inputs. activation_rounding: "nearest_even" or "nearest_away".
+    None for 16-bit inputs. intermediate_activation: Qt, the format of the branch's intermediate
+    T = Qa2(X/s) Q2(down)^T (quantized per token, blocks along the rank), None to keep T in float32
+    as the paper's formula does. activation_rounding: "nearest_even" or "nearest_away".
 
     unsigned_shift (SVDQuant's treatment of inputs that follow a non-negative activation, the paper's
     Table 1): None (off), a number c >= 0 (a fixed shift, e.g. 0.171875 after GELU, whose minimum is
@@ -106,7 +110,7 @@ class QuantizedLinear(nn.Module):
 
     def __init__(self, residual: Any, down: Any = None, up: Any = None, bias: Any = None, smooth: Any = None, *,
                  residual_activation: Optional[str] = None, branch_activation: Optional[str] = None,
-                 activation_rounding: str = "nearest_even", unsigned_shift: Shift = None, name: str = "",
+                 intermediate_activation: Optional[str] = None, activation_rounding: str = "nearest_even", unsigned_shift: Shift = None, name: str = "",
                  backend: str = "fake_quant", packed: Optional[tuple] = None) -> None:
         super().__init__()
         residual = _as_float32(residual, "residual")
@@ -131,7 +135,7 @@ class QuantizedLinear(nn.Module):
             raise ValueError(f"{where}: bias has shape {tuple(bias.shape)}, expected ({out_features},)")
         if smooth is not None and tuple(smooth.shape) != (in_features,):
             raise ValueError(f"{where}: smooth has shape {tuple(smooth.shape)}, expected ({in_features},)")
-        for fmt in (residual_activation, branch_activation):
+        for fmt in (residual_activation, branch_activation, intermediate_activation):
             if fmt is not None:
                 _core.format_info(fmt, None)  # loraq.Error listing the formats for an unknown name
         if unsigned_shift is not None and unsigned_shift != "token":
@@ -152,10 +156,12 @@ class QuantizedLinear(nn.Module):
                 raise ValueError(f"{where}: backend='kernel' quantizes activations with nearest_even rounding")
             np_or_none = lambda t: None if t is None else t.cpu().numpy()  # noqa: E731
             self._kernel = _core.LinearKernel(packed[0], packed[1], packed[2], np_or_none(smooth), np_or_none(bias),
-                                              residual_activation, branch_activation, name or "layer")
+                                              residual_activation, branch_activation, name or "layer",
+                                              intermediate_activation)
         self.name = name
         self.in_features, self.out_features, self.rank = int(in_features), int(out_features), int(rank)
         self.residual_activation, self.branch_activation = residual_activation, branch_activation
+        self.intermediate_activation = intermediate_activation if rank > 0 else None
         self.activation_rounding = activation_rounding
         self.unsigned_shift = unsigned_shift
         self.register_buffer("residual", residual)
@@ -215,6 +221,11 @@ class QuantizedLinear(nn.Module):
             t = torch.nn.functional.linear(self._quantized_input(h, self.branch_activation, c2), self.down)
             if c2 is not None:
                 t = t - c2 * self.down_rowsum
+            if self.intermediate_activation is not None:
+                try:
+                    t = fake_quant_activations(t, self.intermediate_activation, self.activation_rounding)
+                except ValueError as e:
+                    raise type(e)(f"QuantizedLinear '{self.name}': branch intermediate: {e}") from None
             y = y + torch.nn.functional.linear(t, self.up)
         if self.bias is not None:
             y = y + self.bias
@@ -223,6 +234,8 @@ class QuantizedLinear(nn.Module):
     def extra_repr(self) -> str:
         text = f"'{self.name}', in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, " \
                f"residual_activation={self.residual_activation}, branch_activation={self.branch_activation}"
+        if self.intermediate_activation is not None:
+            text += f", intermediate_activation={self.intermediate_activation}"
         if self.smooth is not None:
             text += ", smoothed"
         if self.unsigned_shift is not None:
@@ -359,7 +372,7 @@ def quantize_module(module: "nn.Module", recipe: PathLike, *, activations: Any =
     "PATH.weight" the recipe file's layer selection picks (the same C++ selection as `loraq quantize`,
     applied to these weights only), each with loraq.quantize_weight(recipe=..., layer="PATH.weight"),
     and swaps in a QuantizedLinear (a QuantizedPointwiseConv2d around one for a convolution) with
-    that layer's activation formats (activations.residual / .branch).
+    that layer's activation formats (activations.residual / .branch / .intermediate).
 
     layers: restrict to these module paths (or weight names); each must be an nn.Linear that the
     recipe selects. activations: a capture (loraq.capture.capture_activations) or an activation file
@@ -372,9 +385,9 @@ def quantize_module(module: "nn.Module", recipe: PathLike, *, activations: Any =
 
     Returns {"layers": [rows], "parameters": n}, a row per layer: name (the weight's), out_features,
     in_features, method, residual_format, branch_format, rank, residual_activation,
-    branch_activation, relative_error, branch_quant_error, bits_per_value, seconds. Errors
-    (ValueError, loraq.Error among them) name the recipe, the layer or the tensor; no module is
-    swapped unless every selected layer quantized.
+    branch_activation, intermediate_activation, relative_error, branch_quant_error, bits_per_value,
+    seconds. Errors (ValueError, loraq.Error among them) name the recipe, the layer or the tensor; no
+    module is swapped unless every selected layer quantized.
     """
     what = "quantize_module"
     selected = _selected_linears(module, recipe, layers, what)
@@ -398,12 +411,14 @@ def quantize_module(module: "nn.Module", recipe: PathLike, *, activations: Any =
         shift = unsigned_shift.get(path) if isinstance(unsigned_shift, Mapping) else unsigned_shift
         new = QuantizedLinear(q.residual, q.down, q.up, linear.bias, q.smooth,
                               residual_activation=entry["residual_activation"],
-                              branch_activation=entry["branch_activation"], unsigned_shift=shift,
+                              branch_activation=entry["branch_activation"],
+                              intermediate_activation=entry["intermediate_activation"], unsigned_shift=shift,
                               name=path, backend=backend,
                               packed=(q.packed_residual, q.packed_down, q.packed_up)).to(linear.weight.device)
         row = {"name": weight_name, "out_features": q.out_features, "in_features": q.in_features, "method": q.method,
                "residual_format": q.residual_format, "branch_format": q.branch_format, "rank": q.rank,
                "residual_activation": entry["residual_activation"], "branch_activation": entry["branch_activation"],
+               "intermediate_activation": entry["intermediate_activation"],
                **q.metrics}
         if rows is not None:
             x = torch.from_numpy(rows[path]).to(linear.weight.device)
@@ -504,8 +519,8 @@ def load_quantized(module: "nn.Module", checkpoint: PathLike, *,
                    unsigned_shift: Union[Shift, Mapping[str, Shift]] = None, backend: str = "fake_quant") -> list[str]:
     """Swaps in a QuantizedLinear for every layer of a quantized checkpoint written by `loraq quantize`
     (a folder, a .safetensors file or a shard index; layout in docs/checkpoint.md), with the layer's
-    activation formats from the metadata (loraq.layers: residual_activation, branch_activation; 16-bit
-    when a file predates them). Codes are decoded by loraq.unpack; a 16-bit branch is read as stored.
+    activation formats from the metadata (loraq.layers: residual_activation, branch_activation and,
+    where the recipe set one, intermediate_activation; 16-bit when a file predates them). Codes are decoded by loraq.unpack; a 16-bit branch is read as stored.
     The bias is the checkpoint's P.bias when it has one, else the module's. Other tensors of the
     checkpoint (norms, embedders) are not loaded: the module keeps its own.
 
@@ -553,6 +568,7 @@ def load_quantized(module: "nn.Module", checkpoint: PathLike, *,
             new = QuantizedLinear(residual, down, up, bias, smooth,
                                   residual_activation=layer.get("residual_activation"),
                                   branch_activation=layer.get("branch_activation"),
+                                  intermediate_activation=layer.get("intermediate_activation"),
                                   unsigned_shift=shift, name=path, backend=backend,
                                   packed=(packed_residual, packed_down, packed_up)).to(device)
             swaps[path] = _quantized_like(target, new)

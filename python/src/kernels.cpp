@@ -26,15 +26,16 @@ std::vector<float> vector_of(const std::optional<FloatArray>& a, const std::stri
 void register_kernels(nb::module_& m) {
   nb::class_<QuantizedLinearKernel>(
       m, "LinearKernel",
-      "Y = Qa1(X/s) Q1(P)^T + (Qa2(X/s) Q2(down)^T) Q2(up)^T + bias from the packed parts: integer kernels "
+      "Y = Qa1(X/s) Q1(P)^T + Qt(Qa2(X/s) Q2(down)^T) Q2(up)^T + bias from the packed parts: integer kernels "
       "where weight and activation formats are integer (sint4, mxint4, mxint8, int8_channel), fp32 GEMM "
-      "on fake-quantized inputs otherwise. Activation format None: fp32 inputs.")
+      "on fake-quantized inputs otherwise. Activation format None: fp32 inputs (for intermediate_activation, "
+      "Qt: the branch's intermediate T not quantized, the paper's formula).")
       .def(
           "__init__",
           [](QuantizedLinearKernel* self, const PackedMatrix& residual, const PackedMatrix* down, const PackedMatrix* up,
              std::optional<FloatArray> smooth, std::optional<FloatArray> bias,
              const std::optional<std::string>& residual_activation, const std::optional<std::string>& branch_activation,
-             const std::string& name) {
+             const std::string& name, const std::optional<std::string>& intermediate_activation) {
             if ((down == nullptr) != (up == nullptr)) throw Error(name + ": give both down and up, or neither");
             QuantizedLayer layer;
             layer.out_features = residual.rows;
@@ -43,13 +44,37 @@ void register_kernels(nb::module_& m) {
             if (down) layer.branch = LowRankBranch{*down, *up};
             layer.smooth = vector_of(smooth, name + ": smooth");
             const std::vector<float> b = vector_of(bias, name + ": bias");
-            new (self) QuantizedLinearKernel(layer, format_or_fp32(residual_activation),
-                                             format_or_fp32(branch_activation), b, name);
+            const LayerActivations activations{format_or_fp32(residual_activation), format_or_fp32(branch_activation),
+                                               format_or_fp32(intermediate_activation)};
+            new (self) QuantizedLinearKernel(layer, activations, b, name);
           },
           nb::arg("residual"), nb::arg("down").none() = nb::none(), nb::arg("up").none() = nb::none(),
           nb::arg("smooth").noconvert().none() = nb::none(), nb::arg("bias").noconvert().none() = nb::none(),
           nb::arg("residual_activation").none() = nb::none(), nb::arg("branch_activation").none() = nb::none(),
-          nb::arg("name") = "layer")
+          nb::arg("name") = "layer", nb::arg("intermediate_activation").none() = nb::none())
+      .def(
+          "intermediate",
+          [](const QuantizedLinearKernel& k, const FloatArray& x, int threads, std::optional<std::string> isa) {
+            const MatrixShape shape = matrix_shape(x, "LinearKernel.intermediate: x");
+            if (shape.cols != k.in_features())
+              throw Error("LinearKernel.intermediate: x has " + std::to_string(shape.cols) +
+                          " features, the layer takes " + std::to_string(k.in_features()));
+            LinearKernelOptions options;
+            options.threads = threads;
+            if (isa) options.isa = parse_isa(*isa);
+            std::vector<float> t;
+            {
+              nb::gil_scoped_release release;
+              t = k.intermediate(values_of(x), shape.rows, options);
+            }
+            std::span<float> out;
+            NumpyArray<float> result = uninitialized_numpy<float>({std::size_t(shape.rows), std::size_t(k.rank())}, out);
+            std::copy(t.begin(), t.end(), out.begin());
+            return result;
+          },
+          nb::arg("x").noconvert(), nb::arg("threads") = 0, nb::arg("isa").none() = nb::none(),
+          "T = Qa2(X/s) down^T [rows, rank] as forward() computes it in fp32, before intermediate_activation "
+          "quantizes it ([rows, 0] without a branch).")
       .def(
           "forward",
           [](const QuantizedLinearKernel& k, const FloatArray& x, int threads, std::optional<std::string> isa,

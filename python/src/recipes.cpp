@@ -60,13 +60,14 @@ void register_recipes(nb::module_& m) {
         d["budget"] = r.budget ? nb::object(nb::float_(*r.budget)) : nb::none();
         d["residual_activation"] = format_or_none(r.residual_activation);
         d["branch_activation"] = branch ? format_or_none(r.branch_activation) : nb::none();
+        d["intermediate_activation"] = branch ? format_or_none(r.intermediate_activation) : nb::none();
         d["seed"] = r.seed;
         return d;
       },
       nb::arg("recipe"), nb::arg("layer"),
       "The recipe file's entry for the tensor name `layer` (its last matching override, else the defaults) as a "
-      "dict: method, residual, rounding, branch, rank, budget, residual_activation, branch_activation (None: 16-bit), "
-      "seed.");
+      "dict: method, residual, rounding, branch, rank, budget, residual_activation, branch_activation, "
+      "intermediate_activation (None: 16-bit; the last, the branch's T), seed.");
 }
 
 }  // namespace loraq::python

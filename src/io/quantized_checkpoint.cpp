@@ -148,6 +148,9 @@ std::string encode_layer_table(const std::vector<QuantizedLayerInfo>& layers) {
                      {"smoothed", l.smoothed},
                      {"residual_activation", format_or_null(l.residual_activation)},
                      {"branch_activation", format_or_null(l.branch_activation)}});
+    // Only when set: checkpoints of recipes without it keep the bytes they had.
+    if (l.intermediate_activation)
+      table.back()["intermediate_activation"] = format_or_null(l.intermediate_activation);
   }
   return table.dump();
 }
@@ -175,6 +178,7 @@ std::vector<QuantizedLayerInfo> decode_layer_table(const std::string& json, cons
       l.smoothed = e.at("smoothed").get<bool>();
       l.residual_activation = optional_format(e, "residual_activation");
       l.branch_activation = optional_format(e, "branch_activation");
+      l.intermediate_activation = optional_format(e, "intermediate_activation");
       if (l.rank < 0 || l.rank > (1 << 20) || (l.rank > 0) != l.branch_format.has_value())
         throw Error(what + ": layer '" + l.weight_name + "' has rank " + std::to_string(l.rank) +
                     (l.branch_format ? " with" : " without") + " a branch format");

@@ -32,7 +32,7 @@ constexpr std::array<std::string_view, 8> kOverrideKeys = {
 constexpr std::array<std::string_view, 2> kSmoothingKeys = {"alpha", "beta"};
 constexpr std::array<std::string_view, 2> kResidualKeys = {"format", "rounding"};
 constexpr std::array<std::string_view, 3> kBranchKeys = {"format", "rank", "budget"};
-constexpr std::array<std::string_view, 2> kActivationKeys = {"residual", "branch"};
+constexpr std::array<std::string_view, 3> kActivationKeys = {"residual", "branch", "intermediate"};
 constexpr std::array<std::string_view, 3> kLayersKeys = {"preset", "include", "exclude"};
 
 // The method a recipe gets when it names none.
@@ -205,6 +205,8 @@ struct Patch {
   std::optional<Format> residual_activation;
   std::optional<Format> branch_activation;
   int branch_activation_line = 1;
+  std::optional<Format> intermediate_activation;
+  int intermediate_activation_line = 1;
   std::optional<std::optional<LayerRecipe::Smoothing>> smoothing;  // set: given (inner nullopt: `off`)
   std::vector<Entry> params;  // checked once the scope's method is known
   std::optional<std::uint64_t> seed;
@@ -249,9 +251,12 @@ bool read_layer_key(const Parser& parser, const Entry& e, Patch& patch) {
     for (const Entry& sub : parser.entries(e.value, e.path, e.line, kActivationKeys)) {
       if (sub.key == "residual") {
         patch.residual_activation = parser.as_format(sub);
-      } else {
+      } else if (sub.key == "branch") {
         patch.branch_activation = parser.as_format(sub);
         patch.branch_activation_line = sub.line;
+      } else {
+        patch.intermediate_activation = parser.as_format(sub);
+        patch.intermediate_activation_line = sub.line;
       }
     }
   } else if (e.key == "smoothing") {
@@ -333,6 +338,9 @@ LayerRecipe apply(const Parser& parser, const LayerRecipe& base, const Patch& pa
   if (patch.branch_activation && !method->uses_branch)
     parser.fail(patch.branch_activation_line, patch.prefix + "activations.branch",
                 "method '" + method_name + "' has no low-rank branch: remove `activations.branch`");
+  if (patch.intermediate_activation && !method->uses_branch)
+    parser.fail(patch.intermediate_activation_line, patch.prefix + "activations.intermediate",
+                "method '" + method_name + "' has no low-rank branch: remove `activations.intermediate`");
   if (patch.branch_format) r.branch_format = *patch.branch_format;
   // rank and budget are two ways of sizing the same branch: giving one replaces the other.
   if (patch.rank) {
@@ -344,6 +352,7 @@ LayerRecipe apply(const Parser& parser, const LayerRecipe& base, const Patch& pa
     r.rank.reset();
   }
   if (patch.branch_activation) r.branch_activation = patch.branch_activation;
+  if (patch.intermediate_activation) r.intermediate_activation = patch.intermediate_activation;
   if (method->uses_branch) {
     if (!r.rank && !r.budget)
       parser.fail(patch.method ? patch.method_line : patch.line, patch.prefix + "method",
@@ -356,6 +365,7 @@ LayerRecipe apply(const Parser& parser, const LayerRecipe& base, const Patch& pa
     r.rank.reset();
     r.budget.reset();
     r.branch_activation.reset();
+    r.intermediate_activation.reset();
   }
 
   for (const Entry& e : patch.params) {
@@ -424,6 +434,9 @@ nlohmann::json layer_json(const LayerRecipe& r) {
     j["branch"] = nullptr;  // a method without a branch
   }
   j["activations"] = {{"residual", format_json(r.residual_activation)}, {"branch", format_json(r.branch_activation)}};
+  // Only when set, so that the recipes written before this key existed keep their plan text (and
+  // a run they started still resumes).
+  if (r.intermediate_activation) j["activations"]["intermediate"] = format_json(r.intermediate_activation);
   if (r.smoothing) {
     const auto value = [](const std::optional<double>& v) { return v ? number_json(*v) : nlohmann::json("auto"); };
     j["smoothing"] = {{"alpha", value(r.smoothing->alpha)}, {"beta", value(r.smoothing->beta)}};

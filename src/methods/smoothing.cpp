@@ -71,6 +71,7 @@ std::vector<float> quantized_output(const QuantizedLayer& layer, std::span<const
                              up = unpack(layer.branch->up);
     std::vector<float> t(std::size_t(rows * rank));
     linalg::gemm(false, true, rows, rank, in, 1.0f, x2.data(), in, down.data(), in, 0.0f, t.data(), rank);
+    if (recipe.intermediate_activation) fake_quantize(*recipe.intermediate_activation, t, t, rows, rank, codec);
     linalg::gemm(false, true, rows, out, rank, 1.0f, t.data(), rank, up.data(), rank, 1.0f, y.data(), out);
   }
   return y;

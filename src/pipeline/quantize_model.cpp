@@ -134,6 +134,7 @@ QuantizeSummary quantize_model(const QuantizeOptions& options) {
     info.smoothed = r.smoothing.has_value();
     info.residual_activation = r.residual_activation;
     info.branch_activation = r.branch_activation;
+    info.intermediate_activation = r.intermediate_activation;
     if (method_info(r.method).uses_branch) {
       info.branch_format = r.branch_format;
       info.rank = layer_branch_rank(r, name, info.out_features, info.in_features);

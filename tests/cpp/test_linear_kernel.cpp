@@ -21,12 +21,14 @@ struct Case {
   std::int64_t rows, out, in, rank;
   bool smooth = true, bias = true;
   float x_scale = 1.0f;  // multiplies the generated inputs
+  std::optional<Format> act_t = std::nullopt;  // Qt, the intermediate's format (unset: T in fp32)
 };
 
 std::string name_of(std::optional<Format> f) { return f ? std::string(format_info(*f).name) : "fp32"; }
 
 std::string describe(const Case& c) {
-  return name_of(c.residual) + "/" + name_of(c.branch) + " A " + name_of(c.act1) + "/" + name_of(c.act2) + " M=" +
+  return name_of(c.residual) + "/" + name_of(c.branch) + " A " + name_of(c.act1) + "/" + name_of(c.act2) +
+         (c.act_t ? " T " + name_of(c.act_t) : "") + " M=" +
          std::to_string(c.rows) + " out=" + std::to_string(c.out) + " in=" + std::to_string(c.in) +
          " r=" + std::to_string(c.rank);
 }
@@ -66,6 +68,10 @@ Fixture make(const Case& c, unsigned seed) {
 // fused multiply-add of the residual's chunks or, on the float path, of its in_features terms;
 // those of T's chunks; one per up-projection term; the chunk scale products; the bias), and
 // magnitude = sum |qa1 P| + sum_j |up_j| sum |qa2 down_j| + |bias|.
+// With an intermediate format Qt, the kernel's own fp32 T (intermediate()) is checked against T in
+// float64 within its bound, and the reference takes Qt of the kernel's T, with magnitude
+// sum_j |Qt(T)_j up_j| for the branch: quantizing the float64 T could round a value the other way
+// than the kernel's fp32 T, a whole step of Qt that no accumulation bound covers.
 struct Reference {
   std::vector<double> y, bound;
 };
@@ -95,15 +101,29 @@ Reference reference(const Case& c, const Fixture& f, const QuantizedLinearKernel
   const double n = double((kernel.residual_is_integer() ? chunks : c.in) + (kernel.branch_is_integer() ? chunks : c.in) +
                           c.rank + 4);
   const double gamma = n * u / (1 - n * u);
+  std::vector<float> t_kernel, t_quantized;
+  if (c.act_t && c.rank > 0) {
+    t_kernel = kernel.intermediate(f.x, c.rows);
+    t_quantized.resize(t_kernel.size());
+    fake_quantize(*c.act_t, t_kernel, t_quantized, c.rows, c.rank);
+  }
   Reference ref;
   for (std::int64_t i = 0; i < c.rows; ++i) {
     std::vector<double> t(std::size_t(c.rank)), t_abs(std::size_t(c.rank));
-    for (std::int64_t j = 0; j < c.rank; ++j)
+    for (std::int64_t j = 0; j < c.rank; ++j) {
       for (std::int64_t k = 0; k < c.in; ++k) {
         const double prod = double(qa2[std::size_t(i * c.in + k)]) * down[std::size_t(j * c.in + k)];
         t[std::size_t(j)] += prod;
         t_abs[std::size_t(j)] += std::abs(prod);
       }
+      if (!t_kernel.empty()) {
+        const std::size_t at = std::size_t(i * c.rank + j);
+        EXPECT_LE(std::abs(double(t_kernel[at]) - t[std::size_t(j)]), gamma * t_abs[std::size_t(j)])
+            << "T[" << i << ", " << j << "]";
+        t[std::size_t(j)] = t_quantized[at];
+        t_abs[std::size_t(j)] = std::abs(t[std::size_t(j)]);
+      }
+    }
     for (std::int64_t o = 0; o < c.out; ++o) {
       double y = f.bias.empty() ? 0.0 : f.bias[std::size_t(o)], mag = std::abs(y);
       for (std::int64_t k = 0; k < c.in; ++k) {
@@ -132,7 +152,7 @@ std::vector<float> run(const QuantizedLinearKernel& kernel, const Fixture& f, st
 void expect_within_bound(const Case& c, unsigned seed) {
   SCOPED_TRACE(describe(c) + " seed " + std::to_string(seed));
   const Fixture f = make(c, seed);
-  const QuantizedLinearKernel kernel(f.layer, c.act1, c.act2, f.bias);
+  const QuantizedLinearKernel kernel(f.layer, LayerActivations{c.act1, c.act2, c.act_t}, f.bias);
   const Reference ref = reference(c, f, kernel);
   const std::vector<float> y = run(kernel, f, c.rows);
   int failures = 0;
@@ -188,6 +208,51 @@ TEST(LinearKernel, FloatPathWithinBound) {
   for (const Case& c : cases) expect_within_bound(c, seed++);
 }
 
+// Qt on the intermediate: integer up-projections (mxint8 and 4-bit up weights with 8- and 4-bit Qt),
+// the float one (an mxfp4 or fp16 up, or a float Qt), after an integer or a float down-projection.
+TEST(LinearKernel, IntermediateFormatWithinBound) {
+  Case cases[] = {
+      {Format::sint4, Format::mxint8, Format::mxint8, Format::mxint8, 37, 43, 257, 86},
+      {Format::sint4, Format::mxint8, Format::sint4, Format::mxint8, 20, 72, 192, 62},
+      {Format::mxint4, Format::mxint4, Format::mxint4, Format::mxint4, 13, 24, 100, 33},
+      {Format::sint4, Format::sint4, Format::mxint8, Format::mxint8, 9, 16, 96, 70},
+      {Format::sint4, Format::mxint8, Format::mxint8, std::nullopt, 7, 40, 64, 30},      // float down, integer up
+      {Format::mxfp4, Format::mxfp4, Format::mxint8, Format::mxint8, 11, 24, 128, 40},  // mxfp4 up: float
+      {Format::sint4, Format::fp16, Format::mxint8, Format::mxint8, 5, 16, 64, 16},     // fp16 up: float
+  };
+  const std::optional<Format> qts[] = {Format::mxint8, Format::mxint8, Format::mxint4, Format::sint4,
+                                       Format::mxint8, Format::mxint8, Format::mxfp8_e4m3};
+  unsigned seed = 700;
+  for (std::size_t i = 0; i < std::size(cases); ++i) {
+    cases[i].act_t = qts[i];
+    expect_within_bound(cases[i], seed++);
+    ASSERT_FALSE(HasFailure());
+  }
+}
+
+TEST(LinearKernel, IntermediateFormatIsApplied) {
+  // The bound above is far below a step of Qt, so the reference without Qt must be outside it
+  // somewhere: the kernel did quantize T (and with an integer up-projection, on the integer kernels).
+  Case c{Format::sint4, Format::mxint8, Format::mxint8, Format::mxint8, 12, 32, 128, 40};
+  c.act_t = Format::mxint4;
+  const Fixture f = make(c, 800);
+  const QuantizedLinearKernel with(f.layer, LayerActivations{c.act1, c.act2, c.act_t}, f.bias);
+  const QuantizedLinearKernel without(f.layer, c.act1, c.act2, f.bias);
+  EXPECT_TRUE(with.up_is_integer());
+  EXPECT_FALSE(without.up_is_integer());
+  EXPECT_NE(with.describe().find("up integer mxint8 x mxint4"), std::string::npos) << with.describe();
+  Case plain_case = c;
+  plain_case.act_t.reset();
+  const Reference plain = reference(plain_case, f, without);  // T in fp32
+  const std::vector<float> y = run(with, f, c.rows);
+  int outside = 0;
+  for (std::size_t i = 0; i < y.size(); ++i) outside += std::abs(double(y[i]) - plain.y[i]) > plain.bound[i];
+  EXPECT_GT(outside, int(y.size()) / 2);
+  // The intermediate is T before Qt, the same with or without it.
+  EXPECT_EQ(with.intermediate(f.x, c.rows), without.intermediate(f.x, c.rows));
+  EXPECT_EQ(std::int64_t(with.intermediate(f.x, c.rows).size()), c.rows * c.rank);
+}
+
 TEST(LinearKernel, ExtremeCodesDoNotOverflowTheInt16Sums) {
   // Every activation code at +-127 and every weight code at +-7: the largest chunk sums the AVX2
   // kernels add up in int16 (30480 with the +8 offset of 4-bit weights).
@@ -224,6 +289,8 @@ TEST(LinearKernel, EveryInstructionSetEqualsScalarBitForBit) {
       {Format::mxint4, Format::sint4, Format::mxint4, Format::mxint8, 23, 72, 192, 62},
       {Format::mxint8, Format::mxint4, Format::int8_channel, Format::sint4, 9, 20, 100, 5},
       {Format::int8_channel, Format::mxint8, Format::sint4, Format::mxint8, 70, 136, 96, 33},
+      {Format::sint4, Format::mxint8, Format::mxint8, Format::mxint8, 37, 43, 257, 86, true, true, 1.0f, Format::mxint8},
+      {Format::mxint4, Format::sint4, Format::mxint4, Format::mxint8, 23, 72, 192, 62, true, true, 1.0f, Format::sint4},
   };
   int compared = 0;
   for (Isa isa : {Isa::avx2, Isa::avx512}) {
@@ -232,7 +299,7 @@ TEST(LinearKernel, EveryInstructionSetEqualsScalarBitForBit) {
     for (const Case& c : cases) {
       SCOPED_TRACE(describe(c) + " " + std::string(isa_name(isa)));
       const Fixture f = make(c, seed++);
-      const QuantizedLinearKernel kernel(f.layer, c.act1, c.act2, f.bias);
+      const QuantizedLinearKernel kernel(f.layer, LayerActivations{c.act1, c.act2, c.act_t}, f.bias);
       LinearKernelOptions scalar, vector;
       scalar.isa = Isa::scalar;
       vector.isa = isa;
@@ -259,20 +326,22 @@ TEST(LinearKernel, DescribeNamesTheKernelsThatRun) {
 }
 
 TEST(LinearKernel, ThreadCountDoesNotChangeTheBits) {
-  // 3 rows: one block split across panels; 70 rows: blocks shared out.
-  for (std::int64_t rows : {3, 70}) {
-    const Case c{Format::sint4, Format::mxint8, Format::mxint8, Format::mxint8, rows, 200, 160, 40};
-    const Fixture f = make(c, 300 + unsigned(rows));
-    const QuantizedLinearKernel kernel(f.layer, c.act1, c.act2, f.bias);
-    std::vector<float> first;
-    for (int threads : {1, 2, 3, 5}) {
-      LinearKernelOptions options;
-      options.threads = threads;
-      const std::vector<float> y = run(kernel, f, rows, options);
-      if (first.empty()) first = y;
-      ASSERT_EQ(0, std::memcmp(first.data(), y.data(), y.size() * sizeof(float))) << rows << " rows, " << threads;
+  // 3 rows: one block split across panels; 70 rows: blocks shared out. With and without Qt.
+  for (std::optional<Format> qt : {std::optional<Format>(), std::optional<Format>(Format::mxint8)})
+    for (std::int64_t rows : {3, 70}) {
+      const Case c{Format::sint4, Format::mxint8, Format::mxint8, Format::mxint8, rows, 200, 160, 40,
+                   true, true, 1.0f, qt};
+      const Fixture f = make(c, 300 + unsigned(rows));
+      const QuantizedLinearKernel kernel(f.layer, LayerActivations{c.act1, c.act2, c.act_t}, f.bias);
+      std::vector<float> first;
+      for (int threads : {1, 2, 3, 5}) {
+        LinearKernelOptions options;
+        options.threads = threads;
+        const std::vector<float> y = run(kernel, f, rows, options);
+        if (first.empty()) first = y;
+        ASSERT_EQ(0, std::memcmp(first.data(), y.data(), y.size() * sizeof(float))) << describe(c) << ", " << threads;
+      }
     }
-  }
 }
 
 TEST(LinearKernel, SkipBranchIsTheResidualAlone) {

@@ -98,7 +98,8 @@ TEST(Recipe, DefaultsOfAMinimalRecipe) {
   EXPECT_EQ(recipe.defaults.residual_format, Format::sint4);
   EXPECT_EQ(recipe.defaults.rounding, Rounding::nearest_even);
   EXPECT_FALSE(recipe.defaults.rank || recipe.defaults.budget);
-  EXPECT_FALSE(recipe.defaults.residual_activation || recipe.defaults.branch_activation);
+  EXPECT_FALSE(recipe.defaults.residual_activation || recipe.defaults.branch_activation ||
+               recipe.defaults.intermediate_activation);
   EXPECT_TRUE(recipe.defaults.params.empty());
   EXPECT_EQ(recipe.defaults.seed, 0u);
   EXPECT_EQ(recipe.layers.preset, "generic");
@@ -114,7 +115,7 @@ TEST(Recipe, EveryKeyIsRead) {
       "branch:\n"
       "  format: mxfp8_e4m3\n"
       "  rank: 48\n"
-      "activations: {residual: mxint8, branch: mxfp8_e4m3}\n"
+      "activations: {residual: mxint8, branch: mxfp8_e4m3, intermediate: mxint4}\n"
       "params: {steps: 250, lr: 0.01, rotate: false}\n"
       "seed: 18446744073709551615\n"
       "layers:\n"
@@ -132,6 +133,7 @@ TEST(Recipe, EveryKeyIsRead) {
   EXPECT_FALSE(d.budget);
   EXPECT_EQ(d.residual_activation, Format::mxint8);
   EXPECT_EQ(d.branch_activation, Format::mxfp8_e4m3);
+  EXPECT_EQ(d.intermediate_activation, Format::mxint4);
   EXPECT_EQ(d.params, (std::map<std::string, double>{{"steps", 250}, {"lr", 0.01}, {"rotate", 0}}));
   EXPECT_EQ(d.seed, 18446744073709551615ull);
   EXPECT_EQ(recipe.layers.preset, "sana");
@@ -243,6 +245,8 @@ TEST(RecipeErrors, BranchGivenToAMethodWithoutOne) {
   // The order of keys in the file does not matter.
   expect_error("name: t\nbranch: {rank: 32}\nmethod: rtn\n", 2, "branch", {"no low-rank branch"});
   expect_error("name: t\nactivations:\n  branch: fp16\n", 3, "activations.branch", {"no low-rank branch"});
+  expect_error("name: t\nactivations:\n  residual: mxint8\n  intermediate: mxint8\n", 4, "activations.intermediate",
+               {"no low-rank branch"});
   expect_error("name: t\nmethod: lowrank\nbranch: {rank: 3}\noverrides:\n  - match: a\n    method: rtn\n    branch: {rank: 8}\n",
                7, "overrides[0].branch", {"'rtn' has no low-rank branch"}, kTestMethods);
 }
@@ -368,7 +372,7 @@ TEST(RecipeOverrides, LastMatchWinsAndEachStartsFromTheDefaults) {
   const LayerRecipe& out = recipe.for_layer("proj_out.weight");
   EXPECT_EQ(out.method, "rtn");
   EXPECT_TRUE(out.params.empty());
-  EXPECT_FALSE(out.rank || out.budget || out.branch_activation);
+  EXPECT_FALSE(out.rank || out.budget || out.branch_activation || out.intermediate_activation);
   EXPECT_EQ(out.residual_format, Format::sint4);
 
   // No match: the defaults.
@@ -490,6 +494,20 @@ TEST(RecipeJson, EquivalentRecipesGiveTheSameText) {
   EXPECT_EQ(parsed["defaults"]["branch"]["budget"], 512);
   EXPECT_TRUE(parsed["defaults"]["branch"]["rank"].is_null());
   EXPECT_EQ(parsed["defaults"]["params"]["steps"], 100);
+}
+
+TEST(RecipeJson, IntermediateActivationAppearsOnlyWhenSet) {
+  // Absent when unset, so that a run started before the key existed keeps its plan text and
+  // resumes; present and distinct when set.
+  const std::string c = "name: c\nmethod: lowrank\nbranch: {format: mxint8, rank: 64}\nactivations: {branch: mxint8}\n";
+  const std::string plain = parse_recipe(c, "c.yaml", kTestMethods).to_json();
+  EXPECT_EQ(plain.find("intermediate"), std::string::npos) << plain;
+  const std::string with =
+      parse_recipe("name: c\nmethod: lowrank\nbranch: {format: mxint8, rank: 64}\n"
+                   "activations: {branch: mxint8, intermediate: mxint8}\n",
+                   "c.yaml", kTestMethods)
+          .to_json();
+  EXPECT_EQ(nlohmann::json::parse(with)["defaults"]["activations"]["intermediate"], "mxint8");
 }
 
 }  // namespace

@@ -178,3 +178,42 @@ def test_run_linear_command(tmp_path, loraq_bin):
                            timeout=60, env={**os.environ, "LORAQ_KERNELS": "avx9"})
     assert bogus.returncode != 0 and "LORAQ_KERNELS=avx9" in bogus.stderr and "scalar" in bogus.stderr, bogus.stderr
     assert not pathlib.Path(tmp_path / "y_bogus.npy").exists()
+
+
+def test_run_linear_with_quantized_intermediate(tmp_path, loraq_bin):
+    """A recipe with activations.intermediate: `loraq run-linear` runs the up-projection on the integer
+    kernels, --check passes (its reference applies Qt to the kernel's own T), and Y equals
+    loraq.LinearKernel with the same intermediate_activation; without Qt the output differs."""
+    import subprocess
+
+    st = pytest.importorskip("safetensors.numpy", reason="the safetensors library is not installed")
+    rng = np.random.default_rng(22)
+    weight = heavy_tailed(rng, (72, 128))
+    st.save_file({"blocks.0.ff.weight": weight}, str(tmp_path / "model.safetensors"))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nmethod: svd_lowrank\nresidual: {format: sint4}\nbranch: {format: mxint8, rank: 40}\n"
+                      "activations: {residual: mxint8, branch: mxint8, intermediate: mxint8}\n"
+                      "layers: {include: ['*.weight']}\n")
+    quantized = tmp_path / "q.safetensors"
+    subprocess.run([loraq_bin, "quantize", str(tmp_path / "model.safetensors"), "-r", str(recipe), "-o", str(quantized)],
+                   check=True, capture_output=True, text=True, timeout=300)
+    x = heavy_tailed(rng, (29, 128))
+    np.save(tmp_path / "x.npy", x)
+    result = subprocess.run([loraq_bin, "run-linear", str(quantized), "--layer", "blocks.0.ff", "--input",
+                             str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy"), "--check"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "up integer mxint8 x mxint8" in result.stdout and ": ok" in result.stdout, result.stdout
+
+    tensors = st.load_file(str(quantized))
+    def packed(base, rows, cols, fmt="mxint8"):
+        return loraq.PackedMatrix(fmt, rows, cols, tensors[base + ".qweight"], tensors[base + ".wscales"])
+    parts = (packed("blocks.0.ff", 72, 128, "sint4"), packed("blocks.0.ff.lora_down", 40, 128),
+             packed("blocks.0.ff.lora_up", 72, 40))
+    with_qt = loraq.LinearKernel(*parts, None, None, "mxint8", "mxint8", intermediate_activation="mxint8")
+    without = loraq.LinearKernel(*parts, None, None, "mxint8", "mxint8")
+    y = np.load(tmp_path / "y.npy")
+    assert np.array_equal(y, with_qt.forward(x))
+    assert not np.array_equal(y, without.forward(x))
+    t = with_qt.intermediate(x)
+    assert t.shape == (29, 40) and np.array_equal(t, without.intermediate(x))

@@ -216,6 +216,51 @@ def test_load_quantized_equals_quantize_module(quantized, recipes, checkpoint, r
         assert torch.equal(loaded(x, context), direct(x, context))
 
 
+def test_intermediate_activation_through_checkpoint(checkpoint, run_loraq, tmp_path):
+    """activations.intermediate (Qt on the branch's T) from the recipe to the checkpoint's metadata
+    (read with the safetensors library) to load_quantized, and both backends against a float64
+    reference that applies Qt: to the kernel's own float32 T (LinearKernel.intermediate) for
+    backend="kernel", to torch's float32 T for "fake_quant" (quantizing a float64 T instead could
+    round a value the other way, a whole step of Qt)."""
+    recipe = tmp_path / "w4a8t.yaml"
+    recipe.write_text("name: w4a8t\n" + LORAQ.format(
+        activations="activations: {residual: mxint8, branch: mxint8, intermediate: mxint4}"))
+    run_loraq("quantize", checkpoint, "--recipe", recipe, "-o", tmp_path / "q", "--threads", "2")
+    (written,) = (tmp_path / "q").glob("*.safetensors")
+    with safetensors_torch.safe_open(str(written), "pt") as f:
+        table = json.loads(f.metadata()["loraq.layers"])
+    assert {e["name"]: e.get("intermediate_activation") for e in table} == {f"{p}.weight": "mxint4" for p in LAYERS}
+    path = "transformer_blocks.0.ff.net.2"
+    layers = {}
+    for backend in ("fake_quant", "kernel"):
+        model = make_model()
+        lt.load_quantized(model, tmp_path / "q", backend=backend)
+        layers[backend] = model.get_submodule(path)
+        assert layers[backend].intermediate_activation == "mxint4"
+    m = layers["kernel"]
+    rng = np.random.default_rng(SEED)
+    x = rng.standard_normal((37, m.in_features)).astype(np.float32)
+    h = x if m.smooth is None else (x / m.smooth.numpy()[None, :]).astype(np.float32)
+    res, down, up = (t.numpy().astype(np.float64) for t in (m.residual, m.down, m.up))
+    bias = np.zeros(m.out_features) if m.bias is None else m.bias.numpy().astype(np.float64)
+    base = loraq.fake_quant(h, "mxint8").astype(np.float64) @ res.T + bias
+    qa2 = loraq.fake_quant(h, "mxint8")
+    t_kernel = m._kernel.intermediate(x)
+    t_torch = torch.nn.functional.linear(torch.from_numpy(qa2), layers["fake_quant"].down).numpy()
+    t64 = qa2.astype(np.float64) @ down.T
+    n = m.in_features + m.rank + 4
+    for t in (t_kernel, t_torch):  # both float32 T within the accumulation bound of T in float64
+        assert np.all(np.abs(t - t64) <= n * 2.0 ** -23 * (np.abs(qa2) @ np.abs(down).T) + 1e-30)
+    terms = n * (np.abs(loraq.fake_quant(h, "mxint8")) @ np.abs(res).T + np.abs(bias))
+    for backend, t in (("kernel", t_kernel), ("fake_quant", t_torch)):
+        qt = loraq.fake_quant(np.ascontiguousarray(t, dtype=np.float32), "mxint4").astype(np.float64)
+        y = layers[backend](torch.from_numpy(x)).numpy()
+        assert_matches_reference(y, base + qt @ up.T, terms + n * (np.abs(qt) @ np.abs(up).T), backend)
+        # Without Qt the reference is outside that bound almost everywhere: Qt was applied.
+        err = np.abs(y - (base + t64 @ up.T))
+        assert np.mean(err > (terms + n * np.abs(t64) @ np.abs(up).T) * 2.0 ** -22) > 0.5, backend
+
+
 def test_load_quantized_errors_name_the_layer(recipes, checkpoint, run_loraq, tmp_path):
     run_loraq("quantize", checkpoint, "--recipe", recipes["w16a16"], "-o", tmp_path / "q.safetensors")
     with pytest.raises(ValueError, match=r"transformer_blocks\.0\.attn1\.to_k\.weight.*\[128, 128\].*\[96, 96\]"):

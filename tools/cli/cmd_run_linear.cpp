@@ -22,14 +22,17 @@ namespace {
 
 // Y in float64 from the fake-quantized activations and the dequantized parts, and for each output
 // gamma(n) x (sum |qa1 p| + sum_j |up_j| sum |qa2 down_j| + |b|), the fp32 accumulation bound
-// (n: 2 in + rank + 4 roundings at most, on either path).
+// (n: 2 in + rank + 4 roundings at most, on either path). With an intermediate format Qt, the
+// kernel's own fp32 T (t_kernel) is checked against T in float64 within its bound, and Y against
+// Qa1(X/s) P^T + Qt(t_kernel) up^T + b: quantizing the float64 T instead could round some value the
+// other way than the kernel's T, a whole step of Qt, which no fp32 bound covers.
 struct Check {
   double worst_ratio = 0;  // max |y - ref| / bound
   double max_abs = 0;
 };
 
 Check check_against_reference(const StoredLinear& s, const std::vector<float>& x, std::int64_t rows,
-                              const std::vector<float>& y) {
+                              const std::vector<float>& y, const std::vector<float>& t_kernel) {
   const std::int64_t in = s.layer.in_features, out = s.layer.out_features;
   std::vector<float> xs(x);
   if (!s.layer.smooth.empty())
@@ -51,6 +54,17 @@ Check check_against_reference(const StoredLinear& s, const std::vector<float>& x
   }
   const double n = double(2 * in + rank + 4), u = std::ldexp(1.0, -24), gamma = n * u / (1 - n * u);
   Check c;
+  auto record = [&c](double err, double bound) {
+    c.max_abs = std::max(c.max_abs, err);
+    c.worst_ratio = std::max(c.worst_ratio, bound > 0 ? err / bound : (err > 0 ? INFINITY : 0.0));
+  };
+  const std::optional<Format> qt = rank > 0 ? s.info.intermediate_activation : std::nullopt;
+  std::vector<float> t_quantized;
+  if (qt) {
+    if (std::int64_t(t_kernel.size()) != rows * rank) throw Error("run-linear --check: no intermediate from the kernel");
+    t_quantized.resize(t_kernel.size());
+    fake_quantize(*qt, t_kernel, t_quantized, rows, rank);
+  }
   std::vector<double> t(static_cast<std::size_t>(rank)), t_abs(static_cast<std::size_t>(rank));
   for (std::int64_t i = 0; i < rows; ++i) {
     for (std::int64_t j = 0; j < rank; ++j) {
@@ -59,6 +73,11 @@ Check check_against_reference(const StoredLinear& s, const std::vector<float>& x
         const double v = double(q2[std::size_t(i * in + k)]) * down[std::size_t(j * in + k)];
         t[std::size_t(j)] += v;
         t_abs[std::size_t(j)] += std::abs(v);
+      }
+      if (qt) {  // the kernel's T within its bound; then Y is computed from Qt(that T)
+        record(std::abs(double(t_kernel[std::size_t(i * rank + j)]) - t[std::size_t(j)]), gamma * t_abs[std::size_t(j)]);
+        t[std::size_t(j)] = t_quantized[std::size_t(i * rank + j)];
+        t_abs[std::size_t(j)] = std::abs(t[std::size_t(j)]);
       }
     }
     for (std::int64_t o = 0; o < out; ++o) {
@@ -72,9 +91,7 @@ Check check_against_reference(const StoredLinear& s, const std::vector<float>& x
         ref += t[std::size_t(j)] * up[std::size_t(o * rank + j)];
         mag += t_abs[std::size_t(j)] * std::abs(up[std::size_t(o * rank + j)]);
       }
-      const double err = std::abs(double(y[std::size_t(i * out + o)]) - ref);
-      c.max_abs = std::max(c.max_abs, err);
-      c.worst_ratio = std::max(c.worst_ratio, mag > 0 ? err / (gamma * mag) : (err > 0 ? INFINITY : 0.0));
+      record(std::abs(double(y[std::size_t(i * out + o)]) - ref), gamma * mag);
     }
   }
   return c;
@@ -91,7 +108,8 @@ Command add_run_linear_command(CLI::App& app) {
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand(
       "run-linear", "Run one layer of a quantized checkpoint on the quantized kernels: Y = Qa1(X/s) Q1(P)^T + "
-                    "(Qa2(X/s) Q2(down)^T) Q2(up)^T + bias, with the layer's activation formats");
+                    "Qt(Qa2(X/s) Q2(down)^T) Q2(up)^T + bias, with the layer's activation formats (Qt: its "
+                    "intermediate_activation, if any)");
   cmd->add_option("checkpoint", o->checkpoint, "Quantized checkpoint (loraq quantize output)")->required();
   cmd->add_option("--layer", o->layer, "Layer name (P.weight or P)")->required();
   cmd->add_option("--input", o->input, "X: float32 .npy, [rows, in_features] or [in_features]")->required();
@@ -123,6 +141,7 @@ Command add_run_linear_command(CLI::App& app) {
             if (!o->isa.empty()) options.isa = parse_isa(o->isa);
             std::vector<float> y(std::size_t(rows * s.layer.out_features));
             std::vector<double> times;
+            std::vector<float> t_kernel;  // for --check with an intermediate format
             std::string what;
             auto time_runs = [&](auto&& forward) {
               for (int r = 0; r < o->repeat; ++r) {
@@ -134,15 +153,21 @@ Command add_run_linear_command(CLI::App& app) {
             if (const int gpu = cuda_device_number(o->device); gpu >= 0) {
               if (!s.info.residual_activation)
                 throw Error(s.info.weight_name + ": the CUDA kernels need an activation format (the layer has none)");
+              if (s.info.intermediate_activation && s.layer.branch)
+                throw Error(s.info.weight_name + ": the CUDA kernels keep the branch's intermediate in fp32; this layer "
+                            "quantizes it (intermediate_activation " +
+                            std::string(format_info(*s.info.intermediate_activation).name) + "): run it on the CPU");
               const cuda::LinearKernel kernel(s.layer, *s.info.residual_activation, s.info.branch_activation, s.bias,
                                               s.info.weight_name, gpu);
               what = "CUDA integer kernels on " + o->device + " (host buffers: the times include the copies)";
               time_runs([&] { kernel.forward(x, rows, y, o->no_branch); });
             } else {
-              const QuantizedLinearKernel kernel(s.layer, s.info.residual_activation, s.info.branch_activation, s.bias,
-                                                 s.info.weight_name);
+              const LayerActivations activations{s.info.residual_activation, s.info.branch_activation,
+                                                 s.info.intermediate_activation};
+              const QuantizedLinearKernel kernel(s.layer, activations, s.bias, s.info.weight_name);
               what = kernel.describe(options);
               time_runs([&] { kernel.forward(x, rows, y, options); });
+              if (o->check && s.info.intermediate_activation) t_kernel = kernel.intermediate(x, rows, options);
             }
             std::sort(times.begin(), times.end());
             const double median = times[times.size() / 2];
@@ -159,7 +184,7 @@ Command add_run_linear_command(CLI::App& app) {
             }
             if (o->check) {
               if (o->no_branch) throw Error("--check compares the whole layer: drop --no-branch");
-              const Check c = check_against_reference(s, x, rows, y);
+              const Check c = check_against_reference(s, x, rows, y, t_kernel);
               fmt::print("check: max |Y - reference| {:.3g}, worst output at {:.3f} of its fp32 bound: {}\n", c.max_abs,
                          c.worst_ratio, c.worst_ratio <= 1 ? "ok" : "OUTSIDE THE BOUND");
               if (c.worst_ratio > 1) return 1;

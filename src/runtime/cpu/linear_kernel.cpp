@@ -1,7 +1,8 @@
 // QuantizedLinearKernel: weights repacked once; forward() runs blocks of 36 tokens, each through
 // one pass that quantizes the block's activations (for the residual and the branch), computes the
 // branch's intermediate T = Qa2(X) down^T, then every residual panel with the up-projection and bias
-// fused into its epilogue. Each output element is computed by one thread in a fixed order, so the
+// fused into its epilogue (or, with an integer intermediate format, Qt(T) up^T on the integer
+// kernels beside the residual's panel, and only the bias in the epilogue). Each output element is computed by one thread in a fixed order, so the
 // thread count never changes the bits.
 #include "loraq/linear_kernel.hpp"
 
@@ -35,6 +36,24 @@ void for_each_call(const runtime::KernelSet& ks, std::int64_t p0, std::int64_t p
   }
 }
 
+// f(item) for items [0, n) on `threads` OpenMP threads, dynamically shared out; the first exception
+// is rethrown once all have finished (an exception must not leave an OpenMP region).
+template <class F>
+void parallel_items(std::int64_t n, int threads, F&& f) {
+  std::exception_ptr failure;
+  std::mutex failure_mutex;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (std::int64_t item = 0; item < n; ++item) {
+    try {
+      f(item);
+    } catch (...) {
+      const std::lock_guard lock(failure_mutex);
+      if (!failure) failure = std::current_exception();
+    }
+  }
+  if (failure) std::rethrow_exception(failure);
+}
+
 std::string format_name(std::optional<Format> f) { return f ? std::string(format_info(*f).name) : "fp32"; }
 bool integer_pair(Format weight, std::optional<Format> activation) {
   return activation && integer_kernel_supports(weight, *activation);
@@ -49,23 +68,31 @@ bool integer_kernel_supports(Format weight, Format activation) {
 struct QuantizedLinearKernel::Impl {
   std::string name;
   std::int64_t out = 0, in = 0, rank = 0;
-  Format residual_weight{}, branch_weight{};
-  std::optional<Format> residual_activation, branch_activation;  // unset: fp32
-  bool int_residual = false, int_branch = false;
-  runtime::WeightPanels residual, down;  // integer path
+  Format residual_weight{}, branch_weight{}, up_weight{};
+  LayerActivations act;  // unset: fp32
+  bool int_residual = false, int_branch = false, int_up = false;
+  runtime::WeightPanels residual, down, up_panels;  // integer path
   std::vector<float> residual_f, down_f;  // float path: dequantized [out, in] and [rank, in]
-  runtime::UpProjection up;
+  runtime::UpProjection up;               // the fp32 up-projection of the epilogues (without int_up)
   std::vector<float> bias;                // [panels * kPanel], zero past out
   std::vector<float> smooth;              // [in] or empty
   std::int64_t panels() const { return (out + runtime::kPanel - 1) / runtime::kPanel; }
   std::int64_t t_stride() const { return int_branch ? down.panels * runtime::kPanel : rank; }
 
+  // Outputs y for tokens [m0, m0 + rows) and panels [p0, p1); or, with t_out, only T for those
+  // tokens (t_out [rows, rank] row-major, before Qt).
   void run_block(const runtime::KernelSet& ks, const float* x, std::int64_t m0, std::int64_t rows, std::int64_t p0,
-                 std::int64_t p1, bool with_branch, float* y) const;
+                 std::int64_t p1, bool with_branch, float* y, float* t_out = nullptr) const;
+  void check_input(std::span<const float> x, std::int64_t rows, const LinearKernelOptions& options) const;
 };
 
 QuantizedLinearKernel::QuantizedLinearKernel(const QuantizedLayer& layer, std::optional<Format> residual_activation,
                                              std::optional<Format> branch_activation, std::span<const float> bias, std::string name)
+    : QuantizedLinearKernel(layer, LayerActivations{residual_activation, branch_activation, std::nullopt}, bias,
+                            std::move(name)) {}
+
+QuantizedLinearKernel::QuantizedLinearKernel(const QuantizedLayer& layer, const LayerActivations& activations,
+                                             std::span<const float> bias, std::string name)
     : impl_(std::make_unique<Impl>()) {
   Impl& k = *impl_;
   k.name = std::move(name);
@@ -80,10 +107,9 @@ QuantizedLinearKernel::QuantizedLinearKernel(const QuantizedLayer& layer, std::o
     throw Error(k.name + ": smoothing vector has " + std::to_string(layer.smooth.size()) + " values, expected " +
                 std::to_string(k.in));
   k.residual_weight = layer.residual.format;
-  k.residual_activation = residual_activation;
-  k.branch_activation = branch_activation;
+  k.act = activations;
   k.smooth = layer.smooth;
-  k.int_residual = integer_pair(k.residual_weight, residual_activation);
+  k.int_residual = integer_pair(k.residual_weight, k.act.residual);
   if (k.int_residual)
     k.residual = runtime::make_panels(layer.residual);
   else
@@ -100,12 +126,17 @@ QuantizedLinearKernel::QuantizedLinearKernel(const QuantizedLayer& layer, std::o
                   " and up " + std::to_string(u.rows) + "x" + std::to_string(u.cols) + ", expected down [rank, " +
                   std::to_string(k.in) + "] and up [" + std::to_string(k.out) + ", rank]");
     k.branch_weight = d.format;
-    k.int_branch = integer_pair(d.format, branch_activation);
+    k.up_weight = u.format;
+    k.int_branch = integer_pair(d.format, k.act.branch);
     if (k.int_branch)
       k.down = runtime::make_panels(d);
     else
       k.down_f = unpack(d);
-    k.up = runtime::UpProjection(unpack(u), k.out, k.rank);
+    k.int_up = integer_pair(u.format, k.act.intermediate);
+    if (k.int_up)
+      k.up_panels = runtime::make_panels(u);
+    else
+      k.up = runtime::UpProjection(unpack(u), k.out, k.rank);
   }
 }
 
@@ -118,6 +149,8 @@ std::int64_t QuantizedLinearKernel::in_features() const { return impl_->in; }
 std::int64_t QuantizedLinearKernel::rank() const { return impl_->rank; }
 bool QuantizedLinearKernel::residual_is_integer() const { return impl_->int_residual; }
 bool QuantizedLinearKernel::branch_is_integer() const { return impl_->int_branch; }
+bool QuantizedLinearKernel::up_is_integer() const { return impl_->int_up; }
+const LayerActivations& QuantizedLinearKernel::activations() const { return impl_->act; }
 
 std::string QuantizedLinearKernel::describe(const LinearKernelOptions& options) const {
   const Impl& k = *impl_;
@@ -126,20 +159,26 @@ std::string QuantizedLinearKernel::describe(const LinearKernelOptions& options) 
     return (integer ? "integer " : "float ") + format_name(w) + " x " + format_name(a) + " (" +
            (integer ? isa : std::string("sgemm")) + ")";
   };
-  std::string s = "residual " + part(k.int_residual, k.residual_weight, k.residual_activation);
-  if (k.rank > 0)
-    s += "; branch rank " + std::to_string(k.rank) + ": down " + part(k.int_branch, k.branch_weight, k.branch_activation) +
-         ", up fp32 (" + isa + ")";
+  std::string s = "residual " + part(k.int_residual, k.residual_weight, k.act.residual);
+  if (k.rank > 0) {
+    s += "; branch rank " + std::to_string(k.rank) + ": down " + part(k.int_branch, k.branch_weight, k.act.branch);
+    if (k.int_up)
+      s += ", up " + part(true, k.up_weight, k.act.intermediate);
+    else if (k.act.intermediate)
+      s += ", up fp32 on " + format_name(k.act.intermediate) + " T (" + isa + ")";
+    else
+      s += ", up fp32 (" + isa + ")";
+  }
   return s;
 }
 
 void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const float* x, std::int64_t m0,
                                             std::int64_t rows, std::int64_t p0, std::int64_t p1, bool with_branch,
-                                            float* y) const {
+                                            float* y, float* t_out) const {
   using runtime::kPanel;
   // Per-thread scratch, reused across blocks and calls.
-  thread_local std::vector<float> smoothed, xq1, xq2, t_major, t_rows, float_out;
-  thread_local runtime::ActivationRows a1, a2;
+  thread_local std::vector<float> smoothed, xq1, xq2, t_major, t_rows, t_plain, float_out;
+  thread_local runtime::ActivationRows a1, a2, at;
   const float* src = x + m0 * in;
   if (!smooth.empty()) {
     smoothed.resize(std::size_t(rows * in));
@@ -159,9 +198,9 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
   };
   const float* q1 = nullptr;
   if (int_residual)
-    runtime::quantize_activations(*residual_activation, src, rows, in, a1);
+    runtime::quantize_activations(*act.residual, src, rows, in, a1);
   else
-    q1 = float_input(residual_activation, xq1);
+    q1 = float_input(act.residual, xq1);
 
   // The branch's intermediate T, from the same activations where the formats agree: t_stride()
   // terms per token, stored term-major within groups of kTokenGroup tokens (kernel_layout.hpp).
@@ -173,8 +212,8 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
     t_rows.resize(std::size_t((rows + group - 1) / group * group * ts));
     if (int_branch) {
       const runtime::ActivationRows* a = &a1;
-      if (!(int_residual && branch_activation == residual_activation)) {
-        runtime::quantize_activations(*branch_activation, src, rows, in, a2);
+      if (!(int_residual && act.branch == act.residual)) {
+        runtime::quantize_activations(*act.branch, src, rows, in, a2);
         a = &a2;
       }
       for_each_call(ks, 0, down.panels, rows, [&](const runtime::KernelSet& s, std::int64_t p, std::int64_t t0,
@@ -186,11 +225,31 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
           for (int r = 0; r < s.rows(); ++r) t_at(t0 + t, p * kPanel + r) = acc[t * s.rows() + r];
       });
     } else {
-      const float* q = int_residual || branch_activation != residual_activation ? float_input(branch_activation, xq2) : q1;
+      const float* q = int_residual || act.branch != act.residual ? float_input(act.branch, xq2) : q1;
       t_major.resize(std::size_t(rows * ts));
       linalg::gemm(false, true, rows, rank, in, 1.0f, q, in, down_f.data(), in, 0.0f, t_major.data(), ts);
       for (std::int64_t t = 0; t < rows; ++t)
         for (std::int64_t j = 0; j < ts; ++j) t_at(t, j) = t_major[std::size_t(t * ts + j)];
+    }
+    // T row-major, for intermediate() or for Qt, which quantizes per token.
+    if (t_out || act.intermediate) {
+      t_plain.resize(std::size_t(rows * rank));
+      for (std::int64_t t = 0; t < rows; ++t)
+        for (std::int64_t j = 0; j < rank; ++j) t_plain[std::size_t(t * rank + j)] = t_at(t, j);
+    }
+    if (t_out) {
+      std::copy(t_plain.begin(), t_plain.end(), t_out + m0 * rank);
+      return;
+    }
+    if (int_up) {
+      runtime::quantize_activations(*act.intermediate, t_plain.data(), rows, rank, at);
+    } else if (act.intermediate) {  // Qt(T) in place, for the fp32 epilogue
+      const std::span<const float> t_span(t_plain.data(), t_plain.size());
+      std::vector<float>& tq = t_major;
+      tq.resize(t_plain.size());
+      fake_quantize(*act.intermediate, t_span, tq, rows, rank, one_thread);
+      for (std::int64_t t = 0; t < rows; ++t)
+        for (std::int64_t j = 0; j < rank; ++j) t_at(t, j) = tq[std::size_t(t * rank + j)];
     }
   }
 
@@ -201,6 +260,7 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
     linalg::gemm(false, true, rows, cols, in, 1.0f, q1, in, residual_f.data() + col0 * in, in, 0.0f,
                  float_out.data(), cols);
   }
+  const bool up_in_epilogue = with_branch && !int_up;
   for_each_call(ks, p0, p1, rows, [&](const runtime::KernelSet& s, std::int64_t p, std::int64_t t0, int nt) {
     constexpr int kMaxRows = runtime::kMaxPanels * kPanel;
     float acc[runtime::kMaxTile * kMaxRows], result[runtime::kMaxTile * kMaxRows];
@@ -213,24 +273,35 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
         for (int r = 0; r < s.rows(); ++r)
           acc[t * s.rows() + r] = r < valid ? float_out[std::size_t((t0 + t) * cols + c0 - col0 + r)] : 0.0f;
     }
-    s.epilogue(acc, with_branch ? &t_at(t0, 0) : nullptr, group,
-               with_branch ? up.rows_of(p) : nullptr, up.stride, with_branch ? rank : 0,
+    if (with_branch && int_up) {  // Qt(T) up^T on the same panel, added to the residual's sums
+      float up_acc[runtime::kMaxTile * kMaxRows];
+      (up_panels.bits == 4 ? s.w4 : s.w8)(up_panels.panel_codes(p), up_panels.panel_scales(p), up_panels.chunks,
+                                          runtime::tile_at(at, t0), nt, up_acc);
+      for (int i = 0; i < nt * s.rows(); ++i) acc[i] += up_acc[i];
+    }
+    s.epilogue(acc, up_in_epilogue ? &t_at(t0, 0) : nullptr, group,
+               up_in_epilogue ? up.rows_of(p) : nullptr, up.stride, up_in_epilogue ? rank : 0,
                bias.data() + c0, nt, result);
     for (int t = 0; t < nt; ++t) std::copy_n(result + t * s.rows(), valid, y + (m0 + t0 + t) * out + c0);
   });
 }
 
+void QuantizedLinearKernel::Impl::check_input(std::span<const float> x, std::int64_t rows,
+                                              const LinearKernelOptions& options) const {
+  if (rows < 0 || std::int64_t(x.size()) != rows * in)
+    throw Error(name + ": input has " + std::to_string(x.size()) + " values, expected " + std::to_string(rows) +
+                " x " + std::to_string(in));
+  if (options.isa && !isa_available(*options.isa))
+    throw Error(name + ": this CPU cannot run " + std::string(isa_name(*options.isa)) + " kernels");
+}
+
 void QuantizedLinearKernel::forward(std::span<const float> x, std::int64_t rows, std::span<float> y,
                                     const LinearKernelOptions& options) const {
   const Impl& k = *impl_;
-  if (rows < 0 || std::int64_t(x.size()) != rows * k.in)
-    throw Error(k.name + ": input has " + std::to_string(x.size()) + " values, expected " + std::to_string(rows) +
-                " x " + std::to_string(k.in));
+  k.check_input(x, rows, options);
   if (std::int64_t(y.size()) != rows * k.out)
     throw Error(k.name + ": output has room for " + std::to_string(y.size()) + " values, expected " +
                 std::to_string(rows) + " x " + std::to_string(k.out));
-  if (options.isa && !isa_available(*options.isa))
-    throw Error(k.name + ": this CPU cannot run " + std::string(isa_name(*options.isa)) + " kernels");
   const runtime::KernelSet& ks = options.isa ? runtime::kernels_for(*options.isa) : runtime::default_kernels();
   const int threads = options.threads > 0 ? options.threads : omp_get_max_threads();
   const bool with_branch = k.rank > 0 && !options.skip_branch;
@@ -245,22 +316,27 @@ void QuantizedLinearKernel::forward(std::span<const float> x, std::int64_t rows,
           : std::clamp<std::int64_t>((2 * threads + blocks - 1) / std::max<std::int64_t>(1, blocks), 1,
                                      std::max<std::int64_t>(1, groups));
   auto part_start = [&](std::int64_t g) { return std::min(panels, groups * g / per_block * ks.panels); };
-  const std::int64_t items = blocks * per_block;
-  std::exception_ptr failure;
-  std::mutex failure_mutex;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (std::int64_t item = 0; item < items; ++item) {
-    try {
-      const std::int64_t block = item / per_block, g = item % per_block;
-      const std::int64_t m0 = block * kTokenBlock;
-      k.run_block(ks, x.data(), m0, std::min(kTokenBlock, rows - m0), part_start(g), part_start(g + 1), with_branch,
-                  y.data());
-    } catch (...) {
-      const std::lock_guard lock(failure_mutex);
-      if (!failure) failure = std::current_exception();
-    }
-  }
-  if (failure) std::rethrow_exception(failure);
+  parallel_items(blocks * per_block, threads, [&](std::int64_t item) {
+    const std::int64_t block = item / per_block, g = item % per_block;
+    const std::int64_t m0 = block * kTokenBlock;
+    k.run_block(ks, x.data(), m0, std::min(kTokenBlock, rows - m0), part_start(g), part_start(g + 1), with_branch,
+                y.data());
+  });
+}
+
+std::vector<float> QuantizedLinearKernel::intermediate(std::span<const float> x, std::int64_t rows,
+                                                       const LinearKernelOptions& options) const {
+  const Impl& k = *impl_;
+  k.check_input(x, rows, options);
+  if (k.rank == 0) return {};
+  const runtime::KernelSet& ks = options.isa ? runtime::kernels_for(*options.isa) : runtime::default_kernels();
+  std::vector<float> t(std::size_t(rows * k.rank));
+  parallel_items((rows + kTokenBlock - 1) / kTokenBlock, options.threads > 0 ? options.threads : omp_get_max_threads(),
+                 [&](std::int64_t block) {
+                   const std::int64_t m0 = block * kTokenBlock;
+                   k.run_block(ks, x.data(), m0, std::min(kTokenBlock, rows - m0), 0, 0, true, nullptr, t.data());
+                 });
+  return t;
 }
 
 }  // namespace loraq
