@@ -2,7 +2,7 @@
 // check). Everything but avx2_kernels() has internal linkage, for the reason src/core/simd/README.md
 // gives.
 //
-// One chunk of 32 values for a tile of up to 4 tokens against a panel of 8 rows: each group of 4
+// One chunk of 32 values for a tile of up to 6 tokens against a panel of 8 rows: each group of 4
 // activation codes is broadcast to the 8 rows' lanes and vpmaddubsw multiplies it with the rows'
 // codes; vpmaddwd by ones then sums each row's 4 products into its own int32 lane. The per-chunk
 // int32 sums are exact, and each goes into the fp32 accumulator with one fused multiply-add by
@@ -24,6 +24,12 @@ using loraq::runtime::kPairScales;
 using loraq::runtime::kPairVector;
 using loraq::runtime::kPanel;
 
+// Tokens per call. On Zen 3 (AVX2 only; bench_linear, 2026-12-07) 6 tokens against 4 took W4A8 with
+// the branch from 1.27-1.65x SGEMM to 1.44-1.90x: the nibble unpacking and weight loads are shared
+// by more tokens, and the epilogue runs 12 independent chains. 6 accumulators and 6 int16 sums use
+// 12 of the 16 registers; more tokens spill them in the inner loop.
+constexpr int kTile = 6;
+
 inline __m256i broadcast4(const std::int8_t* p) {
   std::int32_t v;
   std::memcpy(&v, p, 4);
@@ -42,22 +48,31 @@ void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunk
   #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) y[t] = _mm256_setzero_ps();
   for (std::int64_t c = 0; c < chunks; ++c) {
-    __m256i pairs[T];
+    // Token t's products of the chunk's vector v (low nibbles against codes 8v..8v+3, high ones
+    // against 8v+4..8v+7), as int16 pairs.
+    const std::uint8_t* chunk_codes = codes + c * kPairChunk4;
+    const std::int8_t* x = a.codes + c * a.code_chunk_stride;
+    auto products = [&](const __m256i& lo, const __m256i& hi, int t, int v) {
+      const std::int8_t* xt = x + t * kChunk + 8 * v;
+      return _mm256_add_epi16(_mm256_maddubs_epi16(lo, broadcast4(xt)), _mm256_maddubs_epi16(hi, broadcast4(xt + 4)));
+    };
+    auto nibbles = [&](int v, __m256i& lo, __m256i& hi) {
+      const __m256i k = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(chunk_codes + v * kPairVector));
+      lo = _mm256_and_si256(k, low4);
+      hi = _mm256_and_si256(_mm256_srli_epi16(k, 4), low4);
+    };
+    // Vector 0 starts the sums (no add to zero: Zen 3 issues vpaddw and vpmaddubsw on the same
+    // three pipes, and these adds are a third of the kernel's vector work).
+    __m256i pairs[T], lo, hi;
+    nibbles(0, lo, hi);
     #pragma GCC unroll 8
-    for (int t = 0; t < T; ++t) pairs[t] = _mm256_setzero_si256();
-        // Not unrolled: unrolled, GCC reassociates the int16 sums and spills the products.
+    for (int t = 0; t < T; ++t) pairs[t] = products(lo, hi, t, 0);
+    // Not unrolled: unrolled, GCC reassociates the int16 sums and spills the products.
 #pragma GCC unroll 1
-    for (int v = 0; v < 4; ++v) {
-      const __m256i k = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * kPairChunk4 + v * kPairVector));
-      const __m256i lo = _mm256_and_si256(k, low4);
-      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(k, 4), low4);
+    for (int v = 1; v < 4; ++v) {
+      nibbles(v, lo, hi);
       #pragma GCC unroll 8
-      for (int t = 0; t < T; ++t) {
-        const std::int8_t* x = a.codes + c * a.code_chunk_stride + t * kChunk + 8 * v;
-        const __m256i prod = _mm256_add_epi16(_mm256_maddubs_epi16(lo, broadcast4(x)),
-                                              _mm256_maddubs_epi16(hi, broadcast4(x + 4)));
-        pairs[t] = _mm256_add_epi16(pairs[t], prod);
-      }
+      for (int t = 0; t < T; ++t) pairs[t] = _mm256_add_epi16(pairs[t], products(lo, hi, t, v));
     }
     const __m256 row_scales = _mm256_loadu_ps(scales + c * kPairScales);
     #pragma GCC unroll 8
@@ -108,42 +123,49 @@ void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunk
 
 void panel_w4_any(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a,
                   int tokens, float* acc) {
-  with_tokens<4>(tokens, [&](auto t) { panel_w4<decltype(t)::value>(codes, scales, chunks, a, acc); });
+  with_tokens<kTile>(tokens, [&](auto t) { panel_w4<decltype(t)::value>(codes, scales, chunks, a, acc); });
 }
 
 void panel_w8_any(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a,
                   int tokens, float* acc) {
-  with_tokens<4>(tokens, [&](auto t) { panel_w8<decltype(t)::value>(codes, scales, chunks, a, acc); });
+  with_tokens<kTile>(tokens, [&](auto t) { panel_w8<decltype(t)::value>(codes, scales, chunks, a, acc); });
 }
 
-// Two chains per token (even and odd j) over the tile's tokens: 8 independent fused multiply-adds
-// hide their latency; the up vector is loaded once for all tokens.
-void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, const float* up, std::int64_t up_stride,
-              std::int64_t rank, const float* bias, int tokens, float* out) {
-  __m256 even[4], odd[4];
-  for (int t = 0; t < tokens; ++t) {
+// Two chains per token (even and odd j) over the tile's tokens: 2 x T independent fused
+// multiply-adds hide their latency; the up vector is loaded once for all tokens.
+template <int T>
+void epilogue_tile(const float* acc, const float* t_rows, std::int64_t t_stride, const float* up,
+                   std::int64_t up_stride, std::int64_t rank, const float* bias, float* out) {
+  __m256 even[T], odd[T];
+  #pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) {
     even[t] = _mm256_loadu_ps(acc + t * kPanel);
     odd[t] = _mm256_setzero_ps();
   }
   std::int64_t j = 0;
-  if (tokens == 4) {
-    for (; j + 1 < rank; j += 2) {
-      const __m256 u0 = _mm256_loadu_ps(up + j * up_stride), u1 = _mm256_loadu_ps(up + (j + 1) * up_stride);
-#pragma GCC unroll 4
-      for (int t = 0; t < 4; ++t) {
-        even[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(t_rows + j * t_stride + t), u0, even[t]);
-        odd[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(t_rows + (j + 1) * t_stride + t), u1, odd[t]);
-      }
+  for (; j + 1 < rank; j += 2) {
+    const __m256 u0 = _mm256_loadu_ps(up + j * up_stride), u1 = _mm256_loadu_ps(up + (j + 1) * up_stride);
+    #pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+      even[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(t_rows + j * t_stride + t), u0, even[t]);
+      odd[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(t_rows + (j + 1) * t_stride + t), u1, odd[t]);
     }
   }
   const __m256 b = _mm256_loadu_ps(bias);
-  for (int t = 0; t < tokens; ++t) {
-    for (std::int64_t i = j; i < rank; ++i) {
-      __m256& chain = i % 2 ? odd[t] : even[t];
-      chain = _mm256_fmadd_ps(_mm256_set1_ps(t_rows[i * t_stride + t]), _mm256_loadu_ps(up + i * up_stride), chain);
-    }
+  #pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) {
+    if (j < rank)  // an odd rank's last term, into the even chain
+      even[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(t_rows + j * t_stride + t), _mm256_loadu_ps(up + j * up_stride),
+                                even[t]);
     _mm256_storeu_ps(out + t * kPanel, _mm256_add_ps(_mm256_add_ps(even[t], odd[t]), b));
   }
+}
+
+void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, const float* up, std::int64_t up_stride,
+              std::int64_t rank, const float* bias, int tokens, float* out) {
+  with_tokens<kTile>(tokens, [&](auto t) {
+    epilogue_tile<decltype(t)::value>(acc, t_rows, t_stride, up, up_stride, rank, bias, out);
+  });
 }
 
 }  // namespace
@@ -151,8 +173,8 @@ void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, cons
 namespace loraq::runtime {
 
 const KernelSet& avx2_kernels() {
-  static_assert(kTokenGroup % 4 == 0, "a tile must not span two token groups");
-  static const KernelSet set{"avx2", 1, 4, panel_w4_any, panel_w8_any, epilogue, &set};
+  static_assert(kTokenGroup % kTile == 0, "a tile must not span two token groups");
+  static const KernelSet set{"avx2", 1, kTile, panel_w4_any, panel_w8_any, epilogue, &set};
   return set;
 }
 
