@@ -359,14 +359,18 @@ TEST(LinearKernel, SkipBranchIsTheResidualAlone) {
 }
 
 TEST(LinearKernel, NonFiniteInputStaysInItsRow) {
-  const Case c{Format::sint4, Format::mxint8, Format::mxint8, Format::mxint8, 4, 16, 64, 8};
-  Fixture f = make(c, 500);
-  f.x[std::size_t(2 * c.in + 5)] = std::nanf("");
-  const QuantizedLinearKernel kernel(f.layer, c.act1, c.act2, f.bias);
-  const std::vector<float> y = run(kernel, f, c.rows);
-  for (std::int64_t i = 0; i < c.rows; ++i)
-    for (std::int64_t o = 0; o < c.out; ++o)
-      EXPECT_EQ(std::isfinite(y[std::size_t(i * c.out + o)]), i != 2) << i << "," << o;
+  // Also through Qt: an integer one (the up-projection on the integer kernels) and a float one.
+  for (std::optional<Format> qt : {std::optional<Format>(), std::optional<Format>(Format::mxint8),
+                                   std::optional<Format>(Format::mxfp8_e4m3)}) {
+    const Case c{Format::sint4, Format::mxint8, Format::mxint8, Format::mxint8, 4, 16, 64, 8, true, true, 1.0f, qt};
+    Fixture f = make(c, 500);
+    f.x[std::size_t(2 * c.in + 5)] = std::nanf("");
+    const QuantizedLinearKernel kernel(f.layer, LayerActivations{c.act1, c.act2, c.act_t}, f.bias);
+    const std::vector<float> y = run(kernel, f, c.rows);
+    for (std::int64_t i = 0; i < c.rows; ++i)
+      for (std::int64_t o = 0; o < c.out; ++o)
+        EXPECT_EQ(std::isfinite(y[std::size_t(i * c.out + o)]), i != 2) << describe(c) << " " << i << "," << o;
+  }
 }
 
 TEST(LinearKernel, BadSizesNameTheLayer) {

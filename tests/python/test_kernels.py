@@ -123,6 +123,29 @@ def test_torch_kernel_backend_matches_fake_quant(tmp_path):
 
 # ---- loraq run-linear ------------------------------------------------------------------------------------------
 
+def quantize_one_layer(tmp_path, loraq_bin, tensors, recipe_text):
+    """tensors saved with the safetensors library to tmp_path/model.safetensors and quantized by
+    `loraq quantize` with the recipe text (name: r); returns the output file."""
+    import subprocess
+
+    st = pytest.importorskip("safetensors.numpy", reason="the safetensors library is not installed")
+    st.save_file(tensors, str(tmp_path / "model.safetensors"))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\n" + recipe_text)
+    quantized = tmp_path / "q.safetensors"
+    subprocess.run([loraq_bin, "quantize", str(tmp_path / "model.safetensors"), "-r", str(recipe), "-o", str(quantized)],
+                   check=True, capture_output=True, text=True, timeout=300)
+    return quantized
+
+
+def run_linear(loraq_bin, quantized, x_path, *options):
+    """`loraq run-linear` on blocks.0.ff of `quantized` with input x_path."""
+    import subprocess
+
+    return subprocess.run([loraq_bin, "run-linear", str(quantized), "--layer", "blocks.0.ff", "--input", str(x_path),
+                           *options], capture_output=True, text=True, timeout=300)
+
+
 def test_run_linear_command(tmp_path, loraq_bin):
     """`loraq run-linear` on a `loraq quantize` output: --check passes, Y equals loraq.LinearKernel on
     the layer's packed parts read back by load_quantized's decoder (same kernels: same bits), and a
@@ -134,18 +157,14 @@ def test_run_linear_command(tmp_path, loraq_bin):
     rng = np.random.default_rng(21)
     weight = heavy_tailed(rng, (96, 160))
     bias = heavy_tailed(rng, (96,))
-    st.save_file({"blocks.0.ff.weight": weight, "blocks.0.ff.bias": bias}, str(tmp_path / "model.safetensors"))
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("name: r\nmethod: svd_lowrank\nresidual: {format: sint4}\nbranch: {format: mxint8, rank: 86}\n"
-                      "activations: {residual: mxint8, branch: mxint8}\nlayers: {include: ['*.weight']}\n")
-    quantized = tmp_path / "q.safetensors"
-    subprocess.run([loraq_bin, "quantize", str(tmp_path / "model.safetensors"), "-r", str(recipe), "-o", str(quantized)],
-                   check=True, capture_output=True, text=True, timeout=300)
+    quantized = quantize_one_layer(
+        tmp_path, loraq_bin, {"blocks.0.ff.weight": weight, "blocks.0.ff.bias": bias},
+        "method: svd_lowrank\nresidual: {format: sint4}\nbranch: {format: mxint8, rank: 86}\n"
+        "activations: {residual: mxint8, branch: mxint8}\nlayers: {include: ['*.weight']}\n")
     x = heavy_tailed(rng, (33, 160))
     np.save(tmp_path / "x.npy", x)
-    result = subprocess.run([loraq_bin, "run-linear", str(quantized), "--layer", "blocks.0.ff", "--input",
-                             str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy"), "--check", "--repeat", "3"],
-                            capture_output=True, text=True, timeout=300)
+    result = run_linear(loraq_bin, quantized, tmp_path / "x.npy", "--output", tmp_path / "y.npy", "--check",
+                        "--repeat", "3")
     assert result.returncode == 0, result.stderr
     assert "integer sint4 x mxint8" in result.stdout and ": ok" in result.stdout
 
@@ -184,24 +203,15 @@ def test_run_linear_with_quantized_intermediate(tmp_path, loraq_bin):
     """A recipe with activations.intermediate: `loraq run-linear` runs the up-projection on the integer
     kernels, --check passes (its reference applies Qt to the kernel's own T), and Y equals
     loraq.LinearKernel with the same intermediate_activation; without Qt the output differs."""
-    import subprocess
-
     st = pytest.importorskip("safetensors.numpy", reason="the safetensors library is not installed")
     rng = np.random.default_rng(22)
-    weight = heavy_tailed(rng, (72, 128))
-    st.save_file({"blocks.0.ff.weight": weight}, str(tmp_path / "model.safetensors"))
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("name: r\nmethod: svd_lowrank\nresidual: {format: sint4}\nbranch: {format: mxint8, rank: 40}\n"
-                      "activations: {residual: mxint8, branch: mxint8, intermediate: mxint8}\n"
-                      "layers: {include: ['*.weight']}\n")
-    quantized = tmp_path / "q.safetensors"
-    subprocess.run([loraq_bin, "quantize", str(tmp_path / "model.safetensors"), "-r", str(recipe), "-o", str(quantized)],
-                   check=True, capture_output=True, text=True, timeout=300)
+    quantized = quantize_one_layer(
+        tmp_path, loraq_bin, {"blocks.0.ff.weight": heavy_tailed(rng, (72, 128))},
+        "method: svd_lowrank\nresidual: {format: sint4}\nbranch: {format: mxint8, rank: 40}\n"
+        "activations: {residual: mxint8, branch: mxint8, intermediate: mxint8}\nlayers: {include: ['*.weight']}\n")
     x = heavy_tailed(rng, (29, 128))
     np.save(tmp_path / "x.npy", x)
-    result = subprocess.run([loraq_bin, "run-linear", str(quantized), "--layer", "blocks.0.ff", "--input",
-                             str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy"), "--check"],
-                            capture_output=True, text=True, timeout=300)
+    result = run_linear(loraq_bin, quantized, tmp_path / "x.npy", "--output", tmp_path / "y.npy", "--check")
     assert result.returncode == 0, result.stderr
     assert "up integer mxint8 x mxint8" in result.stdout and ": ok" in result.stdout, result.stdout
 

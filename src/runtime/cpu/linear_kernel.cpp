@@ -2,8 +2,8 @@
 // one pass that quantizes the block's activations (for the residual and the branch), computes the
 // branch's intermediate T = Qa2(X) down^T, then every residual panel with the up-projection and bias
 // fused into its epilogue (or, with an integer intermediate format, Qt(T) up^T on the integer
-// kernels beside the residual's panel, and only the bias in the epilogue). Each output element is computed by one thread in a fixed order, so the
-// thread count never changes the bits.
+// kernels beside the residual's panel, and only the bias in the epilogue). Each output element is
+// computed by one thread in a fixed order, so the thread count never changes the bits.
 #include "loraq/linear_kernel.hpp"
 
 #include <omp.h>
