@@ -9,6 +9,8 @@
 //   w4a8_qt8: w4a8 with the branch's intermediate T quantized to mxint8 (activations.intermediate),
 //         so that the up-projection runs on the integer kernels too (not the paper's formula: T
 //         is fp32 there; this is the option that makes the layer fully sub-16-bit).
+//   w4a8_r128, w4a8_r128_qt8: the same residual with LoRaQ's branch at the same budget as a sint4
+//         branch at rank 128 (the paper's Tables 1-2), without and with Qt mxint8.
 // Each kernel benchmark also times SGEMM and the residual alone, interleaved with its own runs, and
 // reports (medians):
 //   x_sgemm        SGEMM time / this kernel's time (> 1: faster than fp32)
@@ -22,6 +24,7 @@
 #include <functional>
 #include <map>
 #include <random>
+#include <tuple>
 
 #include "bench_shapes.hpp"
 #include "loraq/format.hpp"
@@ -55,7 +58,7 @@ struct Setup {
   Shape shape;
   std::int64_t tokens;
   std::vector<float> x, w, y;
-  QuantizedLayer layer;
+  QuantizedLayer layer, layer_r128;  // the same residual; branch mxint8 rank 62, or sint4 rank 128
   Setup(Shape s, std::int64_t m) : shape(s), tokens(m) {
     x = heavy_tailed(m * s.cols, 1);
     w = heavy_tailed(s.rows * s.cols, 2);
@@ -66,6 +69,9 @@ struct Setup {
     const std::int64_t rank = 62;
     layer.branch = LowRankBranch{pack(Format::mxint8, heavy_tailed(rank * s.cols, 3), rank, s.cols),
                                  pack(Format::mxint8, heavy_tailed(s.rows * rank, 4), s.rows, rank)};
+    layer_r128 = layer;
+    layer_r128.branch = LowRankBranch{pack(Format::sint4, heavy_tailed(128 * s.cols, 5), 128, s.cols),
+                                      pack(Format::sint4, heavy_tailed(s.rows * 128, 6), s.rows, 128)};
   }
 };
 
@@ -98,9 +104,10 @@ void bm_sgemm(benchmark::State& state, Shape s, std::int64_t m) {
 // Each iteration times this kernel, then SGEMM and (for the branch) the residual alone right after
 // it, so that the ratios compare runs under the same load: the machines are shared.
 void bm_kernel(benchmark::State& state, Shape s, std::int64_t m, Format act1, bool branch,
-               std::optional<Format> intermediate) {
+               std::optional<Format> intermediate, bool rank128) {
   Setup& st = setup_for(s, m);
-  const QuantizedLinearKernel kernel(st.layer, LayerActivations{act1, Format::mxint8, intermediate});
+  const QuantizedLinearKernel kernel(rank128 ? st.layer_r128 : st.layer,
+                                     LayerActivations{act1, Format::mxint8, intermediate});
   LinearKernelOptions options, residual_only;
   options.skip_branch = !branch;
   residual_only.skip_branch = true;
@@ -134,13 +141,15 @@ int main(int argc, char** argv) {
       for (auto [name, act] : {std::pair{"w4a8", Format::mxint8}, {"w4a4", Format::sint4}})
         for (bool branch : {false, true})
           benchmark::RegisterBenchmark((std::string(name) + (branch ? "_branch" : "_residual") + tail).c_str(), bm_kernel,
-                                       s, m, act, branch, std::nullopt)
+                                       s, m, act, branch, std::nullopt, false)
               ->Unit(benchmark::kMillisecond)
               ->UseManualTime();
-      benchmark::RegisterBenchmark(("w4a8_qt8_branch" + tail).c_str(), bm_kernel, s, m, Format::mxint8, true,
-                                   Format::mxint8)
-          ->Unit(benchmark::kMillisecond)
-          ->UseManualTime();
+      const std::optional<Format> none, qt8 = Format::mxint8;
+      for (auto [name, qt, r128] : {std::tuple{"w4a8_qt8_branch", qt8, false}, {"w4a8_r128_branch", none, true},
+                                    {"w4a8_r128_qt8_branch", qt8, true}})
+        benchmark::RegisterBenchmark((name + tail).c_str(), bm_kernel, s, m, Format::mxint8, true, qt, r128)
+            ->Unit(benchmark::kMillisecond)
+            ->UseManualTime();
     }
   }
   benchmark::Initialize(&argc, argv);
