@@ -211,21 +211,19 @@ TEST(LinearKernel, FloatPathWithinBound) {
 // Qt on the intermediate: integer up-projections (mxint8 and 4-bit up weights with 8- and 4-bit Qt),
 // the float one (an mxfp4 or fp16 up, or a float Qt), after an integer or a float down-projection.
 TEST(LinearKernel, IntermediateFormatWithinBound) {
-  Case cases[] = {
-      {Format::sint4, Format::mxint8, Format::mxint8, Format::mxint8, 37, 43, 257, 86},
-      {Format::sint4, Format::mxint8, Format::sint4, Format::mxint8, 20, 72, 192, 62},
-      {Format::mxint4, Format::mxint4, Format::mxint4, Format::mxint4, 13, 24, 100, 33},
-      {Format::sint4, Format::sint4, Format::mxint8, Format::mxint8, 9, 16, 96, 70},
-      {Format::sint4, Format::mxint8, Format::mxint8, std::nullopt, 7, 40, 64, 30},      // float down, integer up
-      {Format::mxfp4, Format::mxfp4, Format::mxint8, Format::mxint8, 11, 24, 128, 40},  // mxfp4 up: float
-      {Format::sint4, Format::fp16, Format::mxint8, Format::mxint8, 5, 16, 64, 16},     // fp16 up: float
+  const Format i8 = Format::mxint8;
+  const Case cases[] = {
+      {Format::sint4, i8, i8, i8, 37, 43, 257, 86, true, true, 1.0f, i8},
+      {Format::sint4, i8, Format::sint4, i8, 20, 72, 192, 62, true, true, 1.0f, i8},
+      {Format::mxint4, Format::mxint4, Format::mxint4, Format::mxint4, 13, 24, 100, 33, true, true, 1.0f, Format::mxint4},
+      {Format::sint4, Format::sint4, i8, i8, 9, 16, 96, 70, true, true, 1.0f, Format::sint4},
+      {Format::sint4, i8, i8, std::nullopt, 7, 40, 64, 30, true, true, 1.0f, i8},        // float down, integer up
+      {Format::mxfp4, Format::mxfp4, i8, i8, 11, 24, 128, 40, true, true, 1.0f, i8},     // mxfp4 up: float
+      {Format::sint4, Format::fp16, i8, i8, 5, 16, 64, 16, true, true, 1.0f, Format::mxfp8_e4m3},  // fp16 up: float
   };
-  const std::optional<Format> qts[] = {Format::mxint8, Format::mxint8, Format::mxint4, Format::sint4,
-                                       Format::mxint8, Format::mxint8, Format::mxfp8_e4m3};
   unsigned seed = 700;
-  for (std::size_t i = 0; i < std::size(cases); ++i) {
-    cases[i].act_t = qts[i];
-    expect_within_bound(cases[i], seed++);
+  for (const Case& c : cases) {
+    expect_within_bound(c, seed++);
     ASSERT_FALSE(HasFailure());
   }
 }
