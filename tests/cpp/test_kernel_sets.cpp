@@ -34,9 +34,15 @@ std::vector<const KernelSet*> vector_sets() {
   return sets;
 }
 
-void expect_panels_match(Format weight, Format activation, std::int64_t cols, bool extreme, unsigned seed) {
+// minus128: every third code byte of an 8-bit weight set to -128, which the codec never writes but a
+// hostile checkpoint can hold (the kernels must still compute it exactly, as the scalar set does).
+void expect_panels_match(Format weight, Format activation, std::int64_t cols, bool extreme, unsigned seed,
+                         bool minus128 = false) {
   std::mt19937 rng(seed);
-  const WeightPanels w = make_panels(pack(weight, values(weight, kOut * cols, extreme, rng), kOut, cols));
+  PackedMatrix packed = pack(weight, values(weight, kOut * cols, extreme, rng), kOut, cols);
+  if (minus128)
+    for (std::size_t i = 0; i < packed.codes.size(); i += 3) packed.codes[i] = 0x80;
+  const WeightPanels w = make_panels(packed);
   ActivationRows a;
   const std::vector<float> x = values(activation, kTokens * cols, extreme, rng);
   quantize_activations(activation, x.data(), kTokens, cols, a);
@@ -66,6 +72,14 @@ TEST(KernelSets, PanelsEqualScalarBitForBit) {
     for (Format activation : {Format::sint4, Format::mxint4, Format::mxint8})
       for (std::int64_t cols : {96, 257})
         for (bool extreme : {false, true}) expect_panels_match(weight, activation, cols, extreme, seed++);
+}
+
+TEST(KernelSets, WeightCodeMinus128EqualsScalar) {
+  if (vector_sets().empty()) GTEST_SKIP() << "no vector kernel set on this CPU";
+  unsigned seed = 100;
+  for (Format weight : {Format::mxint8, Format::int8_channel})
+    for (Format activation : {Format::sint4, Format::mxint8})
+      for (bool extreme : {false, true}) expect_panels_match(weight, activation, 96, extreme, seed++, true);
 }
 
 TEST(KernelSets, EpilogueEqualsScalarBitForBit) {

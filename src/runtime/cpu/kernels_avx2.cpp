@@ -87,8 +87,11 @@ void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunk
   for (int t = 0; t < T; ++t) _mm256_storeu_ps(acc + t * kPanel, y[t]);
 }
 
-// 8-bit weights: |activation| x (weight with the activation's sign) keeps vpmaddubsw's pairs within
-// 2 x 127 x 127 = 32258; each group is widened to int32 at once.
+// 8-bit weights: |weight| x (activation with the weight's sign): the absolute weights are computed
+// once per group for all the tile's tokens (an |activation| x signed-weight form needs an abs per
+// token). vpmaddubsw's pairs stay within 2 x 128 x 127 = 32512 (activation codes are never -128;
+// a weight code of -128 gives |w| = 128 as an unsigned byte, still exact); each group is widened to
+// int32 at once.
 template <int T>
 void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunks, const ActivationTile& a,
               float* acc) {
@@ -103,10 +106,11 @@ void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunk
     #pragma GCC unroll 8
     for (int g = 0; g < 8; ++g) {
       const __m256i k = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * kPairChunk8 + g * kPairVector));
+      const __m256i k_abs = _mm256_abs_epi8(k);
       #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) {
         const __m256i x = broadcast4(a.codes + c * a.code_chunk_stride + t * kChunk + 4 * g);
-        const __m256i prod = _mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(k, x));
+        const __m256i prod = _mm256_maddubs_epi16(k_abs, _mm256_sign_epi8(x, k));
         sums[t] = _mm256_add_epi32(sums[t], _mm256_madd_epi16(prod, ones));
       }
     }
