@@ -26,8 +26,9 @@ using loraq::runtime::kPanel;
 
 // Tokens per call. On Zen 3 (AVX2 only; bench_linear, 2026-12-07) 6 tokens against 4 took W4A8 with
 // the branch from 1.27-1.65x SGEMM to 1.44-1.90x: the nibble unpacking and weight loads are shared
-// by more tokens, and the epilogue runs 12 independent chains. 6 accumulators and 6 int16 sums use
-// 12 of the 16 registers; more tokens spill them in the inner loop.
+// by more tokens, and the epilogue runs 12 independent chains. 6 accumulators and 6 int16 sums take
+// 12 of the 16 registers (GCC already keeps some accumulators on the stack between chunks); 8
+// tokens, 16 of them, was not tried.
 constexpr int kTile = 6;
 
 inline __m256i broadcast4(const std::int8_t* p) {
@@ -61,8 +62,8 @@ void panel_w4(const std::uint8_t* codes, const float* scales, std::int64_t chunk
       lo = _mm256_and_si256(k, low4);
       hi = _mm256_and_si256(_mm256_srli_epi16(k, 4), low4);
     };
-    // Vector 0 starts the sums (no add to zero: Zen 3 issues vpaddw and vpmaddubsw on the same
-    // three pipes, and these adds are a third of the kernel's vector work).
+    // Vector 0 starts the sums, not an add to zero: measured on Zen 3, vpmaddubsw and vpaddw
+    // together issue at about 3 a cycle, so each of these adds costs about as much as a multiply.
     __m256i pairs[T], lo, hi;
     nibbles(0, lo, hi);
     #pragma GCC unroll 8
