@@ -27,8 +27,8 @@ using loraq::runtime::kPanel;
 // Tokens per call. On Zen 3 (AVX2 only; bench_linear, 2026-12-07) 6 tokens against 4 took W4A8 with
 // the branch from 1.27-1.65x SGEMM to 1.44-1.90x: the nibble unpacking and weight loads are shared
 // by more tokens, and the epilogue runs 12 independent chains. 6 accumulators and 6 int16 sums take
-// 12 of the 16 registers (GCC already keeps some accumulators on the stack between chunks); 8
-// tokens, 16 of them, was not tried.
+// 12 of the 16 registers (GCC already keeps some accumulators on the stack between chunks). A tile
+// must divide kTokenGroup (12), and 12 tokens would need 24.
 constexpr int kTile = 6;
 
 inline __m256i broadcast4(const std::int8_t* p) {
