@@ -9,9 +9,9 @@
 // down-projection. The up-projection runs in fp32 on the fp32 intermediate T = Qa2(X) down^T, as in
 // the paper's formula, unless the layer is given an intermediate activation format Qt: then
 // Y = Qa1(X/s) Q1(P)^T + Qt(T) Q2(up)^T + bias, and with Qt and up both integer formats the
-// up-projection runs on the integer kernels too (the paper's future work: the fp32 up-projection
-// costs some four times a residual multiply-add per term, and at in = 1152 it is most of the
-// branch's cost).
+// up-projection runs on the integer kernels too (the paper's future work: with AVX-512 VNNI the fp32
+// up-projection costs about four times a residual multiply-add per term, and at in = 1152 it is
+// most of the branch's cost).
 // Float path: any other format pair (mxfp4, nvfp4, an fp16 branch ...) is dequantized once and runs
 // as an fp32 GEMM on fake-quantized activations, so every recipe can run.
 //
@@ -74,7 +74,6 @@ class QuantizedLinearKernel {
   bool residual_is_integer() const;
   bool branch_is_integer() const;      // the down-projection
   bool up_is_integer() const;          // the up-projection (only with an integer intermediate format)
-  const LayerActivations& activations() const;
 
   // T [rows, rank] (row-major fp32) as forward() computes it, before Qt: for checks, and for
   // choosing an intermediate format from T's values. Empty without a branch.

@@ -21,6 +21,22 @@ std::vector<float> vector_of(const std::optional<FloatArray>& a, const std::stri
   return {a->data(), a->data() + a->size()};
 }
 
+// The rows of x after checking that its columns are the layer's inputs (`what` names the method).
+std::int64_t input_rows(const QuantizedLinearKernel& k, const FloatArray& x, const std::string& what) {
+  const MatrixShape shape = matrix_shape(x, what + ": x");
+  if (shape.cols != k.in_features())
+    throw Error(what + ": x has " + std::to_string(shape.cols) + " features, the layer takes " +
+                std::to_string(k.in_features()));
+  return shape.rows;
+}
+
+LinearKernelOptions kernel_options(int threads, const std::optional<std::string>& isa) {
+  LinearKernelOptions options;
+  options.threads = threads;
+  if (isa) options.isa = parse_isa(*isa);
+  return options;
+}
+
 }  // namespace
 
 void register_kernels(nb::module_& m) {
@@ -55,20 +71,15 @@ void register_kernels(nb::module_& m) {
       .def(
           "intermediate",
           [](const QuantizedLinearKernel& k, const FloatArray& x, int threads, std::optional<std::string> isa) {
-            const MatrixShape shape = matrix_shape(x, "LinearKernel.intermediate: x");
-            if (shape.cols != k.in_features())
-              throw Error("LinearKernel.intermediate: x has " + std::to_string(shape.cols) +
-                          " features, the layer takes " + std::to_string(k.in_features()));
-            LinearKernelOptions options;
-            options.threads = threads;
-            if (isa) options.isa = parse_isa(*isa);
+            const std::int64_t rows = input_rows(k, x, "LinearKernel.intermediate");
+            const LinearKernelOptions options = kernel_options(threads, isa);
             std::vector<float> t;
             {
               nb::gil_scoped_release release;
-              t = k.intermediate(values_of(x), shape.rows, options);
+              t = k.intermediate(values_of(x), rows, options);
             }
             std::span<float> out;
-            NumpyArray<float> result = uninitialized_numpy<float>({std::size_t(shape.rows), std::size_t(k.rank())}, out);
+            NumpyArray<float> result = uninitialized_numpy<float>({std::size_t(rows), std::size_t(k.rank())}, out);
             std::copy(t.begin(), t.end(), out.begin());
             return result;
           },
@@ -79,20 +90,14 @@ void register_kernels(nb::module_& m) {
           "forward",
           [](const QuantizedLinearKernel& k, const FloatArray& x, int threads, std::optional<std::string> isa,
              bool skip_branch) {
-            const MatrixShape shape = matrix_shape(x, "LinearKernel.forward: x");
-            if (shape.cols != k.in_features())
-              throw Error("LinearKernel.forward: x has " + std::to_string(shape.cols) + " features, the layer takes " +
-                          std::to_string(k.in_features()));
-            LinearKernelOptions options;
-            options.threads = threads;
+            const std::int64_t rows = input_rows(k, x, "LinearKernel.forward");
+            LinearKernelOptions options = kernel_options(threads, isa);
             options.skip_branch = skip_branch;
-            if (isa) options.isa = parse_isa(*isa);
             std::span<float> y;
-            NumpyArray<float> result =
-                uninitialized_numpy<float>({std::size_t(shape.rows), std::size_t(k.out_features())}, y);
+            NumpyArray<float> result = uninitialized_numpy<float>({std::size_t(rows), std::size_t(k.out_features())}, y);
             {
               nb::gil_scoped_release release;
-              k.forward(values_of(x), shape.rows, y, options);  // writes every value (or throws)
+              k.forward(values_of(x), rows, y, options);  // writes every value (or throws)
             }
             return result;
           },

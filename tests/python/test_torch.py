@@ -243,15 +243,15 @@ def test_intermediate_activation_through_checkpoint(checkpoint, run_loraq, tmp_p
     h = x if m.smooth is None else (x / m.smooth.numpy()[None, :]).astype(np.float32)
     res, down, up = (t.numpy().astype(np.float64) for t in (m.residual, m.down, m.up))
     bias = np.zeros(m.out_features) if m.bias is None else m.bias.numpy().astype(np.float64)
-    base = loraq.fake_quant(h, "mxint8").astype(np.float64) @ res.T + bias
-    qa2 = loraq.fake_quant(h, "mxint8")
+    qa2 = loraq.fake_quant(h, "mxint8")  # Qa1 too: both branches take mxint8
+    base = qa2.astype(np.float64) @ res.T + bias
     t_kernel = m._kernel.intermediate(x)
     t_torch = torch.nn.functional.linear(torch.from_numpy(qa2), layers["fake_quant"].down).numpy()
     t64 = qa2.astype(np.float64) @ down.T
     n = m.in_features + m.rank + 4
     for t in (t_kernel, t_torch):  # both float32 T within the accumulation bound of T in float64
         assert np.all(np.abs(t - t64) <= n * 2.0 ** -23 * (np.abs(qa2) @ np.abs(down).T) + 1e-30)
-    terms = n * (np.abs(loraq.fake_quant(h, "mxint8")) @ np.abs(res).T + np.abs(bias))
+    terms = n * (np.abs(qa2) @ np.abs(res).T + np.abs(bias))
     for backend, t in (("kernel", t_kernel), ("fake_quant", t_torch)):
         qt = loraq.fake_quant(np.ascontiguousarray(t, dtype=np.float32), "mxint4").astype(np.float64)
         y = layers[backend](torch.from_numpy(x)).numpy()

@@ -24,8 +24,9 @@ using loraq::runtime::kPairScales;
 using loraq::runtime::kPairVector;
 using loraq::runtime::kPanel;
 
-// Tokens per call. On Zen 3 (AVX2 only; bench_linear, 2026-12-07) 6 tokens against 4 took W4A8 with
-// the branch from 1.27-1.65x SGEMM to 1.44-1.90x: the nibble unpacking and weight loads are shared
+// Tokens per call. On Zen 3 (AVX2 only; bench_linear, 2026-12-07) 6 tokens against 4, with the
+// peeled first add of panel_w4, took W4A8 with the branch from 1.27-1.65x SGEMM to 1.44-1.90x at
+// five of six (layer, M) pairs: the nibble unpacking and weight loads are shared
 // by more tokens, and the epilogue runs 12 independent chains. 6 accumulators and 6 int16 sums take
 // 12 of the 16 registers (GCC already keeps some accumulators on the stack between chunks). A tile
 // must divide kTokenGroup (12), and 12 tokens would need 24.

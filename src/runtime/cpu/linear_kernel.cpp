@@ -150,7 +150,6 @@ std::int64_t QuantizedLinearKernel::rank() const { return impl_->rank; }
 bool QuantizedLinearKernel::residual_is_integer() const { return impl_->int_residual; }
 bool QuantizedLinearKernel::branch_is_integer() const { return impl_->int_branch; }
 bool QuantizedLinearKernel::up_is_integer() const { return impl_->int_up; }
-const LayerActivations& QuantizedLinearKernel::activations() const { return impl_->act; }
 
 std::string QuantizedLinearKernel::describe(const LinearKernelOptions& options) const {
   const Impl& k = *impl_;
@@ -243,13 +242,10 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
     }
     if (int_up) {
       runtime::quantize_activations(*act.intermediate, t_plain.data(), rows, rank, at);
-    } else if (act.intermediate) {  // Qt(T) in place, for the fp32 epilogue
-      const std::span<const float> t_span(t_plain.data(), t_plain.size());
-      std::vector<float>& tq = t_major;
-      tq.resize(t_plain.size());
-      fake_quantize(*act.intermediate, t_span, tq, rows, rank, one_thread);
+    } else if (act.intermediate) {  // Qt(T), back into the fp32 epilogue's layout
+      fake_quantize(*act.intermediate, t_plain, t_plain, rows, rank, one_thread);
       for (std::int64_t t = 0; t < rows; ++t)
-        for (std::int64_t j = 0; j < rank; ++j) t_at(t, j) = tq[std::size_t(t * rank + j)];
+        for (std::int64_t j = 0; j < rank; ++j) t_at(t, j) = t_plain[std::size_t(t * rank + j)];
     }
   }
 
