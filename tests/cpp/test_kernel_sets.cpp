@@ -96,17 +96,27 @@ TEST(KernelSets, EpilogueEqualsScalarBitForBit) {
     for (const KernelSet* set : vector_sets())
       for (int tokens = 1; tokens <= set->tile; ++tokens)
         for (std::int64_t p = 0; p + set->panels <= (kOut + kPanel - 1) / kPanel; p += set->panels) {
-          float got[kMaxTile * kMaxPanels * kPanel], want[kMaxTile * kPanel], acc_q[kMaxTile * kPanel];
+          // The set writes with a row stride wider than its rows (as into a layer's output), the
+          // scalar reference with stride kPanel; the gap must stay untouched.
+          constexpr float kUntouched = -12345.0f;
+          const std::int64_t stride = set->rows() + 3;
+          std::vector<float> got(std::size_t(kMaxTile * stride), kUntouched);
+          float want[kMaxTile * kPanel], acc_q[kMaxTile * kPanel];
           set->epilogue(acc.data(), t_rows.data(), kTokens, projection.rows_of(p), projection.stride, rank, bias.data(),
-                        tokens, got);
+                        tokens, got.data(), stride);
           for (int q = 0; q < set->panels; ++q) {
             for (int t = 0; t < tokens; ++t)
               std::memcpy(acc_q + t * kPanel, acc.data() + t * set->rows() + q * kPanel, kPanel * sizeof(float));
             scalar_kernels().epilogue(acc_q, t_rows.data(), kTokens, projection.rows_of(p + q), projection.stride, rank,
-                                      bias.data() + q * kPanel, tokens, want);
+                                      bias.data() + q * kPanel, tokens, want, kPanel);
             for (int t = 0; t < tokens; ++t)
-              ASSERT_EQ(0, std::memcmp(got + t * set->rows() + q * kPanel, want + t * kPanel, kPanel * sizeof(float)))
+              ASSERT_EQ(0, std::memcmp(got.data() + t * stride + q * kPanel, want + t * kPanel, kPanel * sizeof(float)))
                   << set->name << ": rank " << rank << ", panel " << p + q << ", " << tokens << " tokens, token " << t;
+          }
+          for (std::int64_t i = 0; i < std::int64_t(got.size()); ++i) {
+            if (i % stride >= set->rows() || i / stride >= tokens) {
+              ASSERT_EQ(kUntouched, got[std::size_t(i)]) << set->name << ": wrote outside the tile at " << i;
+            }
           }
         }
   }

@@ -122,13 +122,16 @@ inline ActivationTile tile_at(const ActivationRows& rows, std::int64_t t0) {
 // library code (src/core/simd/README.md, "Linkage rule").
 using PanelKernel = void (*)(const std::uint8_t* codes, const float* scales, std::int64_t chunks,
                              const ActivationTile& a, int tokens, float* acc);
-// out[t * rows + r] = (even + odd) + bias[r], where even starts at acc[t * rows + r] and odd at 0,
+// out[t * out_stride + r] = (even + odd) + bias[r], where even starts at acc[t * rows + r] and odd at 0,
 // and T(t, j) * up(r, j) goes into even (j even) or odd (j odd) with fused multiply-adds in j order.
 // T(t, j) = t_rows[j * t_stride + t] (the intermediate is stored term-major within each group of
 // kTokenGroup tokens, so a tile's tokens are at constant offsets from one pointer per term), and
-// up(r, j) = up[j * up_stride + r].
+// up(r, j) = up[j * up_stride + r]. out_stride lets a whole panel's results go straight into the
+// layer's output rows (stride: its width); a trailing partial panel goes through a buffer of
+// stride rows.
 using EpilogueKernel = void (*)(const float* acc, const float* t_rows, std::int64_t t_stride, const float* up,
-                                std::int64_t up_stride, std::int64_t rank, const float* bias, int tokens, float* out);
+                                std::int64_t up_stride, std::int64_t rank, const float* bias, int tokens, float* out,
+                                std::int64_t out_stride);
 
 // The up-projection [out, rank] as the epilogues read it: groups of kMaxPanels panels, each group
 // [rank][kMaxPanels * kPanel] (zero rows past out), so panel p starts at rows_of(p) with

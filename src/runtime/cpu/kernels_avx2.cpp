@@ -141,7 +141,7 @@ void panel_w8_any(const std::uint8_t* codes, const float* scales, std::int64_t c
 // multiply-adds hide their latency; the up vector is loaded once for all tokens.
 template <int T>
 void epilogue_tile(const float* acc, const float* t_rows, std::int64_t t_stride, const float* up,
-                   std::int64_t up_stride, std::int64_t rank, const float* bias, float* out) {
+                   std::int64_t up_stride, std::int64_t rank, const float* bias, float* out, std::int64_t out_stride) {
   __m256 even[T], odd[T];
   #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) {
@@ -163,14 +163,14 @@ void epilogue_tile(const float* acc, const float* t_rows, std::int64_t t_stride,
     if (j < rank)  // an odd rank's last term, into the even chain
       even[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(t_rows + j * t_stride + t), _mm256_loadu_ps(up + j * up_stride),
                                 even[t]);
-    _mm256_storeu_ps(out + t * kPanel, _mm256_add_ps(_mm256_add_ps(even[t], odd[t]), b));
+    _mm256_storeu_ps(out + t * out_stride, _mm256_add_ps(_mm256_add_ps(even[t], odd[t]), b));
   }
 }
 
 void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, const float* up, std::int64_t up_stride,
-              std::int64_t rank, const float* bias, int tokens, float* out) {
+              std::int64_t rank, const float* bias, int tokens, float* out, std::int64_t out_stride) {
   with_tokens<kTile>(tokens, [&](auto t) {
-    epilogue_tile<decltype(t)::value>(acc, t_rows, t_stride, up, up_stride, rank, bias, out);
+    epilogue_tile<decltype(t)::value>(acc, t_rows, t_stride, up, up_stride, rank, bias, out, out_stride);
   });
 }
 

@@ -62,7 +62,7 @@ static_assert(loraq::runtime::kTokenGroup % Avx512Vnni::tile == 0, "a tile must 
 // rows' up values are one load per j for all tokens.
 template <int T>
 void epilogue_t(const float* acc, const float* t_rows, std::int64_t t_stride, const float* up, std::int64_t up_stride,
-                std::int64_t rank, const float* bias, float* out) {
+                std::int64_t rank, const float* bias, float* out, std::int64_t out_stride) {
   __m512 even[T], odd[T];
   #pragma GCC unroll 12
   for (int t = 0; t < T; ++t) {
@@ -85,13 +85,13 @@ void epilogue_t(const float* acc, const float* t_rows, std::int64_t t_stride, co
   }
   const __m512 b = _mm512_loadu_ps(bias);
   #pragma GCC unroll 12
-  for (int t = 0; t < T; ++t) _mm512_storeu_ps(out + t * kRows, _mm512_add_ps(_mm512_add_ps(even[t], odd[t]), b));
+  for (int t = 0; t < T; ++t) _mm512_storeu_ps(out + t * out_stride, _mm512_add_ps(_mm512_add_ps(even[t], odd[t]), b));
 }
 
 void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, const float* up, std::int64_t up_stride,
-              std::int64_t rank, const float* bias, int tokens, float* out) {
+              std::int64_t rank, const float* bias, int tokens, float* out, std::int64_t out_stride) {
   with_tokens<Avx512Vnni::tile>(tokens, [&](auto t) {
-    epilogue_t<decltype(t)::value>(acc, t_rows, t_stride, up, up_stride, rank, bias, out);
+    epilogue_t<decltype(t)::value>(acc, t_rows, t_stride, up, up_stride, rank, bias, out, out_stride);
   });
 }
 

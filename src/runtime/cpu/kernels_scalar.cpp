@@ -47,7 +47,7 @@ void panel_w8(const std::uint8_t* codes, const float* scales, std::int64_t chunk
 }
 
 void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, const float* up, std::int64_t up_stride,
-              std::int64_t rank, const float* bias, int tokens, float* out) {
+              std::int64_t rank, const float* bias, int tokens, float* out, std::int64_t out_stride) {
   for (int t = 0; t < tokens; ++t)
     for (int r = 0; r < kPanel; ++r) {
       // Two chains, even and odd j, so that vector code can overlap them.
@@ -56,7 +56,7 @@ void epilogue(const float* acc, const float* t_rows, std::int64_t t_stride, cons
         float& chain = j % 2 ? odd : even;
         chain = std::fma(t_rows[j * t_stride + t], up[j * up_stride + r], chain);
       }
-      out[t * kPanel + r] = (even + odd) + bias[r];
+      out[t * out_stride + r] = (even + odd) + bias[r];
     }
 }
 

@@ -259,7 +259,7 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
   const bool up_in_epilogue = with_branch && !int_up;
   for_each_call(ks, p0, p1, rows, [&](const runtime::KernelSet& s, std::int64_t p, std::int64_t t0, int nt) {
     constexpr int kMaxRows = runtime::kMaxPanels * kPanel;
-    float acc[runtime::kMaxTile * kMaxRows], result[runtime::kMaxTile * kMaxRows];
+    float acc[runtime::kMaxTile * kMaxRows], partial[runtime::kMaxTile * kMaxRows];
     const std::int64_t c0 = p * kPanel, valid = std::min<std::int64_t>(s.rows(), out - c0);
     if (int_residual) {
       (residual.bits == 4 ? s.w4 : s.w8)(residual.panel_codes(p), residual.panel_scales(p), residual.chunks,
@@ -275,10 +275,15 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
                                           runtime::tile_at(at, t0), nt, up_acc);
       for (int i = 0; i < nt * s.rows(); ++i) acc[i] += up_acc[i];
     }
+    // Whole panels straight into y; a trailing partial one (out not a multiple of the set's rows)
+    // through a buffer, so that nothing is written past the row's end.
+    float* const dest = y + (m0 + t0) * out + c0;
+    const bool whole = valid == s.rows();
     s.epilogue(acc, up_in_epilogue ? &t_at(t0, 0) : nullptr, group,
                up_in_epilogue ? up.rows_of(p) : nullptr, up.stride, up_in_epilogue ? rank : 0,
-               bias.data() + c0, nt, result);
-    for (int t = 0; t < nt; ++t) std::copy_n(result + t * s.rows(), valid, y + (m0 + t0 + t) * out + c0);
+               bias.data() + c0, nt, whole ? dest : partial, whole ? out : s.rows());
+    if (!whole)
+      for (int t = 0; t < nt; ++t) std::copy_n(partial + t * s.rows(), valid, dest + t * out);
   });
 }
 
