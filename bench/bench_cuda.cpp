@@ -4,7 +4,7 @@
 //
 // codec/<format>/<out>x<in>: fake quantization of a weight, device to device; vs_copy = the time of a
 //   device-to-device copy of the same fp32 bytes (the anchor, same run) / the codec's time. Issue 7's
-//   target: >= 0.8.
+//   target: >= 0.8. codec_vector/...: the same on the vector kernels (src/cuda/codec_kernel.hpp).
 // loraq_step/<out>x<in>: one eq. 4 step of the accelerator's loop at rank 128 (sint4 Q1), measured as
 //   (time of 60 steps - time of 20 steps) / 40 so that the fixed cost (uploads, handles) cancels;
 //   vs_gemms = step time / the time of its three rank-128 GEMMs alone (cuBLAS, same run). Target
@@ -32,10 +32,10 @@ namespace {
 
 constexpr std::int64_t kRank = 128;
 
-void bm_codec(benchmark::State& state, loraq::Format f, Shape s) {
+void bm_codec(benchmark::State& state, loraq::Format f, Shape s, loraq::cuda::CodecKernel kernel) {
   loraq::cuda::testing::DeviceTimes t;
   for (auto _ : state) {
-    t = loraq::cuda::testing::time_fake_quantize(f, s.rows, s.cols, 20);
+    t = loraq::cuda::testing::time_fake_quantize(f, s.rows, s.cols, 20, kernel);
     state.SetIterationTime(t.op);
   }
   const double bytes = double(s.rows * s.cols) * 4;
@@ -107,11 +107,14 @@ int main(int argc, char** argv) {
     for (const Shape s : load_shapes(model)) {
       const std::string shape = std::to_string(s.rows) + "x" + std::to_string(s.cols);
       for (const loraq::Format f : {loraq::Format::mxfp4, loraq::Format::sint4, loraq::Format::mxint8})
-        benchmark::RegisterBenchmark(("codec/" + std::string(loraq::format_info(f).name) + "/" + shape).c_str(),
-                                     bm_codec, f, s)
-            ->UseManualTime()
-            ->Iterations(3)
-            ->Unit(benchmark::kMicrosecond);
+        for (const auto kernel : {loraq::cuda::CodecKernel::warp, loraq::cuda::CodecKernel::vector})
+          benchmark::RegisterBenchmark((std::string(kernel == loraq::cuda::CodecKernel::warp ? "codec/" : "codec_vector/") +
+                                        std::string(loraq::format_info(f).name) + "/" + shape)
+                                           .c_str(),
+                                       bm_codec, f, s, kernel)
+              ->UseManualTime()
+              ->Iterations(3)
+              ->Unit(benchmark::kMicrosecond);
       benchmark::RegisterBenchmark(("loraq_step/" + shape).c_str(), bm_loraq_step, s)
           ->UseManualTime()
           ->Iterations(1)

@@ -7,13 +7,18 @@
 #include <span>
 #include <vector>
 
+#include "cuda/codec_kernel.hpp"
 #include "loraq/format.hpp"
 
 namespace loraq::cuda::testing {
 
+// out = Q(in) on the given kernel (cuda::fake_quantize runs the default one).
+void fake_quantize(Format f, Rounding rounding, std::span<const float> in, std::span<float> out, std::int64_t rows,
+                   std::int64_t cols, CodecKernel kernel);
+
 // e = Q(x - y) - (x - y) (loraq_objectives.cpp's E), and each row's sum of e^2.
 std::vector<double> quantization_error(Format f, Rounding rounding, std::span<const float> x, std::span<const float> y,
-                                       std::span<float> e, std::int64_t rows, std::int64_t cols);
+                                       std::span<float> e, std::int64_t rows, std::int64_t cols, CodecKernel kernel);
 
 // `steps` Adam updates of x with the same gradient g each time (methods/adam.hpp's update).
 void adam_steps(std::span<float> x, std::span<const float> g, double lr, int steps);
@@ -23,7 +28,7 @@ void adam_steps(std::span<float> x, std::span<const float> g, double lr, int ste
 struct DeviceTimes {
   double op = 0, anchor = 0;
 };
-DeviceTimes time_fake_quantize(Format f, std::int64_t rows, std::int64_t cols, int repeats);
+DeviceTimes time_fake_quantize(Format f, std::int64_t rows, std::int64_t cols, int repeats, CodecKernel kernel);
 
 // Median seconds of the three rank-r GEMMs of one eq. 4 step (B = up down, grad_up, grad_down).
 double time_step_gemms(std::int64_t out, std::int64_t in, std::int64_t rank, int repeats);

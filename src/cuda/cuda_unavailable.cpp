@@ -30,12 +30,16 @@ void LinearKernel::forward(std::span<const float>, std::int64_t, std::span<float
 double LinearKernel::time_forward(std::int64_t, int, bool) const { unavailable(); }
 double time_bf16_gemm(std::int64_t, std::int64_t, std::int64_t, int) { unavailable(); }
 namespace testing {
+void fake_quantize(Format, Rounding, std::span<const float>, std::span<float>, std::int64_t, std::int64_t,
+                   CodecKernel) {
+  unavailable();
+}
 std::vector<double> quantization_error(Format, Rounding, std::span<const float>, std::span<const float>,
-                                       std::span<float>, std::int64_t, std::int64_t) {
+                                       std::span<float>, std::int64_t, std::int64_t, CodecKernel) {
   unavailable();
 }
 void adam_steps(std::span<float>, std::span<const float>, double, int) { unavailable(); }
-DeviceTimes time_fake_quantize(Format, std::int64_t, std::int64_t, int) { unavailable(); }
+DeviceTimes time_fake_quantize(Format, std::int64_t, std::int64_t, int, CodecKernel) { unavailable(); }
 double time_step_gemms(std::int64_t, std::int64_t, std::int64_t, int) { unavailable(); }
 }  // namespace testing
 }  // namespace loraq::cuda

@@ -341,8 +341,21 @@ std::unique_ptr<Accelerator> make_accelerator(int device) {
 // The test hooks of cuda_testing.hpp: single kernels from host buffers.
 namespace testing {
 
+void fake_quantize(Format f, Rounding rounding, std::span<const float> in, std::span<float> out, std::int64_t rows,
+                   std::int64_t cols, CodecKernel kernel) {
+  const detail::DeviceFormat g = detail::format_or_throw(f, rounding);
+  const auto n = std::size_t(rows * cols);
+  if (n == 0) return;
+  detail::Session s(0);
+  detail::DeviceBuffer<float> din(n), dout(n);
+  din.upload(in.data(), s.stream());
+  detail::fake_quantize_device(g, din.get(), dout.get(), rows, cols, s.stream(), kernel);
+  dout.download(out.data(), s.stream());
+  s.sync();
+}
+
 std::vector<double> quantization_error(Format f, Rounding rounding, std::span<const float> x, std::span<const float> y,
-                                       std::span<float> e, std::int64_t rows, std::int64_t cols) {
+                                       std::span<float> e, std::int64_t rows, std::int64_t cols, CodecKernel kernel) {
   const detail::DeviceFormat g = detail::format_or_throw(f, rounding);
   const auto n = std::size_t(rows * cols);
   detail::Session s(0);
@@ -350,7 +363,7 @@ std::vector<double> quantization_error(Format f, Rounding rounding, std::span<co
   detail::DeviceBuffer<double> ss{std::size_t(rows)};
   dx.upload(x.data(), s.stream());
   dy.upload(y.data(), s.stream());
-  detail::quantization_error_device(g, dx.get(), dy.get(), de.get(), ss.get(), rows, cols, s.stream());
+  detail::quantization_error_device(g, dx.get(), dy.get(), de.get(), ss.get(), rows, cols, s.stream(), kernel);
   std::vector<double> row_ss(static_cast<std::size_t>(rows));
   de.download(e.data(), s.stream());
   ss.download(row_ss.data(), s.stream());
@@ -370,14 +383,16 @@ void adam_steps(std::span<float> x, std::span<const float> g, double lr, int ste
   s.sync();
 }
 
-DeviceTimes time_fake_quantize(Format f, std::int64_t rows, std::int64_t cols, int repeats) {
+DeviceTimes time_fake_quantize(Format f, std::int64_t rows, std::int64_t cols, int repeats, CodecKernel kernel) {
   const detail::DeviceFormat g = detail::format_or_throw(f, Rounding::nearest_even);
   const auto n = std::size_t(rows * cols);
   detail::Session s(0);
   detail::DeviceBuffer<float> in(n), out(n);
   detail::fill_uniform(s, in, 1);
   DeviceTimes t;
-  t.op = detail::median_seconds(s, repeats, [&] { detail::fake_quantize_device(g, in.get(), out.get(), rows, cols, s.stream()); });
+  t.op = detail::median_seconds(s, repeats, [&] {
+    detail::fake_quantize_device(g, in.get(), out.get(), rows, cols, s.stream(), kernel);
+  });
   t.anchor = detail::median_seconds(s, repeats, [&] { out.copy_from(in, s.stream()); });
   return t;
 }

@@ -5,6 +5,7 @@
 
 #include <bit>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -48,20 +49,30 @@ TEST(Cuda, FakeQuantizeMatchesReference) {
   }
   std::mt19937 rng(5);
   std::normal_distribution<float> normal(0.0f, 1.0f);
+  // Column counts for both layouts: not a multiple of 4 (warp only), and multiples of 4 with a partial
+  // block, a partial 128-value segment, whole segments, and more segments than a warp takes (vector).
   for (const FormatInfo& info : all_formats()) {
     if (!cuda::supports(info.format)) continue;
-    for (std::int64_t cols : {1, 31, 32, 33, 86, 1152}) {
+    for (std::int64_t cols : {1, 31, 32, 33, 86, 100, 260, 388, 1152, 1156}) {
       const std::int64_t rows = 7;
       std::vector<float> x(std::size_t(rows * cols));
       for (float& v : x) v = normal(rng) * std::ldexp(1.0f, int(rng() % 40) - 20);
       x[0] = std::nanf("");
+      if (cols > 200) x[std::size_t(cols + 150)] = -INFINITY;  // row 1, past its first segment
       for (Rounding mode : {Rounding::nearest_even, Rounding::nearest_away}) {
-        std::vector<float> want(x.size()), got(x.size());
+        std::vector<float> want(x.size());
         fake_quantize(info.format, x, want, rows, cols, {mode, Isa::scalar, 1});
+        for (cuda::CodecKernel kernel : {cuda::CodecKernel::warp, cuda::CodecKernel::vector}) {
+          std::vector<float> got(x.size());
+          cuda::testing::fake_quantize(info.format, mode, x, got, rows, cols, kernel);
+          for (std::size_t i = 0; i < x.size(); ++i)
+            ASSERT_EQ(std::bit_cast<std::uint32_t>(got[i]), std::bit_cast<std::uint32_t>(want[i]))
+                << info.name << " cols " << cols << " i " << i << " seed 5, "
+                << (kernel == cuda::CodecKernel::warp ? "warp" : "vector") << " kernel";
+        }
+        std::vector<float> got(x.size());  // the public entry point, on the default kernel
         cuda::fake_quantize(info.format, x, got, rows, cols, mode);
-        for (std::size_t i = 0; i < x.size(); ++i)
-          ASSERT_EQ(std::bit_cast<std::uint32_t>(got[i]), std::bit_cast<std::uint32_t>(want[i]))
-              << info.name << " cols " << cols << " i " << i << " seed 5";
+        ASSERT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * sizeof(float))) << info.name << " cols " << cols;
       }
     }
   }
@@ -97,21 +108,26 @@ TEST(Cuda, DeviceNumberOutOfRangeIsAnError) {
 TEST(Cuda, QuantizationErrorMatchesCpu) {
   REQUIRE_GPU();
   for (Format f : {Format::sint4, Format::mxint8, Format::mxfp4, Format::mxfp6_e2m3}) {
-    for (std::int64_t cols : {33, 64, 100, 1152}) {
+    for (std::int64_t cols : {33, 64, 100, 1152, 2180}) {  // 2180: more segments than a thread block's warps
       const std::int64_t rows = 5;
       const auto n = std::size_t(rows * cols);
       const std::vector<float> x = normal_values(n, 11), y = normal_values(n, 12, 0.3f);
-      std::vector<float> t(n), q(n), want(n), got(n);
+      std::vector<float> t(n), q(n), want(n);
       for (std::size_t i = 0; i < n; ++i) t[i] = x[i] - y[i];
       fake_quantize(f, t, q, rows, cols, {Rounding::nearest_even, Isa::scalar, 1});
       for (std::size_t i = 0; i < n; ++i) want[i] = q[i] - t[i];
-      const std::vector<double> row_ss = cuda::testing::quantization_error(f, Rounding::nearest_even, x, y, got, rows, cols);
-      for (std::size_t i = 0; i < n; ++i)
-        ASSERT_EQ(std::bit_cast<std::uint32_t>(got[i]), std::bit_cast<std::uint32_t>(want[i]))
-            << format_info(f).name << " cols " << cols << " i " << i;
-      for (std::int64_t r = 0; r < rows; ++r) {
-        const double ss = impl::sum_squares(want.data() + r * cols, cols);
-        EXPECT_NEAR(row_ss[std::size_t(r)], ss, 1e-12 * ss) << format_info(f).name << " row " << r;
+      for (cuda::CodecKernel kernel : {cuda::CodecKernel::warp, cuda::CodecKernel::vector}) {
+        const char* name = kernel == cuda::CodecKernel::warp ? "warp" : "vector";
+        std::vector<float> got(n);
+        const std::vector<double> row_ss =
+            cuda::testing::quantization_error(f, Rounding::nearest_even, x, y, got, rows, cols, kernel);
+        for (std::size_t i = 0; i < n; ++i)
+          ASSERT_EQ(std::bit_cast<std::uint32_t>(got[i]), std::bit_cast<std::uint32_t>(want[i]))
+              << format_info(f).name << " cols " << cols << " i " << i << ", " << name << " kernel";
+        for (std::int64_t r = 0; r < rows; ++r) {
+          const double ss = impl::sum_squares(want.data() + r * cols, cols);
+          EXPECT_NEAR(row_ss[std::size_t(r)], ss, 1e-12 * ss) << format_info(f).name << " row " << r << ", " << name;
+        }
       }
     }
   }
