@@ -22,6 +22,11 @@ step 100 "$bin/test_cuda" 2>&1 | tee "$out/test_cuda.log"
 step 60 "$bin/test_linear_kernel" --gtest_filter='*Cuda*' 2>&1 | tee -a "$out/test_cuda.log"
 step 120 "$bin/bench_cuda" --benchmark_out="$out/bench_cuda.json" --benchmark_out_format=json 2>&1 |
   tee "$out/bench_cuda.log"
+# The vector codec layout (opt-in until measured here, docs/cuda.md): the whole method on it, and
+# the LoRaQ step with its fused error kernel (bench_cuda's codec_vector rows time the codecs above).
+LORAQ_CUDA_CODEC=vector step 60 "$bin/test_cuda" --gtest_filter='*Loraq*' 2>&1 | tee -a "$out/test_cuda.log"
+LORAQ_CUDA_CODEC=vector step 60 "$bin/bench_cuda" --benchmark_filter='loraq_step/(1152x1152|4608x1152|1152x4608)/' 2>&1 |
+  tee -a "$out/bench_cuda.log"
 step 60 "$bin/loraq-make-model" -o "$root/pixart" --hidden 1152 --blocks 28 >/dev/null
 start=$(date +%s%N)
 step 150 "$bin/loraq" quantize "$root/pixart" --recipe recipes/loraq-sint4-r128.yaml -o "$root/q-gpu" --device cuda \

@@ -13,8 +13,11 @@ namespace loraq::cuda {
 //   It becomes the default once it has run there.
 enum class CodecKernel { warp, vector };
 
-// The environment variable LORAQ_CUDA_CODEC (warp, the default, or vector); any other value throws
-// Error naming it.
+// The layout a value of LORAQ_CUDA_CODEC names: warp (also for null, the variable unset) or vector;
+// any other value throws Error naming the variable.
+CodecKernel codec_kernel_named(const char* value);
+
+// codec_kernel_named(getenv("LORAQ_CUDA_CODEC")), read once.
 CodecKernel default_codec_kernel();
 
 }  // namespace loraq::cuda

@@ -4,7 +4,6 @@
 // quantize_in_block, so they give the same bits; sums of squares are reduced in a fixed tree so that a
 // run's bits never change.
 #include <cstdint>
-#include <cstdlib>
 #include <initializer_list>
 #include <string>
 
@@ -261,17 +260,3 @@ void sum_device(const double* v, std::int64_t n, double* total, cudaStream_t str
 }
 
 }  // namespace loraq::cuda::detail
-
-namespace loraq::cuda {
-
-CodecKernel default_codec_kernel() {
-  static const CodecKernel kernel = [] {
-    const char* v = std::getenv("LORAQ_CUDA_CODEC");
-    if (v == nullptr || std::string(v) == "warp") return CodecKernel::warp;
-    if (std::string(v) == "vector") return CodecKernel::vector;
-    throw Error("LORAQ_CUDA_CODEC=" + std::string(v) + ": expected warp or vector");
-  }();
-  return kernel;
-}
-
-}  // namespace loraq::cuda

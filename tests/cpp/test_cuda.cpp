@@ -84,6 +84,23 @@ TEST(Cuda, FakeQuantizeMatchesReference) {
 namespace loraq {
 namespace {
 
+// The codec layout's environment variable: its two values, unset, and a clear error otherwise. Runs
+// without a GPU (and without CUDA): the parsing is plain C++.
+TEST(Cuda, CodecLayoutVariable) {
+  EXPECT_EQ(cuda::CodecKernel::warp, cuda::codec_kernel_named(nullptr));
+  EXPECT_EQ(cuda::CodecKernel::warp, cuda::codec_kernel_named("warp"));
+  EXPECT_EQ(cuda::CodecKernel::vector, cuda::codec_kernel_named("vector"));
+  for (const char* bad : {"", "Vector", "vectors"}) {
+    try {
+      cuda::codec_kernel_named(bad);
+      FAIL() << "accepted LORAQ_CUDA_CODEC=" << bad;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("LORAQ_CUDA_CODEC=" + std::string(bad) + ":"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("expected warp or vector"), std::string::npos) << e.what();
+    }
+  }
+}
+
 // Without a GPU the backend says so, by name, instead of failing later.
 TEST(Cuda, NoGpuIsAClearError) {
   if (cuda::built() && cuda::device_count() > 0) GTEST_SKIP() << "a GPU is present: the error cannot be provoked";
