@@ -4,7 +4,7 @@
 //
 // codec/<format>/<out>x<in>: fake quantization of a weight, device to device; vs_copy = the time of a
 //   device-to-device copy of the same fp32 bytes (the anchor, same run) / the codec's time. Issue 7's
-//   target: >= 0.8. codec_vector/...: the same on the vector kernels (src/cuda/codec_kernel.hpp).
+//   target: >= 0.8. codec_vector/...: the same on the vector kernels (src/cuda/kernel_variants.hpp).
 // loraq_step/<out>x<in>: one eq. 4 step of the accelerator's loop at rank 128 (sint4 Q1), measured as
 //   (time of 60 steps - time of 20 steps) / 40 so that the fixed cost (uploads, handles) cancels;
 //   vs_gemms = step time / the time of its three rank-128 GEMMs alone (cuBLAS, same run). Target
@@ -13,12 +13,13 @@
 //   branch at rank 62 with mxint8 activations, SVDQuant's 512-bit budget), PixArt-Sigma shapes only;
 //   vs_bf16 = cuBLAS BF16 GEMM time of the same layer (same run) / the kernel's time (issue 8's
 //   target: >= 1.5 at M >= 1024), branch = extra time of the branch over the residual alone
-//   (target <= 10%).
+//   (target <= 10%). linear_pipelined/...: the same on the pipelined GEMMs (src/cuda/kernel_variants.hpp).
 // Without a GPU it says so and registers nothing.
 #include <benchmark/benchmark.h>
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -70,7 +71,8 @@ void bm_loraq_step(benchmark::State& state, Shape s) {
   state.counters["vs_gemms"] = step / gemms;
 }
 
-void bm_linear(benchmark::State& state, Shape s, std::int64_t tokens) {
+void bm_linear(benchmark::State& state, Shape s, std::int64_t tokens, const char* variant) {
+  setenv("LORAQ_CUDA_LINEAR", variant, 1);  // read when the kernel is made
   constexpr std::int64_t kBranchRank = 62;
   loraq::QuantizedLayer layer;
   layer.out_features = s.rows;
@@ -122,12 +124,15 @@ int main(int argc, char** argv) {
     }
   for (const Shape s : load_shapes("pixart_sigma"))
     for (const std::int64_t tokens : {256, 1024, 4096})
-      benchmark::RegisterBenchmark(
-          ("linear/" + std::to_string(s.rows) + "x" + std::to_string(s.cols) + "/M" + std::to_string(tokens)).c_str(),
-          bm_linear, s, tokens)
-          ->UseManualTime()
-          ->Iterations(1)
-          ->Unit(benchmark::kMicrosecond);
+      for (const char* variant : {"simple", "pipelined"})
+        benchmark::RegisterBenchmark((std::string(std::string(variant) == "simple" ? "linear/" : "linear_pipelined/") +
+                                      std::to_string(s.rows) + "x" + std::to_string(s.cols) + "/M" +
+                                      std::to_string(tokens))
+                                         .c_str(),
+                                     bm_linear, s, tokens, variant)
+            ->UseManualTime()
+            ->Iterations(1)
+            ->Unit(benchmark::kMicrosecond);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

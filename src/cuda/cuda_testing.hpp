@@ -7,7 +7,7 @@
 #include <span>
 #include <vector>
 
-#include "cuda/codec_kernel.hpp"
+#include "cuda/kernel_variants.hpp"
 #include "loraq/format.hpp"
 
 namespace loraq::cuda::testing {

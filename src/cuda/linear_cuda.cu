@@ -21,6 +21,7 @@
 
 #include "cuda/cuda_support.cuh"
 #include "cuda/device_codec.cuh"
+#include "cuda/kernel_variants.hpp"
 #include "loraq/cuda.hpp"
 #include "runtime/cpu/kernel_layout.hpp"
 
@@ -150,6 +151,193 @@ __global__ void __launch_bounds__(kThreads)
       }
 }
 
+// The pipelined variant (LORAQ_CUDA_LINEAR=pipelined; written without a GPU on 2026-12-07, opt-in
+// until LinearKernel.CudaEqualsCpuBitForBit and bench_cuda have run it). The same tiles, warps,
+// fragments and per-chunk arithmetic as int8_gemm_kernel, so the same bits; what changes is how the
+// data arrive:
+// - A stage is 4 chunks (128 bytes of a row), double-buffered in shared memory: the next stage's
+//   global loads are issued into registers before this stage's mma, and stored after it, with one
+//   barrier a stage (int8_gemm_kernel: one chunk, two barriers, no overlap).
+// - float(int32 sum) by the exact magic-number sum (two full-rate instructions; |sum| < 2^22 always:
+//   32 x 128 x 128 = 2^19) instead of I2F, a quarter-rate conversion.
+// - The epilogue reads T and the up-projection from shared memory, in slices of 64 rank terms
+//   (int8_gemm_kernel reads both from global memory for every output).
+constexpr int kStageChunks = 4;
+constexpr int kStageBytes = kStageChunks * kChunk;         // 128 codes of a row
+constexpr int kStageRow = kStageBytes + 16;               // padded: fragment loads hit 32 distinct banks
+constexpr int kRankSlice = 64;                            // rank terms staged at a time (even: chains keep parity)
+constexpr int kMainBytes = 2 * 2 * kTileM * kStageRow + 2 * 2 * kTileM * kStageChunks * 4;
+constexpr int kEpilogueBytes = kTileM * (kRankSlice + 1) * 4 + kRankSlice * kTileN * 4;
+static_assert(kTileM == kTileN, "the staging below maps one row of A and one of W per thread pair");
+static_assert(kEpilogueBytes <= kMainBytes, "the epilogue reuses the main loop's shared memory");
+
+__device__ inline float exact_float(int d) {  // float(d) for |d| < 2^22, exactly
+  return __fsub_rn(__int_as_float(d + 0x4B400000), 12582912.0f);
+}
+
+// One thread's share of a stage: 64 bytes (2 chunks) of one row of A and of W, and 2 scales of each.
+struct StageRegisters {
+  int4 a[4], w[4];
+  float sa[2], sw[2];
+};
+
+template <bool kEpilogue>
+__global__ void __launch_bounds__(kThreads)
+    int8_gemm_pipelined_kernel(const std::int8_t* a, const float* a_scales, const std::int8_t* w,
+                               const float* w_scales, std::int64_t m, std::int64_t n, std::int64_t chunks, float* out,
+                               const float* t, std::int64_t rank, const float* up_t, const float* bias) {
+  __shared__ __align__(16) unsigned char smem[kMainBytes];
+  // Main loop: as[buf][row][kStageRow], ws likewise, then sa[buf][row][chunk], sw likewise.
+  std::int8_t* as = reinterpret_cast<std::int8_t*>(smem);
+  std::int8_t* ws = as + 2 * kTileM * kStageRow;
+  float* sa = reinterpret_cast<float*>(ws + 2 * kTileN * kStageRow);
+  float* sw = sa + 2 * kTileM * kStageChunks;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
+  const std::int64_t m0 = std::int64_t(blockIdx.y) * kTileM, n0 = std::int64_t(blockIdx.x) * kTileN;
+  const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
+  const std::int64_t k_padded = chunks * kChunk, stages = (chunks + kStageChunks - 1) / kStageChunks;
+  // This thread stages row r (of A and of W), chunks 2h and 2h + 1 of each stage.
+  const int r = tid / 2, h = tid % 2;
+  const bool a_row = m0 + r < m, w_row = n0 + r < n;
+
+  auto load = [&](std::int64_t stage, StageRegisters& regs) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const std::int64_t c = stage * kStageChunks + 2 * h + e / 2;  // e: 16-byte pieces, two a chunk
+      const bool in_k = c < chunks;
+      regs.a[e] = a_row && in_k ? *reinterpret_cast<const int4*>(a + (m0 + r) * k_padded + c * kChunk + (e % 2) * 16)
+                                : make_int4(0, 0, 0, 0);
+      regs.w[e] = w_row && in_k ? *reinterpret_cast<const int4*>(w + (n0 + r) * k_padded + c * kChunk + (e % 2) * 16)
+                                : make_int4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const std::int64_t c = stage * kStageChunks + 2 * h + e;
+      regs.sa[e] = a_row && c < chunks ? a_scales[(m0 + r) * chunks + c] : 0.0f;
+      regs.sw[e] = w_row && c < chunks ? w_scales[(n0 + r) * chunks + c] : 0.0f;
+    }
+  };
+  auto store = [&](int buf, const StageRegisters& regs) {
+    std::int8_t* arow = as + (buf * kTileM + r) * kStageRow + h * 64;
+    std::int8_t* wrow = ws + (buf * kTileN + r) * kStageRow + h * 64;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      *reinterpret_cast<int4*>(arow + e * 16) = regs.a[e];
+      *reinterpret_cast<int4*>(wrow + e * 16) = regs.w[e];
+    }
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      sa[(buf * kTileM + r) * kStageChunks + 2 * h + e] = regs.sa[e];
+      sw[(buf * kTileN + r) * kStageChunks + 2 * h + e] = regs.sw[e];
+    }
+  };
+
+  float acc[2][4][4] = {};
+  StageRegisters next;
+  if (stages > 0) {
+    load(0, next);
+    store(0, next);
+  }
+  __syncthreads();
+  for (std::int64_t stage = 0; stage < stages; ++stage) {
+    const int buf = int(stage % 2);
+    if (stage + 1 < stages) load(stage + 1, next);  // in flight during this stage's mma
+    const std::int64_t left = chunks - stage * kStageChunks;
+    const int valid = left < kStageChunks ? int(left) : kStageChunks;  // the same for the whole block
+    for (int j = 0; j < valid; ++j) {
+      // Fragments as in int8_gemm_kernel, at chunk j of the stage.
+      unsigned af[2][4], bf[4][2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const std::int8_t* base = as + (buf * kTileM + wm + i * 16) * kStageRow + j * kChunk;
+        af[i][0] = load32(base + g * kStageRow + q * 4);
+        af[i][1] = load32(base + (g + 8) * kStageRow + q * 4);
+        af[i][2] = load32(base + g * kStageRow + 16 + q * 4);
+        af[i][3] = load32(base + (g + 8) * kStageRow + 16 + q * 4);
+      }
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj) {
+        const std::int8_t* base = ws + (buf * kTileN + wn + jj * 8) * kStageRow + j * kChunk;
+        bf[jj][0] = load32(base + g * kStageRow + q * 4);
+        bf[jj][1] = load32(base + g * kStageRow + 16 + q * 4);
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) {
+          int d[4];
+          mma_s8(d, af[i], bf[jj]);
+          const int r0 = wm + i * 16 + g, c0 = wn + jj * 8 + 2 * q;
+#pragma unroll
+          for (int v = 0; v < 4; ++v) {
+            const float scale = __fmul_rn(sa[(buf * kTileM + r0 + (v >= 2 ? 8 : 0)) * kStageChunks + j],
+                                          sw[(buf * kTileN + c0 + (v & 1)) * kStageChunks + j]);
+            acc[i][jj][v] = __fmaf_rn(exact_float(d[v]), scale, acc[i][jj][v]);
+          }
+        }
+    }
+    if (stage + 1 < stages) store(1 - buf, next);  // the other buffer: last read a stage ago, before the barrier
+    __syncthreads();
+  }
+
+  if constexpr (kEpilogue) {
+    // T [rows of the tile][slice] (padded row) and up_t [slice][cols of the tile], from global memory
+    // once per block, then each output's even and odd chains in the CPU's order.
+    float* ts = reinterpret_cast<float*>(smem);
+    float* us = ts + kTileM * (kRankSlice + 1);
+    float odd[2][4][4] = {};
+    for (std::int64_t k0 = 0; k0 < rank; k0 += kRankSlice) {
+      const int slice = rank - k0 < kRankSlice ? int(rank - k0) : kRankSlice;
+      __syncthreads();  // the previous slice (or the main loop) is done with the shared memory
+      for (int i = tid; i < kTileM * kRankSlice; i += kThreads) {
+        const int row = i / kRankSlice, k = i % kRankSlice;
+        ts[row * (kRankSlice + 1) + k] = m0 + row < m && k < slice ? t[(m0 + row) * rank + k0 + k] : 0.0f;
+        const int kr = i / kTileN, col = i % kTileN;
+        us[kr * kTileN + col] = kr < slice && n0 + col < n ? up_t[(k0 + kr) * n + n0 + col] : 0.0f;
+      }
+      __syncthreads();
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj)
+#pragma unroll
+          for (int v = 0; v < 4; ++v) {
+            const int row = wm + i * 16 + g + (v >= 2 ? 8 : 0), col = wn + jj * 8 + 2 * q + (v & 1);
+            float even = acc[i][jj][v], o = odd[i][jj][v];
+            int k = 0;
+            for (; k + 1 < slice; k += 2) {
+              even = __fmaf_rn(ts[row * (kRankSlice + 1) + k], us[k * kTileN + col], even);
+              o = __fmaf_rn(ts[row * (kRankSlice + 1) + k + 1], us[(k + 1) * kTileN + col], o);
+            }
+            if (k < slice)  // an odd rank's last term (only in the last slice: slices are even)
+              even = __fmaf_rn(ts[row * (kRankSlice + 1) + k], us[k * kTileN + col], even);
+            acc[i][jj][v] = even, odd[i][jj][v] = o;
+          }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj)
+#pragma unroll
+        for (int v = 0; v < 4; ++v) {
+          const std::int64_t row = m0 + wm + i * 16 + g + (v >= 2 ? 8 : 0);
+          const std::int64_t col = n0 + wn + jj * 8 + 2 * q + (v & 1);
+          if (row < m && col < n) out[row * n + col] = __fadd_rn(__fadd_rn(acc[i][jj][v], odd[i][jj][v]), bias[col]);
+        }
+  } else {
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj)
+#pragma unroll
+        for (int v = 0; v < 4; ++v) {
+          const std::int64_t row = m0 + wm + i * 16 + g + (v >= 2 ? 8 : 0);
+          const std::int64_t col = n0 + wn + jj * 8 + 2 * q + (v & 1);
+          if (row < m && col < n) out[row * n + col] = acc[i][jj][v];
+        }
+  }
+}
+
 // A weight on the device in the kernels' layout (runtime::decode_rows).
 struct DeviceWeight {
   DeviceBuffer<std::int8_t> codes;
@@ -167,6 +355,21 @@ DeviceWeight upload_weight(const PackedMatrix& packed, const Session& s) {
 
 bool activation_format(Format f) { return f == Format::sint4 || f == Format::mxint4 || f == Format::mxint8; }
 
+// The int8 GEMM of either variant: out = A W^T by chunks, with the epilogue (t, up_t, bias) or not.
+template <bool kEpilogue>
+void launch_gemm(LinearVariant variant, const Session& s, const std::int8_t* a, const float* a_scales,
+                 const std::int8_t* w, const float* w_scales, std::int64_t m, std::int64_t n, std::int64_t chunks,
+                 float* out, const float* t, std::int64_t rank, const float* up_t, const float* bias, const char* what) {
+  const dim3 grid(unsigned((n + kTileN - 1) / kTileN), unsigned((m + kTileM - 1) / kTileM)), threads(kThreads);
+  if (variant == LinearVariant::pipelined)
+    int8_gemm_pipelined_kernel<kEpilogue><<<grid, threads, 0, s.stream()>>>(a, a_scales, w, w_scales, m, n, chunks,
+                                                                           out, t, rank, up_t, bias);
+  else
+    int8_gemm_kernel<kEpilogue><<<grid, threads, 0, s.stream()>>>(a, a_scales, w, w_scales, m, n, chunks, out, t,
+                                                                 rank, up_t, bias);
+  check_launch(what);
+}
+
 }  // namespace
 
 }  // namespace detail
@@ -175,6 +378,7 @@ struct LinearKernel::Impl {
   std::string name;
   int device = 0;
   std::int64_t out = 0, in = 0, rank = 0, chunks = 0;
+  LinearVariant variant = LinearVariant::simple;  // LORAQ_CUDA_LINEAR when the kernel was made
   detail::DeviceFormat qa1{}, qa2{};
   bool same_activations = true;
   std::unique_ptr<detail::Session> session;
@@ -208,7 +412,6 @@ struct LinearKernel::Impl {
   void run(Scratch& b, std::int64_t rows, bool with_branch) const {
     if (rows == 0) return;
     quantize(qa1, b.x.get(), rows, b.a1.get(), b.s1.get());
-    const dim3 threads(detail::kThreads);
     std::int64_t t_rank = 0;
     if (with_branch && rank > 0) {
       const std::int8_t* a2 = b.a1.get();
@@ -217,19 +420,13 @@ struct LinearKernel::Impl {
         quantize(qa2, b.x.get(), rows, b.a2.get(), b.s2.get());
         a2 = b.a2.get(), s2 = b.s2.get();
       }
-      const dim3 grid(unsigned((rank + detail::kTileN - 1) / detail::kTileN),
-                      unsigned((rows + detail::kTileM - 1) / detail::kTileM));
-      detail::int8_gemm_kernel<false><<<grid, threads, 0, session->stream()>>>(
-          a2, s2, down.codes.get(), down.scales.get(), rows, rank, chunks, b.t.get(), nullptr, 0, nullptr, nullptr);
-      detail::check_launch("int8_gemm_kernel (down)");
+      detail::launch_gemm<false>(variant, *session, a2, s2, down.codes.get(), down.scales.get(), rows, rank, chunks,
+                                 b.t.get(), nullptr, 0, nullptr, nullptr, "int8 GEMM (down)");
       t_rank = rank;
     }
-    const dim3 grid(unsigned((out + detail::kTileN - 1) / detail::kTileN),
-                    unsigned((rows + detail::kTileM - 1) / detail::kTileM));
-    detail::int8_gemm_kernel<true><<<grid, threads, 0, session->stream()>>>(
-        b.a1.get(), b.s1.get(), residual.codes.get(), residual.scales.get(), rows, out, chunks, b.y.get(), b.t.get(),
-        t_rank, up_t.get(), bias.get());
-    detail::check_launch("int8_gemm_kernel (residual)");
+    detail::launch_gemm<true>(variant, *session, b.a1.get(), b.s1.get(), residual.codes.get(), residual.scales.get(),
+                              rows, out, chunks, b.y.get(), b.t.get(), t_rank, up_t.get(), bias.get(),
+                              "int8 GEMM (residual)");
   }
 };
 
@@ -244,6 +441,7 @@ LinearKernel::LinearKernel(const QuantizedLayer& layer, Format residual_activati
   Impl& k = *impl_;
   k.name = std::move(name);
   k.device = device;
+  k.variant = default_linear_variant();
   k.out = layer.out_features;
   k.in = layer.in_features;
   k.chunks = (k.in + detail::kChunk - 1) / detail::kChunk;

@@ -1,4 +1,4 @@
-// The quantization kernels (quant_kernels.cuh), in two layouts (codec_kernel.hpp): warp, one warp
+// The quantization kernels (quant_kernels.cuh), in two layouts (kernel_variants.hpp): warp, one warp
 // per block of a row as device_codec.cuh quantizes, and vector, 16-byte loads with each block's amax
 // reduced over the lanes that hold it. Both quantize every value with device_codec.cuh's
 // quantize_in_block, so they give the same bits; sums of squares are reduced in a fixed tree so that a

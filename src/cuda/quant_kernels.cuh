@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#include "cuda/codec_kernel.hpp"
+#include "cuda/kernel_variants.hpp"
 #include "cuda/device_codec.cuh"
 
 namespace loraq::cuda::detail {

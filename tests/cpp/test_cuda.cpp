@@ -84,21 +84,28 @@ TEST(Cuda, FakeQuantizeMatchesReference) {
 namespace loraq {
 namespace {
 
-// The codec layout's environment variable: its two values, unset, and a clear error otherwise. Runs
-// without a GPU (and without CUDA): the parsing is plain C++.
-TEST(Cuda, CodecLayoutVariable) {
+// The variant variables: their values, unset, and a clear error otherwise. Runs without a GPU (and
+// without CUDA): the parsing is plain C++.
+TEST(Cuda, KernelVariantVariables) {
   EXPECT_EQ(cuda::CodecKernel::warp, cuda::codec_kernel_named(nullptr));
   EXPECT_EQ(cuda::CodecKernel::warp, cuda::codec_kernel_named("warp"));
   EXPECT_EQ(cuda::CodecKernel::vector, cuda::codec_kernel_named("vector"));
-  for (const char* bad : {"", "Vector", "vectors"}) {
+  EXPECT_EQ(cuda::LinearVariant::simple, cuda::linear_variant_named(nullptr));
+  EXPECT_EQ(cuda::LinearVariant::simple, cuda::linear_variant_named("simple"));
+  EXPECT_EQ(cuda::LinearVariant::pipelined, cuda::linear_variant_named("pipelined"));
+  auto expect_refused = [](auto parse, const std::string& variable, const std::string& bad, const std::string& expected) {
     try {
-      cuda::codec_kernel_named(bad);
-      FAIL() << "accepted LORAQ_CUDA_CODEC=" << bad;
+      parse(bad.c_str());
+      ADD_FAILURE() << "accepted " << variable << "=" << bad;
     } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("LORAQ_CUDA_CODEC=" + std::string(bad) + ":"), std::string::npos) << e.what();
-      EXPECT_NE(std::string(e.what()).find("expected warp or vector"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(variable + "=" + bad + ": expected " + expected), std::string::npos)
+          << e.what();
     }
-  }
+  };
+  for (const char* bad : {"", "Vector", "vectors", "pipelined"})
+    expect_refused(cuda::codec_kernel_named, "LORAQ_CUDA_CODEC", bad, "warp or vector");
+  for (const char* bad : {"", "Pipelined", "vector"})
+    expect_refused(cuda::linear_variant_named, "LORAQ_CUDA_LINEAR", bad, "simple or pipelined");
 }
 
 // Without a GPU the backend says so, by name, instead of failing later.

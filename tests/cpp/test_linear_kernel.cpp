@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 
@@ -406,26 +407,37 @@ TEST(LinearKernel, CudaEqualsCpuBitForBit) {
       {Format::mxint4, Format::mxint8, Format::mxint8, Format::sint4, 1, 13, 64, 62},
       {Format::int8_channel, Format::sint4, Format::mxint8, Format::mxint8, 70, 129, 160, 0, false, false},
   };
-  unsigned seed = 300;
-  for (const Case& c : cases) {
-    const Fixture f = make(c, seed++);
-    const QuantizedLinearKernel cpu(f.layer, c.act1, c.act2, f.bias);
-    const cuda::LinearKernel gpu(f.layer, *c.act1, c.act2, f.bias);
-    for (bool skip_branch : {false, true}) {
-      std::vector<float> want(std::size_t(c.rows * c.out)), got(want.size());
-      LinearKernelOptions options;
-      options.skip_branch = skip_branch;
-      cpu.forward(f.x, c.rows, want, options);
-      gpu.forward(f.x, c.rows, got, skip_branch);
-      for (std::size_t i = 0; i < want.size(); ++i) {
-        std::uint32_t a, b;
-        std::memcpy(&a, &want[i], 4);
-        std::memcpy(&b, &got[i], 4);
-        ASSERT_EQ(a, b) << describe(c) << " skip_branch " << skip_branch << " at " << i << ": cpu " << want[i]
-                        << " gpu " << got[i];
+  // Both GEMM variants (src/cuda/kernel_variants.hpp); a LinearKernel reads LORAQ_CUDA_LINEAR when
+  // it is made.
+  const char* const previous = std::getenv("LORAQ_CUDA_LINEAR");
+  const std::string restore = previous ? previous : "";
+  for (const char* variant : {"simple", "pipelined"}) {
+    setenv("LORAQ_CUDA_LINEAR", variant, 1);
+    unsigned seed = 300;
+    for (const Case& c : cases) {
+      const Fixture f = make(c, seed++);
+      const QuantizedLinearKernel cpu(f.layer, c.act1, c.act2, f.bias);
+      const cuda::LinearKernel gpu(f.layer, *c.act1, c.act2, f.bias);
+      for (bool skip_branch : {false, true}) {
+        std::vector<float> want(std::size_t(c.rows * c.out)), got(want.size());
+        LinearKernelOptions options;
+        options.skip_branch = skip_branch;
+        cpu.forward(f.x, c.rows, want, options);
+        gpu.forward(f.x, c.rows, got, skip_branch);
+        for (std::size_t i = 0; i < want.size(); ++i) {
+          std::uint32_t a, b;
+          std::memcpy(&a, &want[i], 4);
+          std::memcpy(&b, &got[i], 4);
+          ASSERT_EQ(a, b) << describe(c) << " skip_branch " << skip_branch << " at " << i << ": cpu " << want[i]
+                          << " gpu " << got[i] << " (" << variant << " GEMMs)";
+        }
       }
     }
   }
+  if (previous)
+    setenv("LORAQ_CUDA_LINEAR", restore.c_str(), 1);
+  else
+    unsetenv("LORAQ_CUDA_LINEAR");
   // Formats the CUDA kernels do not take are refused by name.
   const Fixture f = make({Format::mxfp4, Format::mxint8, Format::mxint8, Format::mxint8, 4, 16, 64, 8}, 9);
   EXPECT_THROW(cuda::LinearKernel(f.layer, Format::mxint8, Format::mxint8, {}, "mxfp4-layer"), Error);
