@@ -20,7 +20,7 @@ export LORAQ_BENCH_SHAPES=$PWD/bench/shapes  # the benchmarks' SANA and FLUX sha
 step() { local limit=$1; shift; timeout --kill-after=5 "$limit" "$@"; local rc=$?; echo "[step exit $rc: $*]"; }
 step 100 "$bin/test_cuda" 2>&1 | tee "$out/test_cuda.log"
 step 60 "$bin/test_linear_kernel" --gtest_filter='*Cuda*' 2>&1 | tee -a "$out/test_cuda.log"
-step 120 "$bin/bench_cuda" --benchmark_out="$out/bench_cuda.json" --benchmark_out_format=json 2>&1 |
+step 150 "$bin/bench_cuda" --benchmark_out="$out/bench_cuda.json" --benchmark_out_format=json 2>&1 |
   tee "$out/bench_cuda.log"
 # The vector codec layout (opt-in until measured here, docs/cuda.md): the whole method on it, and
 # the LoRaQ step with its fused error kernel (bench_cuda's codec_vector rows time the codecs above).
