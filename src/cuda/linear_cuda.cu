@@ -175,6 +175,18 @@ __device__ inline float exact_float(int d) {  // float(d) for |d| < 2^22, exactl
   return __fsub_rn(__int_as_float(d + 0x4B400000), 12582912.0f);
 }
 
+// f(i, jj, v, row, col) for each of the thread's 32 outputs: acc[i][jj][v], at (row, col) of the tile
+// (mma m16n8 D fragments: rows g and g + 8, columns 2q and 2q + 1). Unrolled, so indices are constants.
+template <class F>
+__device__ inline void for_each_output(int wm, int wn, int g, int q, F&& f) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int jj = 0; jj < 4; ++jj)
+#pragma unroll
+      for (int v = 0; v < 4; ++v) f(i, jj, v, wm + i * 16 + g + (v >= 2 ? 8 : 0), wn + jj * 8 + 2 * q + (v & 1));
+}
+
 // One thread's share of a stage: 64 bytes (2 chunks) of one row of A and of W, and 2 scales of each.
 struct StageRegisters {
   int4 a[4], w[4];
@@ -280,12 +292,12 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
   }
 
+  float odd[2][4][4] = {};  // the epilogue's odd chains (its even ones continue acc)
   if constexpr (kEpilogue) {
     // T [rows of the tile][slice] (padded row) and up_t [slice][cols of the tile], from global memory
     // once per block, then each output's even and odd chains in the CPU's order.
     float* ts = reinterpret_cast<float*>(smem);
     float* us = ts + kTileM * (kRankSlice + 1);
-    float odd[2][4][4] = {};
     for (std::int64_t k0 = 0; k0 < rank; k0 += kRankSlice) {
       const int slice = rank - k0 < kRankSlice ? int(rank - k0) : kRankSlice;
       __syncthreads();  // the previous slice (or the main loop) is done with the shared memory
@@ -296,46 +308,24 @@ __global__ void __launch_bounds__(kThreads)
         us[kr * kTileN + col] = kr < slice && n0 + col < n ? up_t[(k0 + kr) * n + n0 + col] : 0.0f;
       }
       __syncthreads();
-#pragma unroll
-      for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int jj = 0; jj < 4; ++jj)
-#pragma unroll
-          for (int v = 0; v < 4; ++v) {
-            const int row = wm + i * 16 + g + (v >= 2 ? 8 : 0), col = wn + jj * 8 + 2 * q + (v & 1);
-            float even = acc[i][jj][v], o = odd[i][jj][v];
-            int k = 0;
-            for (; k + 1 < slice; k += 2) {
-              even = __fmaf_rn(ts[row * (kRankSlice + 1) + k], us[k * kTileN + col], even);
-              o = __fmaf_rn(ts[row * (kRankSlice + 1) + k + 1], us[(k + 1) * kTileN + col], o);
-            }
-            if (k < slice)  // an odd rank's last term (only in the last slice: slices are even)
-              even = __fmaf_rn(ts[row * (kRankSlice + 1) + k], us[k * kTileN + col], even);
-            acc[i][jj][v] = even, odd[i][jj][v] = o;
-          }
+      for_each_output(wm, wn, g, q, [&](int i, int jj, int v, int row, int col) {
+        float even = acc[i][jj][v], o = odd[i][jj][v];
+        int k = 0;
+        for (; k + 1 < slice; k += 2) {
+          even = __fmaf_rn(ts[row * (kRankSlice + 1) + k], us[k * kTileN + col], even);
+          o = __fmaf_rn(ts[row * (kRankSlice + 1) + k + 1], us[(k + 1) * kTileN + col], o);
+        }
+        if (k < slice)  // an odd rank's last term (only in the last slice: slices are even)
+          even = __fmaf_rn(ts[row * (kRankSlice + 1) + k], us[k * kTileN + col], even);
+        acc[i][jj][v] = even, odd[i][jj][v] = o;
+      });
     }
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-      for (int jj = 0; jj < 4; ++jj)
-#pragma unroll
-        for (int v = 0; v < 4; ++v) {
-          const std::int64_t row = m0 + wm + i * 16 + g + (v >= 2 ? 8 : 0);
-          const std::int64_t col = n0 + wn + jj * 8 + 2 * q + (v & 1);
-          if (row < m && col < n) out[row * n + col] = __fadd_rn(__fadd_rn(acc[i][jj][v], odd[i][jj][v]), bias[col]);
-        }
-  } else {
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-      for (int jj = 0; jj < 4; ++jj)
-#pragma unroll
-        for (int v = 0; v < 4; ++v) {
-          const std::int64_t row = m0 + wm + i * 16 + g + (v >= 2 ? 8 : 0);
-          const std::int64_t col = n0 + wn + jj * 8 + 2 * q + (v & 1);
-          if (row < m && col < n) out[row * n + col] = acc[i][jj][v];
-        }
   }
+  for_each_output(wm, wn, g, q, [&](int i, int jj, int v, int row, int col) {
+    if (m0 + row >= m || n0 + col >= n) return;
+    out[(m0 + row) * n + n0 + col] =
+        kEpilogue ? __fadd_rn(__fadd_rn(acc[i][jj][v], odd[i][jj][v]), bias[n0 + col]) : acc[i][jj][v];
+  });
 }
 
 // A weight on the device in the kernels' layout (runtime::decode_rows).
