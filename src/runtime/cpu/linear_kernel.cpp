@@ -54,6 +54,13 @@ void parallel_items(std::int64_t n, int threads, F&& f) {
   if (failure) std::rethrow_exception(failure);
 }
 
+// acc = the integer sums of weight panel p (and its partners in the set's call) with the tile's
+// activations, on the set's 4- or 8-bit kernel.
+void panel_sums(const runtime::KernelSet& s, const runtime::WeightPanels& w, std::int64_t p,
+                const runtime::ActivationTile& a, int tokens, float* acc) {
+  (w.bits == 4 ? s.w4 : s.w8)(w.panel_codes(p), w.panel_scales(p), w.chunks, a, tokens, acc);
+}
+
 std::string format_name(std::optional<Format> f) { return f ? std::string(format_info(*f).name) : "fp32"; }
 bool integer_pair(Format weight, std::optional<Format> activation) {
   return activation && integer_kernel_supports(weight, *activation);
@@ -218,8 +225,7 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
       for_each_call(ks, 0, down.panels, rows, [&](const runtime::KernelSet& s, std::int64_t p, std::int64_t t0,
                                                   int nt) {
         float acc[runtime::kMaxTile * runtime::kMaxPanels * kPanel];
-        (down.bits == 4 ? s.w4 : s.w8)(down.panel_codes(p), down.panel_scales(p), down.chunks,
-                                      runtime::tile_at(*a, t0), nt, acc);
+        panel_sums(s, down, p, runtime::tile_at(*a, t0), nt, acc);
         for (int t = 0; t < nt; ++t)
           for (int r = 0; r < s.rows(); ++r) t_at(t0 + t, p * kPanel + r) = acc[t * s.rows() + r];
       });
@@ -262,8 +268,7 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
     float acc[runtime::kMaxTile * kMaxRows], partial[runtime::kMaxTile * kMaxRows];
     const std::int64_t c0 = p * kPanel, valid = std::min<std::int64_t>(s.rows(), out - c0);
     if (int_residual) {
-      (residual.bits == 4 ? s.w4 : s.w8)(residual.panel_codes(p), residual.panel_scales(p), residual.chunks,
-                                         runtime::tile_at(a1, t0), nt, acc);
+      panel_sums(s, residual, p, runtime::tile_at(a1, t0), nt, acc);
     } else {
       for (int t = 0; t < nt; ++t)
         for (int r = 0; r < s.rows(); ++r)
@@ -271,8 +276,7 @@ void QuantizedLinearKernel::Impl::run_block(const runtime::KernelSet& ks, const 
     }
     if (with_branch && int_up) {  // Qt(T) up^T on the same panel, added to the residual's sums
       float up_acc[runtime::kMaxTile * kMaxRows];
-      (up_panels.bits == 4 ? s.w4 : s.w8)(up_panels.panel_codes(p), up_panels.panel_scales(p), up_panels.chunks,
-                                          runtime::tile_at(at, t0), nt, up_acc);
+      panel_sums(s, up_panels, p, runtime::tile_at(at, t0), nt, up_acc);
       for (int i = 0; i < nt * s.rows(); ++i) acc[i] += up_acc[i];
     }
     // Whole panels straight into y; a trailing partial one (out not a multiple of the set's rows)
