@@ -6,12 +6,10 @@
 // nvcc cannot contract or reorder it. tests/cpp/test_cuda.cpp checks the bits on a GPU.
 #pragma once
 
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
+#include "cuda/device_prelude.cuh"
 #include "loraq/format.hpp"
 
-namespace loraq::cuda::detail {
+namespace LORAQ_CUDA_DEVICE_NS {
 
 // The per-format constants the kernels need, passed by value.
 struct DeviceFormat {
@@ -137,4 +135,4 @@ __device__ inline void quantize_block_warp(float (&x)[kMaxPerLane], const Device
     if (j < per_lane) x[j] = quantize_in_block(x[j], amax, g);
 }
 
-}  // namespace loraq::cuda::detail
+}  // namespace LORAQ_CUDA_DEVICE_NS

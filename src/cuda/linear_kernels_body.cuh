@@ -1,0 +1,408 @@
+// The kernels of cuda::LinearKernel (linear_cuda.cu) and the launches of one forward pass, on
+// device pointers: the integer path of src/runtime/cpu on INT8 tensor cores.
+//
+//   1. X (divided by the smoothing vector) is quantized per token: int8 codes padded to whole
+//      32-value chunks and one fp32 scale per chunk (device_codec.cuh's int_code_in_block, the codes
+//      of fake_quantize), once per distinct activation format.
+//   2. T = Qa2(X) down^T: the int8 GEMM below, stored.
+//   3. Y = Qa1(X) P^T with the epilogue fused: the up-projection T up^T in two fma chains (even and
+//      odd j) and the bias, as the CPU's EpilogueKernel adds them.
+// The int8 GEMM: blocks of 64 x 64 outputs, 4 warps of 32 x 32; per 32-value chunk each warp issues
+// 2 x 4 mma.sync m16n8k32 (exact int32 sums of the chunk), and each sum goes into the fp32
+// accumulator as fma(float(sum), a_scale x w_scale, acc), chunk after chunk from 0: the CPU kernels'
+// operations, in their order. So the outputs equal the CPU integer path's bit for bit
+// (LinearKernel.CudaEqualsCpuBitForBit on a GPU; it passed on an H200).
+//
+// A header so that two translation units compile it: linear_cuda.cu under nvcc, and the SIMT
+// emulation's test (tests/cpp/test_cuda_emulated.cpp), which runs these kernels on the CPU.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "cuda/device_codec.cuh"
+#include "cuda/device_prelude.cuh"
+#include "cuda/kernel_variants.hpp"
+
+namespace LORAQ_CUDA_DEVICE_NS {
+namespace {
+
+
+constexpr int kChunk = 32;
+constexpr int kTileM = 64, kTileN = 64, kThreads = 128;
+constexpr int kRowBytes = 48;  // a staged row: 32 codes and 16 bytes of padding (no bank conflicts)
+
+__device__ inline unsigned load32(const std::int8_t* p) { return *reinterpret_cast<const unsigned*>(p); }
+
+// D = A B (+0) over one 32-value chunk: A 16 x 32 (row), B 32 x 8 (col), int8 in, int32 out.
+__device__ inline void mma_s8(int (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+#ifdef LORAQ_SIMT_EMULATION
+  simt::mma_m16n8k32_s8(d, a, b);
+#else
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};\n"
+      : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(0), "r"(0), "r"(0), "r"(0));
+#endif
+}
+
+// Codes [rows, chunks * 32] and chunk scales [rows, chunks] of x / smooth (smooth may be null): one
+// warp per scale block, as device_codec.cuh quantizes.
+__global__ void quantize_rows_kernel(const float* x, const float* smooth, std::int64_t rows, std::int64_t cols,
+                                     std::int64_t chunks, DeviceFormat g, std::int8_t* codes, float* scales) {
+  const std::int64_t blocks_per_row = (cols + g.block - 1) / g.block;
+  const std::int64_t warp = (std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  if (warp >= rows * blocks_per_row) return;
+  const std::int64_t r = warp / blocks_per_row, b = warp % blocks_per_row;
+  const int lane = threadIdx.x % 32, per_lane = g.block / 32;
+  float v[kMaxPerLane] = {0.0f, 0.0f};
+  unsigned amax = 0;
+  for (int j = 0; j < per_lane; ++j) {
+    const std::int64_t c = b * g.block + lane + 32 * j;
+    if (c < cols) v[j] = smooth ? __fdiv_rn(x[r * cols + c], smooth[c]) : x[r * cols + c];
+    amax = max(amax, __float_as_uint(v[j]) & 0x7FFFFFFFu);
+  }
+  amax = __reduce_max_sync(0xFFFFFFFFu, amax);
+  const std::int64_t padded = chunks * kChunk;
+  float scale = 0.0f;
+  for (int j = 0; j < per_lane; ++j) {
+    const std::int64_t c = b * g.block + lane + 32 * j;
+    const IntCode q = int_code_in_block(v[j], amax, g);
+    scale = q.scale;
+    if (c < padded) codes[r * padded + c] = std::int8_t(c < cols ? q.code : 0);
+  }
+  if (lane == 0)
+    for (std::int64_t c = b * g.block / kChunk; c < min(chunks, (b + 1) * g.block / kChunk); ++c)
+      scales[r * chunks + c] = scale;
+}
+
+// out[m, n] = sum over chunks of fma(float(int32 dot), a_scale x w_scale, .) for A [m, chunks * 32]
+// and W [n, chunks * 32]; with_epilogue adds t [m, rank] up_t [rank, n] (even and odd chains) and
+// bias [n], else stores the sums (T).
+template <bool kEpilogue>
+__global__ void __launch_bounds__(kThreads)
+    int8_gemm_kernel(const std::int8_t* a, const float* a_scales, const std::int8_t* w, const float* w_scales,
+                     std::int64_t m, std::int64_t n, std::int64_t chunks, float* out, const float* t,
+                     std::int64_t rank, const float* up_t, const float* bias) {
+  __shared__ __align__(16) std::int8_t as[kTileM * kRowBytes];
+  __shared__ __align__(16) std::int8_t ws[kTileN * kRowBytes];
+  __shared__ float sa[kTileM], sw[kTileN];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
+  const std::int64_t m0 = std::int64_t(blockIdx.y) * kTileM, n0 = std::int64_t(blockIdx.x) * kTileN;
+  const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
+  const std::int64_t k_padded = chunks * kChunk;
+  float acc[2][4][4] = {};
+  for (std::int64_t c = 0; c < chunks; ++c) {
+    {  // stage the chunk: each thread 16 bytes of A and of W, and one scale
+      const int r = tid / 2, h = tid % 2;
+      int4 va = make_int4(0, 0, 0, 0), vw = make_int4(0, 0, 0, 0);
+      if (m0 + r < m) va = *reinterpret_cast<const int4*>(a + (m0 + r) * k_padded + c * kChunk + h * 16);
+      if (n0 + r < n) vw = *reinterpret_cast<const int4*>(w + (n0 + r) * k_padded + c * kChunk + h * 16);
+      *reinterpret_cast<int4*>(as + r * kRowBytes + h * 16) = va;
+      *reinterpret_cast<int4*>(ws + r * kRowBytes + h * 16) = vw;
+      if (tid < kTileM)
+        sa[tid] = m0 + tid < m ? a_scales[(m0 + tid) * chunks + c] : 0.0f;
+      else
+        sw[tid - kTileM] = n0 + tid - kTileM < n ? w_scales[(n0 + tid - kTileM) * chunks + c] : 0.0f;
+    }
+    __syncthreads();
+    // Fragments (PTX ISA, mma.m16n8k32 with 8-bit operands): A's registers hold rows g and g + 8,
+    // columns 4q..4q+3 and 16 + 4q..; B's hold column g, rows 4q..4q+3 and 16 + 4q...
+    unsigned af[2][4], bf[4][2];
+    for (int i = 0; i < 2; ++i) {
+      const std::int8_t* base = as + (wm + i * 16) * kRowBytes;
+      af[i][0] = load32(base + g * kRowBytes + q * 4);
+      af[i][1] = load32(base + (g + 8) * kRowBytes + q * 4);
+      af[i][2] = load32(base + g * kRowBytes + 16 + q * 4);
+      af[i][3] = load32(base + (g + 8) * kRowBytes + 16 + q * 4);
+    }
+    for (int j = 0; j < 4; ++j) {
+      const std::int8_t* base = ws + (wn + j * 8) * kRowBytes;
+      bf[j][0] = load32(base + g * kRowBytes + q * 4);
+      bf[j][1] = load32(base + g * kRowBytes + 16 + q * 4);
+    }
+    for (int i = 0; i < 2; ++i)
+      for (int j = 0; j < 4; ++j) {
+        int d[4];
+        mma_s8(d, af[i], bf[j]);
+        // D's registers: rows g (0, 1) and g + 8 (2, 3), columns 2q and 2q + 1.
+        const int r0 = wm + i * 16 + g, c0 = wn + j * 8 + 2 * q;
+        for (int v = 0; v < 4; ++v) {
+          const float scale = __fmul_rn(sa[r0 + (v >= 2 ? 8 : 0)], sw[c0 + (v & 1)]);
+          acc[i][j][v] = __fmaf_rn(__int2float_rn(d[v]), scale, acc[i][j][v]);
+        }
+      }
+    __syncthreads();
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 4; ++j)
+      for (int v = 0; v < 4; ++v) {
+        const std::int64_t row = m0 + wm + i * 16 + g + (v >= 2 ? 8 : 0);
+        const std::int64_t col = n0 + wn + j * 8 + 2 * q + (v & 1);
+        if (row >= m || col >= n) continue;
+        float y = acc[i][j][v];
+        if constexpr (kEpilogue) {
+          float even = y, odd = 0.0f;
+          for (std::int64_t k = 0; k + 1 < rank; k += 2) {
+            even = __fmaf_rn(t[row * rank + k], up_t[k * n + col], even);
+            odd = __fmaf_rn(t[row * rank + k + 1], up_t[(k + 1) * n + col], odd);
+          }
+          if (rank % 2) even = __fmaf_rn(t[row * rank + rank - 1], up_t[(rank - 1) * n + col], even);
+          y = __fadd_rn(__fadd_rn(even, odd), bias[col]);
+        }
+        out[row * n + col] = y;
+      }
+}
+
+// The pipelined variant (LORAQ_CUDA_LINEAR=pipelined; written without a GPU on 2026-12-07, opt-in
+// until LinearKernel.CudaEqualsCpuBitForBit and bench_cuda have run it). The same tiles, warps,
+// fragments and per-chunk arithmetic as int8_gemm_kernel, so the same bits; what changes is how the
+// data arrive:
+// - A stage is 4 chunks (128 bytes of a row), double-buffered in shared memory: the next stage's
+//   global loads are issued into registers before this stage's mma, and stored after it, with one
+//   barrier a stage (int8_gemm_kernel: one chunk, two barriers, no overlap).
+// - float(int32 sum) by the exact magic-number sum (|sum| < 2^22 always:
+//   32 x 128 x 128 = 2^19): an integer add and a float subtract instead of an I2F conversion (which
+//   is faster on Hopper is for the GPU run to show).
+// - The epilogue reads T and the up-projection from shared memory, in slices of 64 rank terms
+//   (int8_gemm_kernel reads both from global memory for every output).
+constexpr int kStageChunks = 4;
+constexpr int kStageBytes = kStageChunks * kChunk;         // 128 codes of a row
+constexpr int kStageRow = kStageBytes + 16;               // padded: fragment loads hit 32 distinct banks
+constexpr int kRankSlice = 64;                            // rank terms staged at a time (even: chains keep parity)
+constexpr int kMainBytes = 2 * 2 * kTileM * kStageRow + 2 * 2 * kTileM * kStageChunks * 4;
+constexpr int kEpilogueBytes = kTileM * (kRankSlice + 1) * 4 + kRankSlice * kTileN * 4;
+static_assert(kTileM == kTileN, "the staging below maps one row of A and one of W per thread pair");
+static_assert(kEpilogueBytes <= kMainBytes, "the epilogue reuses the main loop's shared memory");
+
+__device__ inline float exact_float(int d) {  // float(d) for |d| < 2^22, exactly
+  return __fsub_rn(__int_as_float(d + 0x4B400000), 12582912.0f);
+}
+
+// f(i, jj, v, row, col) for each of the thread's 32 outputs: acc[i][jj][v], at (row, col) of the tile
+// (mma m16n8 D fragments: rows g and g + 8, columns 2q and 2q + 1). Unrolled, so indices are constants.
+template <class F>
+__device__ inline void for_each_output(int wm, int wn, int g, int q, F&& f) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int jj = 0; jj < 4; ++jj)
+#pragma unroll
+      for (int v = 0; v < 4; ++v) f(i, jj, v, wm + i * 16 + g + (v >= 2 ? 8 : 0), wn + jj * 8 + 2 * q + (v & 1));
+}
+
+// One thread's share of a stage: 64 bytes (2 chunks) of one row of A and of W, and 2 scales of each.
+struct StageRegisters {
+  int4 a[4], w[4];
+  float sa[2], sw[2];
+};
+
+template <bool kEpilogue>
+__global__ void __launch_bounds__(kThreads)
+    int8_gemm_pipelined_kernel(const std::int8_t* a, const float* a_scales, const std::int8_t* w,
+                               const float* w_scales, std::int64_t m, std::int64_t n, std::int64_t chunks, float* out,
+                               const float* t, std::int64_t rank, const float* up_t, const float* bias) {
+  __shared__ __align__(16) unsigned char smem[kMainBytes];
+  // Main loop: as[buf][row][kStageRow], ws likewise, then sa[buf][row][chunk], sw likewise.
+  std::int8_t* as = reinterpret_cast<std::int8_t*>(smem);
+  std::int8_t* ws = as + 2 * kTileM * kStageRow;
+  float* sa = reinterpret_cast<float*>(ws + 2 * kTileN * kStageRow);
+  float* sw = sa + 2 * kTileM * kStageChunks;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
+  const std::int64_t m0 = std::int64_t(blockIdx.y) * kTileM, n0 = std::int64_t(blockIdx.x) * kTileN;
+  const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
+  const std::int64_t k_padded = chunks * kChunk, stages = (chunks + kStageChunks - 1) / kStageChunks;
+  // This thread stages row r (of A and of W), chunks 2h and 2h + 1 of each stage.
+  const int r = tid / 2, h = tid % 2;
+  const bool a_row = m0 + r < m, w_row = n0 + r < n;
+
+  auto load = [&](std::int64_t stage, StageRegisters& regs) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const std::int64_t c = stage * kStageChunks + 2 * h + e / 2;  // e: 16-byte pieces, two a chunk
+      const bool in_k = c < chunks;
+      regs.a[e] = a_row && in_k ? *reinterpret_cast<const int4*>(a + (m0 + r) * k_padded + c * kChunk + (e % 2) * 16)
+                                : make_int4(0, 0, 0, 0);
+      regs.w[e] = w_row && in_k ? *reinterpret_cast<const int4*>(w + (n0 + r) * k_padded + c * kChunk + (e % 2) * 16)
+                                : make_int4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const std::int64_t c = stage * kStageChunks + 2 * h + e;
+      regs.sa[e] = a_row && c < chunks ? a_scales[(m0 + r) * chunks + c] : 0.0f;
+      regs.sw[e] = w_row && c < chunks ? w_scales[(n0 + r) * chunks + c] : 0.0f;
+    }
+  };
+  auto store = [&](int buf, const StageRegisters& regs) {
+    std::int8_t* arow = as + (buf * kTileM + r) * kStageRow + h * 64;
+    std::int8_t* wrow = ws + (buf * kTileN + r) * kStageRow + h * 64;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      *reinterpret_cast<int4*>(arow + e * 16) = regs.a[e];
+      *reinterpret_cast<int4*>(wrow + e * 16) = regs.w[e];
+    }
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      sa[(buf * kTileM + r) * kStageChunks + 2 * h + e] = regs.sa[e];
+      sw[(buf * kTileN + r) * kStageChunks + 2 * h + e] = regs.sw[e];
+    }
+  };
+
+  float acc[2][4][4] = {};
+  StageRegisters next;
+  if (stages > 0) {
+    load(0, next);
+    store(0, next);
+  }
+  __syncthreads();
+  for (std::int64_t stage = 0; stage < stages; ++stage) {
+    const int buf = int(stage % 2);
+    if (stage + 1 < stages) load(stage + 1, next);  // in flight during this stage's mma
+    const std::int64_t left = chunks - stage * kStageChunks;
+    const int valid = left < kStageChunks ? int(left) : kStageChunks;  // the same for the whole block
+    for (int j = 0; j < valid; ++j) {
+      // Fragments as in int8_gemm_kernel, at chunk j of the stage.
+      unsigned af[2][4], bf[4][2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const std::int8_t* base = as + (buf * kTileM + wm + i * 16) * kStageRow + j * kChunk;
+        af[i][0] = load32(base + g * kStageRow + q * 4);
+        af[i][1] = load32(base + (g + 8) * kStageRow + q * 4);
+        af[i][2] = load32(base + g * kStageRow + 16 + q * 4);
+        af[i][3] = load32(base + (g + 8) * kStageRow + 16 + q * 4);
+      }
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj) {
+        const std::int8_t* base = ws + (buf * kTileN + wn + jj * 8) * kStageRow + j * kChunk;
+        bf[jj][0] = load32(base + g * kStageRow + q * 4);
+        bf[jj][1] = load32(base + g * kStageRow + 16 + q * 4);
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) {
+          int d[4];
+          mma_s8(d, af[i], bf[jj]);
+          const int r0 = wm + i * 16 + g, c0 = wn + jj * 8 + 2 * q;
+#pragma unroll
+          for (int v = 0; v < 4; ++v) {
+            const float scale = __fmul_rn(sa[(buf * kTileM + r0 + (v >= 2 ? 8 : 0)) * kStageChunks + j],
+                                          sw[(buf * kTileN + c0 + (v & 1)) * kStageChunks + j]);
+            acc[i][jj][v] = __fmaf_rn(exact_float(d[v]), scale, acc[i][jj][v]);
+          }
+        }
+    }
+    if (stage + 1 < stages) store(1 - buf, next);  // the other buffer: last read a stage ago, before the barrier
+    __syncthreads();
+  }
+
+  float odd[2][4][4] = {};  // the epilogue's odd chains (its even ones continue acc)
+  if constexpr (kEpilogue) {
+    // T [rows of the tile][slice] (padded row) and up_t [slice][cols of the tile], from global memory
+    // once per block, then each output's even and odd chains in the CPU's order.
+    float* ts = reinterpret_cast<float*>(smem);
+    float* us = ts + kTileM * (kRankSlice + 1);
+    for (std::int64_t k0 = 0; k0 < rank; k0 += kRankSlice) {
+      const int slice = rank - k0 < kRankSlice ? int(rank - k0) : kRankSlice;
+      __syncthreads();  // the previous slice (or the main loop) is done with the shared memory
+      for (int i = tid; i < kTileM * kRankSlice; i += kThreads) {
+        const int row = i / kRankSlice, k = i % kRankSlice;
+        ts[row * (kRankSlice + 1) + k] = m0 + row < m && k < slice ? t[(m0 + row) * rank + k0 + k] : 0.0f;
+        const int kr = i / kTileN, col = i % kTileN;
+        us[kr * kTileN + col] = kr < slice && n0 + col < n ? up_t[(k0 + kr) * n + n0 + col] : 0.0f;
+      }
+      __syncthreads();
+      for_each_output(wm, wn, g, q, [&](int i, int jj, int v, int row, int col) {
+        float even = acc[i][jj][v], o = odd[i][jj][v];
+        int k = 0;
+        for (; k + 1 < slice; k += 2) {
+          even = __fmaf_rn(ts[row * (kRankSlice + 1) + k], us[k * kTileN + col], even);
+          o = __fmaf_rn(ts[row * (kRankSlice + 1) + k + 1], us[(k + 1) * kTileN + col], o);
+        }
+        if (k < slice)  // an odd rank's last term (only in the last slice: slices are even)
+          even = __fmaf_rn(ts[row * (kRankSlice + 1) + k], us[k * kTileN + col], even);
+        acc[i][jj][v] = even, odd[i][jj][v] = o;
+      });
+    }
+  }
+  for_each_output(wm, wn, g, q, [&](int i, int jj, int v, int row, int col) {
+    if (m0 + row >= m || n0 + col >= n) return;
+    out[(m0 + row) * n + n0 + col] =
+        kEpilogue ? __fadd_rn(__fadd_rn(acc[i][jj][v], odd[i][jj][v]), bias[n0 + col]) : acc[i][jj][v];
+  });
+}
+
+// The int8 GEMM of either variant: out = A W^T by chunks, with the epilogue (t, up_t, bias) or not.
+template <bool kEpilogue>
+void launch_gemm(LinearVariant variant, cudaStream_t stream, const std::int8_t* a, const float* a_scales,
+                 const std::int8_t* w, const float* w_scales, std::int64_t m, std::int64_t n, std::int64_t chunks,
+                 float* out, const float* t, std::int64_t rank, const float* up_t, const float* bias, const char* what) {
+  const dim3 grid(unsigned((n + kTileN - 1) / kTileN), unsigned((m + kTileM - 1) / kTileM)), threads(kThreads);
+  launch_kernel(variant == LinearVariant::pipelined ? int8_gemm_pipelined_kernel<kEpilogue> : int8_gemm_kernel<kEpilogue>,
+                grid, threads, stream, what, a, a_scales, w, w_scales, m, n, chunks, out, t, rank, up_t, bias);
+}
+
+// What one forward pass reads: the layer's arrays in the kernels' layout (runtime::decode_rows for the
+// weights; up_t [rank, out]; bias [out]; smooth [in] or null), and its activation formats.
+struct LayerArrays {
+  std::int64_t out = 0, in = 0, rank = 0, chunks = 0;
+  DeviceFormat qa1{}, qa2{};
+  bool same_activations = true;  // the branch reuses the residual's quantized activations
+  const std::int8_t* residual_codes = nullptr;
+  const float* residual_scales = nullptr;
+  const std::int8_t* down_codes = nullptr;
+  const float* down_scales = nullptr;
+  const float* up_t = nullptr;
+  const float* bias = nullptr;
+  const float* smooth = nullptr;
+};
+
+// A forward pass's buffers for `rows` tokens: x [rows, in] in, y [rows, out] out; t [rows, rank],
+// codes [rows, chunks * 32] and scales [rows, chunks] (a2, s2 only when the formats differ).
+struct ForwardArrays {
+  const float* x = nullptr;
+  float* y = nullptr;
+  float* t = nullptr;
+  std::int8_t *a1 = nullptr, *a2 = nullptr;
+  float *s1 = nullptr, *s2 = nullptr;
+};
+
+void quantize_rows(const LayerArrays& k, const DeviceFormat& g, const float* x, std::int64_t rows,
+                   std::int8_t* codes, float* scales, cudaStream_t stream) {
+  const std::int64_t warps = rows * ((k.in + g.block - 1) / g.block);
+  if (warps == 0) return;
+  launch_kernel(quantize_rows_kernel, dim3(unsigned((warps * 32 + 255) / 256)), dim3(256), stream,
+                "quantize_rows_kernel", x, k.smooth, rows, k.in, k.chunks, g, codes, scales);
+}
+
+// The up-projection up [out, rank] as the epilogue reads it: up_t [rank, out].
+std::vector<float> transposed_up(const std::vector<float>& up, std::int64_t out, std::int64_t rank) {
+  std::vector<float> up_t(up.size());
+  for (std::int64_t row = 0; row < out; ++row)
+    for (std::int64_t j = 0; j < rank; ++j) up_t[std::size_t(j * out + row)] = up[std::size_t(row * rank + j)];
+  return up_t;
+}
+
+// Every launch of one forward pass, in order on `stream`.
+void forward_launches(const LayerArrays& k, const ForwardArrays& b, std::int64_t rows, bool with_branch,
+                      LinearVariant variant, cudaStream_t stream) {
+  if (rows == 0) return;
+  quantize_rows(k, k.qa1, b.x, rows, b.a1, b.s1, stream);
+  std::int64_t t_rank = 0;
+  if (with_branch && k.rank > 0) {
+    const std::int8_t* a2 = b.a1;
+    const float* s2 = b.s1;
+    if (!k.same_activations) {
+      quantize_rows(k, k.qa2, b.x, rows, b.a2, b.s2, stream);
+      a2 = b.a2, s2 = b.s2;
+    }
+    launch_gemm<false>(variant, stream, a2, s2, k.down_codes, k.down_scales, rows, k.rank, k.chunks, b.t, nullptr, 0,
+                       nullptr, nullptr, "int8 GEMM (down)");
+    t_rank = k.rank;
+  }
+  launch_gemm<true>(variant, stream, b.a1, b.s1, k.residual_codes, k.residual_scales, rows, k.out, k.chunks, b.y, b.t,
+                    t_rank, k.up_t, k.bias, "int8 GEMM (residual)");
+}
+
+}  // namespace
+}  // namespace LORAQ_CUDA_DEVICE_NS
