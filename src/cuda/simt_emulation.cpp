@@ -50,31 +50,41 @@ void launch(dim3 grid, dim3 block, const std::function<void()>& body) {
   if (block.y != 1 || block.z != 1 || threads % kWarp != 0)
     throw std::logic_error("simt::launch: blocks must be 1-D and whole warps");
   g_grid = grid, g_block = block;
-  for (unsigned z = 0; z < grid.z; ++z)
-    for (unsigned y = 0; y < grid.y; ++y)
-      for (unsigned x = 0; x < grid.x; ++x) {
-        Block b(threads);
-        for (int w = 0; w < threads / kWarp; ++w) b.warps.push_back(std::make_unique<Warp>(kWarp));
-        std::exception_ptr failure;
-        std::mutex failure_mutex;
-        std::vector<std::thread> pool;
-        pool.reserve(std::size_t(threads));
-        for (int t = 0; t < threads; ++t)
-          pool.emplace_back([&, t] {
-            t_thread = dim3(unsigned(t)), t_block = dim3(x, y, z), t_current = &b;
-            try {
-              body();
-            } catch (...) {
-              const std::lock_guard lock(failure_mutex);
-              if (!failure) failure = std::current_exception();
-            }
-            // An exited thread no longer takes part in its block's or its warp's barriers.
-            b.warps[std::size_t(t / kWarp)]->barrier.arrive_and_drop();
-            b.barrier.arrive_and_drop();
-          });
-        for (std::thread& t : pool) t.join();
-        if (failure) std::rethrow_exception(failure);
+  // One OS thread per CUDA thread for the whole launch; they take the blocks in order, each block's
+  // barriers fresh (an exited thread leaves them for good), and meet between blocks: __shared__
+  // arrays are the block's only while no other block runs.
+  const std::size_t blocks = std::size_t(grid.x) * grid.y * grid.z;
+  std::vector<std::unique_ptr<Block>> state;
+  for (std::size_t i = 0; i < blocks; ++i) {
+    state.push_back(std::make_unique<Block>(threads));
+    for (int w = 0; w < threads / kWarp; ++w) state.back()->warps.push_back(std::make_unique<Warp>(kWarp));
+  }
+  std::barrier<> between(threads);
+  std::exception_ptr failure;
+  std::mutex failure_mutex;
+  std::vector<std::thread> pool;
+  pool.reserve(std::size_t(threads));
+  for (int t = 0; t < threads; ++t)
+    pool.emplace_back([&, t] {
+      for (std::size_t i = 0; i < blocks; ++i) {
+        Block& b = *state[i];
+        t_thread = dim3(unsigned(t));
+        t_block = dim3(unsigned(i % grid.x), unsigned(i / grid.x % grid.y), unsigned(i / grid.x / grid.y));
+        t_current = &b;
+        try {
+          body();
+        } catch (...) {
+          const std::lock_guard lock(failure_mutex);
+          if (!failure) failure = std::current_exception();
+        }
+        // An exited thread no longer takes part in its block's or its warp's barriers.
+        b.warps[std::size_t(t / kWarp)]->barrier.arrive_and_drop();
+        b.barrier.arrive_and_drop();
+        between.arrive_and_wait();
       }
+    });
+  for (std::thread& t : pool) t.join();
+  if (failure) std::rethrow_exception(failure);
 }
 
 void sync_threads() { t_current->barrier.arrive_and_wait(); }

@@ -30,7 +30,7 @@ struct dim3 {
 };
 
 // Runs body on grid.x * grid.y * grid.z blocks of block.x * block.y * block.z threads (blocks in
-// order, a block's threads at once). An exception in any thread is rethrown here once the block ends;
+// order, a block's threads at once). An exception in any thread is rethrown here once the launch ends;
 // a thread that returns early leaves the block's and its warp's barriers (as exited GPU threads do).
 void launch(dim3 grid, dim3 block, const std::function<void()>& body);
 
