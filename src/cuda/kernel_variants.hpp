@@ -1,6 +1,7 @@
 // Which variant of a CUDA kernel runs, where a faster one was written without a GPU to run it on and
-// stays opt-in until a GPU session has checked its bits and timed it (docs/cuda.md). Plain C++, so
-// that tests and benchmarks can name one without CUDA headers, and the parsing is tested everywhere.
+// stays opt-in until a GPU session has timed it (docs/cuda.md; its bits are checked on the CPU by the
+// SIMT emulation, tests/cpp/test_cuda_emulated.cpp). Plain C++, so that tests and benchmarks can name
+// one without CUDA headers, and the parsing is tested everywhere.
 #pragma once
 
 namespace loraq::cuda {

@@ -155,9 +155,9 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // The pipelined variant (LORAQ_CUDA_LINEAR=pipelined; written without a GPU on 2026-12-07, opt-in
-// until LinearKernel.CudaEqualsCpuBitForBit and bench_cuda have run it). The same tiles, warps,
-// fragments and per-chunk arithmetic as int8_gemm_kernel, so the same bits; what changes is how the
-// data arrive:
+// until bench_cuda has timed it on one; its bits equal the CPU's under the SIMT emulation). The same
+// tiles, warps, fragments and per-chunk arithmetic as int8_gemm_kernel, so the same bits; what
+// changes is how the data arrive:
 // - A stage is 4 chunks (128 bytes of a row), double-buffered in shared memory: the next stage's
 //   global loads are issued into registers before this stage's mma, and stored after it, with one
 //   barrier a stage (int8_gemm_kernel: one chunk, two barriers, no overlap).
