@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "codec_cases.hpp"
 #include "cuda/cuda_testing.hpp"
 #include "dit_weights.hpp"
 #include "loraq/cuda.hpp"
@@ -32,13 +33,7 @@ namespace impl = methods::loraq_impl;
     if (cuda::device_count() == 0) GTEST_SKIP() << "SKIPPED LOUDLY: no CUDA GPU on this machine: compiled, not run"; \
   } while (0)
 
-std::vector<float> normal_values(std::size_t n, unsigned seed, float sigma = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, sigma);
-  std::vector<float> v(n);
-  for (float& x : v) x = normal(rng);
-  return v;
-}
+using testing::normal_values;
 
 TEST(Cuda, FakeQuantizeMatchesReference) {
   if (!cuda::built()) GTEST_SKIP() << "SKIPPED LOUDLY: built without CUDA (LORAQ_CUDA=OFF)";
@@ -48,17 +43,11 @@ TEST(Cuda, FakeQuantizeMatchesReference) {
     GTEST_SKIP() << "SKIPPED LOUDLY: no CUDA GPU on this machine: the CUDA codec was compiled but not run";
   }
   std::mt19937 rng(5);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  // Column counts for both layouts: not a multiple of 4 (warp only), and multiples of 4 with a partial
-  // block, a partial 128-value segment, whole segments, and more segments than a warp takes (vector).
   for (const FormatInfo& info : all_formats()) {
     if (!cuda::supports(info.format)) continue;
-    for (std::int64_t cols : {1, 31, 32, 33, 86, 100, 260, 388, 1152, 1156}) {
+    for (std::int64_t cols : testing::kCodecColumns) {
       const std::int64_t rows = 7;
-      std::vector<float> x(std::size_t(rows * cols));
-      for (float& v : x) v = normal(rng) * std::ldexp(1.0f, int(rng() % 40) - 20);
-      x[0] = std::nanf("");
-      if (cols > 200) x[std::size_t(cols + 150)] = -INFINITY;  // row 1, past its first segment
+      const std::vector<float> x = testing::codec_input(rows, cols, rng);
       for (Rounding mode : {Rounding::nearest_even, Rounding::nearest_away}) {
         std::vector<float> want(x.size());
         fake_quantize(info.format, x, want, rows, cols, {mode, Isa::scalar, 1});
@@ -132,14 +121,11 @@ TEST(Cuda, DeviceNumberOutOfRangeIsAnError) {
 TEST(Cuda, QuantizationErrorMatchesCpu) {
   REQUIRE_GPU();
   for (Format f : {Format::sint4, Format::mxint8, Format::mxfp4, Format::mxfp6_e2m3}) {
-    for (std::int64_t cols : {33, 64, 100, 1152, 2180}) {  // 2180: more segments than a thread block's warps
+    for (std::int64_t cols : testing::kErrorColumns) {
       const std::int64_t rows = 5;
       const auto n = std::size_t(rows * cols);
       const std::vector<float> x = normal_values(n, 11), y = normal_values(n, 12, 0.3f);
-      std::vector<float> t(n), q(n), want(n);
-      for (std::size_t i = 0; i < n; ++i) t[i] = x[i] - y[i];
-      fake_quantize(f, t, q, rows, cols, {Rounding::nearest_even, Isa::scalar, 1});
-      for (std::size_t i = 0; i < n; ++i) want[i] = q[i] - t[i];
+      const std::vector<float> want = testing::quantization_error_reference(f, x, y, rows, cols);
       for (cuda::CodecKernel kernel : {cuda::CodecKernel::warp, cuda::CodecKernel::vector}) {
         const char* name = kernel == cuda::CodecKernel::warp ? "warp" : "vector";
         std::vector<float> got(n);

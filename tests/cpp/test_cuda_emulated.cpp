@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "codec_cases.hpp"
 #include "loraq/format.hpp"
 #include "loraq/linear_kernel.hpp"
 #include "loraq/quantized_layer.hpp"
@@ -33,13 +34,7 @@ namespace {
 namespace emulated = cuda::emulated;
 namespace impl = methods::loraq_impl;
 
-std::vector<float> normal_values(std::size_t n, unsigned seed, float sigma = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, sigma);
-  std::vector<float> v(n);
-  for (float& x : v) x = normal(rng);
-  return v;
-}
+using testing::normal_values;
 
 const char* name_of(cuda::CodecKernel k) { return k == cuda::CodecKernel::warp ? "warp" : "vector"; }
 
@@ -96,17 +91,13 @@ TEST(SimtEmulation, ExitedWarpsAndErrors) {
 // counts with partial blocks and segments, NaN and Inf.
 TEST(CudaEmulated, FakeQuantizeMatchesReference) {
   std::mt19937 rng(5);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
   for (const FormatInfo& info : all_formats()) {
     for (Rounding mode : {Rounding::nearest_even, Rounding::nearest_away}) {
       emulated::DeviceFormat g;
       if (!emulated::device_format(info.format, mode, g)) continue;
-      for (std::int64_t cols : {1, 31, 32, 33, 86, 100, 260, 388, 1156}) {
+      for (std::int64_t cols : testing::kCodecColumns) {
         const std::int64_t rows = 3;
-        std::vector<float> x(std::size_t(rows * cols));
-        for (float& v : x) v = normal(rng) * std::ldexp(1.0f, int(rng() % 40) - 20);
-        x[0] = std::nanf("");
-        if (cols > 200) x[std::size_t(cols + 150)] = -INFINITY;  // row 1, past its first segment
+        const std::vector<float> x = testing::codec_input(rows, cols, rng);
         std::vector<float> want(x.size());
         fake_quantize(info.format, x, want, rows, cols, {mode, Isa::scalar, 1});
         for (cuda::CodecKernel kernel : {cuda::CodecKernel::warp, cuda::CodecKernel::vector}) {
@@ -127,14 +118,11 @@ TEST(CudaEmulated, QuantizationErrorMatchesCpu) {
   for (Format f : {Format::sint4, Format::mxint8, Format::mxfp4, Format::mxfp6_e2m3}) {
     emulated::DeviceFormat g;
     ASSERT_TRUE(emulated::device_format(f, Rounding::nearest_even, g));
-    for (std::int64_t cols : {33, 64, 100, 1152, 2180}) {  // 2180: more segments than a block's warps take
+    for (std::int64_t cols : testing::kErrorColumns) {
       const std::int64_t rows = 3;
       const auto n = std::size_t(rows * cols);
       const std::vector<float> x = normal_values(n, 11), y = normal_values(n, 12, 0.3f);
-      std::vector<float> t(n), q(n), want(n);
-      for (std::size_t i = 0; i < n; ++i) t[i] = x[i] - y[i];
-      fake_quantize(f, t, q, rows, cols, {Rounding::nearest_even, Isa::scalar, 1});
-      for (std::size_t i = 0; i < n; ++i) want[i] = q[i] - t[i];
+      const std::vector<float> want = testing::quantization_error_reference(f, x, y, rows, cols);
       for (cuda::CodecKernel kernel : {cuda::CodecKernel::warp, cuda::CodecKernel::vector}) {
         std::vector<float> got(n);
         std::vector<double> row_ss(static_cast<std::size_t>(rows));
