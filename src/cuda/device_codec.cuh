@@ -3,7 +3,8 @@
 //
 // The arithmetic is that of src/core/simd/codec_kernels.hpp (the magic-sum rounding, read in its
 // header comment) and of block_reference.cpp for sint4, written with explicit _rn intrinsics so that
-// nvcc cannot contract or reorder it. tests/cpp/test_cuda.cpp checks the bits on a GPU.
+// nvcc cannot contract or reorder it. tests/cpp/test_cuda.cpp checks the bits on a GPU, and
+// tests/cpp/test_cuda_emulated.cpp on the CPU (the SIMT emulation).
 #pragma once
 
 #include "cuda/device_prelude.cuh"
