@@ -336,10 +336,12 @@ __global__ void __launch_bounds__(kThreads)
 template <bool kEpilogue>
 void launch_gemm(LinearVariant variant, cudaStream_t stream, const std::int8_t* a, const float* a_scales,
                  const std::int8_t* w, const float* w_scales, std::int64_t m, std::int64_t n, std::int64_t chunks,
-                 float* out, const float* t, std::int64_t rank, const float* up_t, const float* bias, const char* what) {
+                 float* out, const float* t, std::int64_t rank, const float* up_t, const float* bias,
+                 const char* what) {
   const dim3 grid(unsigned((n + kTileN - 1) / kTileN), unsigned((m + kTileM - 1) / kTileM)), threads(kThreads);
-  launch_kernel(variant == LinearVariant::pipelined ? int8_gemm_pipelined_kernel<kEpilogue> : int8_gemm_kernel<kEpilogue>,
-                grid, threads, stream, what, a, a_scales, w, w_scales, m, n, chunks, out, t, rank, up_t, bias);
+  const auto kernel =
+      variant == LinearVariant::pipelined ? int8_gemm_pipelined_kernel<kEpilogue> : int8_gemm_kernel<kEpilogue>;
+  launch_kernel(kernel, grid, threads, stream, what, a, a_scales, w, w_scales, m, n, chunks, out, t, rank, up_t, bias);
 }
 
 // What one forward pass reads: the layer's arrays in the kernels' layout (runtime::decode_rows for the

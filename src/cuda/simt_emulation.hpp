@@ -1,15 +1,18 @@
-// The CUDA device vocabulary on the host, so that the backend's kernels (quant_kernels_device.cuh,
-// linear_kernels_device.cuh) also compile with g++ and run on the CPU: every thread of a thread block
+// The CUDA device vocabulary on the host, so that the backend's kernels (quant_kernels_body.cuh,
+// linear_kernels_body.cuh) also compile with g++ and run on the CPU: every thread of a thread block
 // is an OS thread, __syncthreads a barrier over the block, and each warp collective (shuffles, the
 // max reduction, mma.sync) an exchange through the warp's slots between two barriers over its 32
 // lanes. Thread blocks run one after another.
 //
 // What for: kernels written on a machine without a GPU run here, in the tests, bit for bit against
-// the CPU reference, before a GPU ever sees them (tests/cpp/test_cuda_emulated.cpp). What it cannot
-// show: speed, and races that only a GPU's scheduling would expose (every emulated thread runs to its
-// next barrier in whatever order the OS picks, which does shake out a missing __syncthreads often,
-// not always). The mma fragment layouts are PTX's (m16n8k32, 8-bit operands); the simple linear
-// kernel, which passed bit for bit on an H200, passing here too checks that reading of them.
+// the CPU reference, before a GPU ever sees them (tests/cpp/test_cuda_emulated.cpp). Every emulated
+// thread runs to its next barrier in whatever order the OS picks, which shakes out a missing
+// __syncthreads often (and ThreadSanitizer's build of the test, always). The mma fragment layouts are
+// PTX's (m16n8k32, 8-bit operands); the simple linear kernel, which passed bit for bit on an H200,
+// passing here too checks that reading of them.
+// What it cannot show: speed; races that only a GPU's memory model would expose; and reads of
+// __shared__ memory before it is written (the arrays keep the previous block's contents, where a
+// GPU's start undefined).
 //
 // Only for the tests: included by the device headers when LORAQ_SIMT_EMULATION is defined, never by
 // nvcc.
