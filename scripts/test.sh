@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test: install (apt-get and the Python references), build, run the C++ suite (CTest:
-# GoogleTest, MPI with two ranks), the file readers' fuzz targets (scripts/fuzz.sh: libFuzzer with
+# GoogleTest, MPI with two ranks, the CUDA kernels on the CPU through the SIMT emulation, also under
+# ThreadSanitizer and AddressSanitizer), the file readers' fuzz targets (scripts/fuzz.sh: libFuzzer with
 # sanitizers, a separate clang build) and the Python cross-checks (pytest: ml_dtypes, torchao, the
 # safetensors library, the command line, and the Python package after `pip install .` into a fresh
 # virtual environment). Skips are printed with their reason.
