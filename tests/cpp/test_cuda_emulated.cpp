@@ -189,11 +189,15 @@ std::vector<float> emulated_forward(const QuantizedLayer& layer, const LinearCas
 }
 
 // As LinearKernel.CudaEqualsCpuBitForBit: both GEMM variants, with and without the branch, equal the
-// CPU integer path bit for bit (W4A8, W4A4, odd ranks, partial tiles and chunks, smoothing).
+// CPU integer path bit for bit (W4A8, W4A4, an odd rank and one over a 64-term slice, partial tiles
+// and chunks, smoothing).
 TEST(CudaEmulated, LinearEqualsCpuBitForBit) {
   const LinearCase cases[] = {
       {Format::sint4, Format::mxint8, Format::mxint8, Format::mxint8, 70, 130, 257, 86},  // W4A8, rank 86
       {Format::sint4, Format::sint4, Format::sint4, Format::mxint8, 37, 70, 100, 16},     // W4A4
+      // An odd rank, with sint4's fp16 scales: MX-only layers can sum exactly in any order, which
+      // would hide a term in the wrong chain.
+      {Format::sint4, Format::sint4, Format::mxint8, Format::mxint8, 65, 64, 96, 33},
       {Format::mxint4, Format::mxint8, Format::mxint8, Format::sint4, 1, 13, 64, 62},
       {Format::int8_channel, Format::mxint8, Format::sint4, Format::sint4, 65, 64, 160, 0, false},
   };

@@ -404,6 +404,9 @@ TEST(LinearKernel, CudaEqualsCpuBitForBit) {
       {Format::sint4, Format::mxint8, Format::mxint8, Format::mxint8, 130, 70, 257, 86},   // W4A8
       {Format::sint4, Format::sint4, Format::sint4, Format::mxint8, 37, 130, 100, 16},     // W4A4
       {Format::mxint4, Format::mxint4, Format::mxint4, Format::mxint4, 65, 64, 96, 33},
+      // An odd rank with sint4's fp16 scales: the all-MX layer above can sum exactly in any order,
+      // which would hide the last term in the wrong chain.
+      {Format::sint4, Format::sint4, Format::mxint8, Format::mxint8, 65, 64, 96, 33},
       {Format::mxint4, Format::mxint8, Format::mxint8, Format::sint4, 1, 13, 64, 62},
       {Format::int8_channel, Format::sint4, Format::mxint8, Format::mxint8, 70, 129, 160, 0, false, false},
   };
