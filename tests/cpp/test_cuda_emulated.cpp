@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "codec_cases.hpp"
+#include "linear_cases.hpp"
 #include "loraq/format.hpp"
 #include "loraq/linear_kernel.hpp"
 #include "loraq/quantized_layer.hpp"
@@ -145,26 +146,15 @@ TEST(CudaEmulated, QuantizationErrorMatchesCpu) {
   }
 }
 
-struct LinearCase {
-  Format residual, branch, act1, act2;
-  std::int64_t rows, out, in, rank;
-  bool smooth = true;
-};
-
-std::vector<float> heavy_tailed(std::int64_t n, std::mt19937& rng) {
-  std::student_t_distribution<float> dist(4.0f);
-  std::vector<float> v(static_cast<std::size_t>(n));
-  for (float& x : v) x = dist(rng);
-  return v;
-}
+using testing::Case, testing::Fixture, testing::describe, testing::make;
 
 // cuda::LinearKernel's forward pass (linear_kernels_body.cuh's launches) on host memory.
-std::vector<float> emulated_forward(const QuantizedLayer& layer, const LinearCase& c, const std::vector<float>& x,
-                                    const std::vector<float>& bias, bool with_branch, cuda::LinearVariant variant) {
+std::vector<float> emulated_forward(const Case& c, const Fixture& f, bool with_branch, cuda::LinearVariant variant) {
+  const QuantizedLayer& layer = f.layer;
   emulated::LayerArrays k;
-  k.out = c.out, k.in = c.in, k.rank = layer.branch ? layer.branch->down.rows : 0, k.chunks = (c.in + 31) / 32;
-  emulated::device_format(c.act1, Rounding::nearest_even, k.qa1);
-  emulated::device_format(c.act2, Rounding::nearest_even, k.qa2);
+  k.out = c.out, k.in = c.in, k.rank = c.rank, k.chunks = (c.in + 31) / 32;
+  emulated::device_format(*c.act1, Rounding::nearest_even, k.qa1);
+  emulated::device_format(*c.act2, Rounding::nearest_even, k.qa2);
   k.same_activations = c.act1 == c.act2;
   const runtime::DecodedRows residual = runtime::decode_rows(layer.residual);
   k.residual_codes = residual.codes.data(), k.residual_scales = residual.scales.data();
@@ -176,14 +166,14 @@ std::vector<float> emulated_forward(const QuantizedLayer& layer, const LinearCas
     k.down_codes = down.codes.data(), k.down_scales = down.scales.data(), k.up_t = up_t.data();
   }
   std::vector<float> bias_out(std::size_t(c.out), 0.0f);
-  std::copy(bias.begin(), bias.end(), bias_out.begin());
+  std::copy(f.bias.begin(), f.bias.end(), bias_out.begin());
   k.bias = bias_out.data();
   k.smooth = layer.smooth.empty() ? nullptr : layer.smooth.data();
   const auto codes = std::size_t(c.rows * k.chunks * 32), scales = std::size_t(c.rows * k.chunks);
   std::vector<float> y(std::size_t(c.rows * c.out)), t(std::size_t(c.rows * std::max<std::int64_t>(k.rank, 1)));
   std::vector<std::int8_t> a1(codes), a2(codes);
   std::vector<float> s1(scales), s2(scales);
-  emulated::forward_launches(k, {x.data(), y.data(), t.data(), a1.data(), a2.data(), s1.data(), s2.data()}, c.rows,
+  emulated::forward_launches(k, {f.x.data(), y.data(), t.data(), a1.data(), a2.data(), s1.data(), s2.data()}, c.rows,
                              with_branch, variant, nullptr);
   return y;
 }
@@ -192,7 +182,7 @@ std::vector<float> emulated_forward(const QuantizedLayer& layer, const LinearCas
 // CPU integer path bit for bit (W4A8, W4A4, an odd rank and one over a 64-term slice, partial tiles
 // and chunks, smoothing).
 TEST(CudaEmulated, LinearEqualsCpuBitForBit) {
-  const LinearCase cases[] = {
+  const Case cases[] = {
       {Format::sint4, Format::mxint8, Format::mxint8, Format::mxint8, 70, 130, 257, 86},  // W4A8, rank 86
       {Format::sint4, Format::sint4, Format::sint4, Format::mxint8, 37, 70, 100, 16},     // W4A4
       // An odd rank, with sint4's fp16 scales: MX-only layers can sum exactly in any order, which
@@ -202,32 +192,21 @@ TEST(CudaEmulated, LinearEqualsCpuBitForBit) {
       {Format::int8_channel, Format::mxint8, Format::sint4, Format::sint4, 65, 64, 160, 0, false},
   };
   unsigned seed = 300;
-  for (const LinearCase& c : cases) {
-    std::mt19937 rng(seed++);
-    QuantizedLayer layer;
-    layer.out_features = c.out;
-    layer.in_features = c.in;
-    layer.residual = pack(c.residual, heavy_tailed(c.out * c.in, rng), c.out, c.in);
-    if (c.rank > 0)
-      layer.branch = LowRankBranch{pack(c.branch, heavy_tailed(c.rank * c.in, rng), c.rank, c.in),
-                                   pack(c.branch, heavy_tailed(c.out * c.rank, rng), c.out, c.rank)};
-    std::uniform_real_distribution<float> positive(0.25f, 4.0f);
-    if (c.smooth)
-      for (std::int64_t i = 0; i < c.in; ++i) layer.smooth.push_back(positive(rng));
-    const std::vector<float> x = heavy_tailed(c.rows * c.in, rng), bias = heavy_tailed(c.out, rng);
-    const QuantizedLinearKernel cpu(layer, c.act1, c.act2, bias);
+  for (const Case& c : cases) {
+    const Fixture f = make(c, seed++);
+    const QuantizedLinearKernel cpu(f.layer, c.act1, c.act2, f.bias);
     for (bool with_branch : {true, false}) {
       std::vector<float> want(std::size_t(c.rows * c.out));
       LinearKernelOptions options;
       options.skip_branch = !with_branch;
-      cpu.forward(x, c.rows, want, options);
+      cpu.forward(f.x, c.rows, want, options);
       for (cuda::LinearVariant variant : {cuda::LinearVariant::simple, cuda::LinearVariant::pipelined}) {
-        const std::vector<float> got = emulated_forward(layer, c, x, bias, with_branch, variant);
+        const std::vector<float> got = emulated_forward(c, f, with_branch, variant);
         for (std::size_t i = 0; i < want.size(); ++i)
           ASSERT_EQ(std::bit_cast<std::uint32_t>(got[i]), std::bit_cast<std::uint32_t>(want[i]))
-              << format_info(c.residual).name << " x " << format_info(c.act1).name << " rank " << c.rank
-              << (with_branch ? "" : " (no branch)") << " at " << i << ": cpu " << want[i] << " emulated " << got[i]
-              << ", " << (variant == cuda::LinearVariant::simple ? "simple" : "pipelined") << " GEMMs";
+              << describe(c) << (with_branch ? "" : " (no branch)") << " at " << i << ": cpu " << want[i]
+              << " emulated " << got[i] << ", " << (variant == cuda::LinearVariant::simple ? "simple" : "pipelined")
+              << " GEMMs";
       }
     }
   }

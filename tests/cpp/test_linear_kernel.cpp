@@ -10,59 +10,14 @@
 
 #include "loraq/cuda.hpp"
 #include "loraq/format.hpp"
+#include "linear_cases.hpp"
 #include "loraq/linear_kernel.hpp"
 #include "test_support.hpp"
 
 namespace loraq {
 namespace {
 
-struct Case {
-  Format residual, branch;
-  std::optional<Format> act1, act2;  // unset: fp32 activations
-  std::int64_t rows, out, in, rank;
-  bool smooth = true, bias = true;
-  float x_scale = 1.0f;  // multiplies the generated inputs
-  std::optional<Format> act_t = std::nullopt;  // Qt, the intermediate's format (unset: T in fp32)
-};
-
-std::string name_of(std::optional<Format> f) { return f ? std::string(format_info(*f).name) : "fp32"; }
-
-std::string describe(const Case& c) {
-  return name_of(c.residual) + "/" + name_of(c.branch) + " A " + name_of(c.act1) + "/" + name_of(c.act2) +
-         (c.act_t ? " T " + name_of(c.act_t) : "") + " M=" +
-         std::to_string(c.rows) + " out=" + std::to_string(c.out) + " in=" + std::to_string(c.in) +
-         " r=" + std::to_string(c.rank);
-}
-
-std::vector<float> heavy_tailed(std::int64_t n, std::mt19937& rng) {
-  std::student_t_distribution<float> dist(4.0f);
-  std::vector<float> v(static_cast<std::size_t>(n));
-  for (float& x : v) x = dist(rng);
-  return v;
-}
-
-struct Fixture {
-  QuantizedLayer layer;
-  std::vector<float> x, bias;
-};
-
-Fixture make(const Case& c, unsigned seed) {
-  std::mt19937 rng(seed);
-  Fixture f;
-  f.layer.out_features = c.out;
-  f.layer.in_features = c.in;
-  f.layer.residual = pack(c.residual, heavy_tailed(c.out * c.in, rng), c.out, c.in);
-  if (c.rank > 0)
-    f.layer.branch = LowRankBranch{pack(c.branch, heavy_tailed(c.rank * c.in, rng), c.rank, c.in),
-                                   pack(c.branch, heavy_tailed(c.out * c.rank, rng), c.out, c.rank)};
-  std::uniform_real_distribution<float> positive(0.25f, 4.0f);
-  if (c.smooth)
-    for (std::int64_t i = 0; i < c.in; ++i) f.layer.smooth.push_back(positive(rng));
-  f.x = heavy_tailed(c.rows * c.in, rng);
-  for (float& v : f.x) v *= c.x_scale;
-  if (c.bias) f.bias = heavy_tailed(c.out, rng);
-  return f;
-}
+using testing::Case, testing::Fixture, testing::describe, testing::heavy_tailed, testing::make, testing::name_of;
 
 // The float64 reference and, per output, the bound |y - ref| <= gamma(n) * magnitude with
 // gamma(n) = n u / (1 - n u), u = 2^-24: n counts the roundings an output goes through (one per
