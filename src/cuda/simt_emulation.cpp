@@ -18,7 +18,7 @@ namespace {
 constexpr int kWarp = 32;
 
 struct Warp {
-  explicit Warp(int lanes) : barrier(lanes) {}
+  Warp() : barrier(kWarp) {}
   std::barrier<> barrier;
   std::uint64_t slots[kWarp] = {};
   unsigned a[kWarp][4] = {}, b[kWarp][2] = {};  // mma fragments
@@ -57,7 +57,7 @@ void launch(dim3 grid, dim3 block, const std::function<void()>& body) {
   std::vector<std::unique_ptr<Block>> state;
   for (std::size_t i = 0; i < blocks; ++i) {
     state.push_back(std::make_unique<Block>(threads));
-    for (int w = 0; w < threads / kWarp; ++w) state.back()->warps.push_back(std::make_unique<Warp>(kWarp));
+    for (int w = 0; w < threads / kWarp; ++w) state.back()->warps.push_back(std::make_unique<Warp>());
   }
   std::barrier<> between(threads);
   std::exception_ptr failure;
