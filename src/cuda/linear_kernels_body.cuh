@@ -175,8 +175,30 @@ constexpr int kEpilogueBytes = kTileM * (kRankSlice + 1) * 4 + kRankSlice * kTil
 static_assert(kTileM == kTileN, "the staging below maps one row of A and one of W per thread pair");
 static_assert(kEpilogueBytes <= kMainBytes, "the epilogue reuses the main loop's shared memory");
 
-__device__ inline float exact_float(int d) {  // float(d) for |d| < 2^22, exactly
+// float(d) of a chunk's sum, exactly (|d| <= 2^19). sm_90 converts in one instruction (I2FP, which
+// sm_80 lacks: its I2F runs on the slow conversion pipe); elsewhere the exact magic-number sum, an
+// integer add and a float subtract. Both give the same float, so the choice changes no bit.
+__device__ inline float exact_float(int d) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  return __int2float_rn(d);
+#else
   return __fsub_rn(__int_as_float(d + 0x4B400000), 12582912.0f);
+#endif
+}
+
+// ldmatrix.sync.aligned.m8n8.x4.shared.b16: four 8 x 16-byte matrices from shared memory, one
+// instruction for what four 32-bit loads a matrix would fetch. Lane l gives the address of row
+// l % 8 of matrix l / 8 (16-byte aligned); lane l receives bytes 4 (l % 4) .. + 3 of row l / 4 of
+// matrix i in r[i], which is an mma.m16n8k32 fragment register when the matrices are chosen so.
+__device__ inline void ldmatrix_x4(unsigned (&r)[4], const std::int8_t* row) {
+#ifdef LORAQ_SIMT_EMULATION
+  simt::ldmatrix_x4(r, row);
+#else
+  const unsigned address = unsigned(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+#endif
 }
 
 // f(i, jj, v, row, col) for each of the thread's 32 outputs: acc[i][jj][v], at (row, col) of the tile
@@ -211,26 +233,38 @@ __global__ void __launch_bounds__(kThreads)
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
   const std::int64_t m0 = std::int64_t(blockIdx.y) * kTileM, n0 = std::int64_t(blockIdx.x) * kTileN;
   const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
-  const std::int64_t k_padded = chunks * kChunk, stages = (chunks + kStageChunks - 1) / kStageChunks;
+  const std::int64_t k_padded = chunks * kChunk;
+  const int stages = int((chunks + kStageChunks - 1) / kStageChunks);
   // This thread stages row r (of A and of W), chunks 2h and 2h + 1 of each stage.
   const int r = tid / 2, h = tid % 2;
   const bool a_row = m0 + r < m, w_row = n0 + r < n;
+  // The row this lane addresses for ldmatrix (see the chunk loop), from the warp's tile corner.
+  const int lm = lane / 8, lr = lane % 8;
+  const int a_lane_offset = ((lm & 1) * 8 + lr) * kStageRow + (lm >> 1) * 16;
+  const int w_lane_offset = ((lm >> 1) * 8 + lr) * kStageRow + (lm & 1) * 16;
 
-  auto load = [&](std::int64_t stage, StageRegisters& regs) {
+  // This thread's row of A and of W, and their scales, at chunk 2h (for rows past the matrix, the
+  // matrix's start: never read, but no pointer past an allocation is formed). Chunk indices are
+  // 32-bit (a row has at most 2^31 chunks), which keeps the per-stage bounds tests single compares.
+  const std::int8_t* a_src = a + (a_row ? (m0 + r) * k_padded + 2 * h * kChunk : 0);
+  const std::int8_t* w_src = w + (w_row ? (n0 + r) * k_padded + 2 * h * kChunk : 0);
+  const float* sa_src = a_scales + (a_row ? (m0 + r) * chunks + 2 * h : 0);
+  const float* sw_src = w_scales + (w_row ? (n0 + r) * chunks + 2 * h : 0);
+  const int row_chunks = int(chunks);
+  auto load = [&](int stage, StageRegisters& regs) {
+    const int c0 = stage * kStageChunks + 2 * h;  // this thread's first chunk of the stage
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const std::int64_t c = stage * kStageChunks + 2 * h + e / 2;  // e: 16-byte pieces, two a chunk
-      const bool in_k = c < chunks;
-      regs.a[e] = a_row && in_k ? *reinterpret_cast<const int4*>(a + (m0 + r) * k_padded + c * kChunk + (e % 2) * 16)
-                                : make_int4(0, 0, 0, 0);
-      regs.w[e] = w_row && in_k ? *reinterpret_cast<const int4*>(w + (n0 + r) * k_padded + c * kChunk + (e % 2) * 16)
-                                : make_int4(0, 0, 0, 0);
+    for (int e = 0; e < 4; ++e) {  // e: 16-byte pieces, two a chunk
+      const bool in_k = c0 + e / 2 < row_chunks;
+      const std::int64_t at = std::int64_t(stage) * kStageBytes + e * 16;
+      regs.a[e] = a_row && in_k ? *reinterpret_cast<const int4*>(a_src + at) : make_int4(0, 0, 0, 0);
+      regs.w[e] = w_row && in_k ? *reinterpret_cast<const int4*>(w_src + at) : make_int4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
-      const std::int64_t c = stage * kStageChunks + 2 * h + e;
-      regs.sa[e] = a_row && c < chunks ? a_scales[(m0 + r) * chunks + c] : 0.0f;
-      regs.sw[e] = w_row && c < chunks ? w_scales[(n0 + r) * chunks + c] : 0.0f;
+      const bool in_k = c0 + e < row_chunks;
+      regs.sa[e] = a_row && in_k ? sa_src[std::int64_t(stage) * kStageChunks + e] : 0.0f;
+      regs.sw[e] = w_row && in_k ? sw_src[std::int64_t(stage) * kStageChunks + e] : 0.0f;
     }
   };
   auto store = [&](int buf, const StageRegisters& regs) {
@@ -255,27 +289,28 @@ __global__ void __launch_bounds__(kThreads)
     store(0, next);
   }
   __syncthreads();
-  for (std::int64_t stage = 0; stage < stages; ++stage) {
-    const int buf = int(stage % 2);
+  for (int stage = 0; stage < stages; ++stage) {
+    const int buf = stage % 2;
     if (stage + 1 < stages) load(stage + 1, next);  // in flight during this stage's mma
-    const std::int64_t left = chunks - stage * kStageChunks;
-    const int valid = left < kStageChunks ? int(left) : kStageChunks;  // the same for the whole block
-    for (int j = 0; j < valid; ++j) {
-      // Fragments as in int8_gemm_kernel, at chunk j of the stage.
+    const int left = row_chunks - stage * kStageChunks;
+    const int valid = left < kStageChunks ? left : kStageChunks;  // the same for the whole block
+    const std::int8_t* a_stage = as + (buf * kTileM + wm) * kStageRow + a_lane_offset;
+    const std::int8_t* w_stage = ws + (buf * kTileN + wn) * kStageRow + w_lane_offset;
+#pragma unroll
+    for (int j = 0; j < kStageChunks; ++j) {
+      if (j >= valid) break;
+      // The fragments int8_gemm_kernel loads word by word, at chunk j of the stage, by ldmatrix:
+      // A's four matrices are (rows 0-7, codes 0-15), (rows 8-15, 0-15), (0-7, 16-31), (8-15, 16-31)
+      // of a 16-row tile, its registers 0..3; B's are (columns of n-tile jj, codes 0-15), (jj,
+      // 16-31), (jj + 1, 0-15), (jj + 1, 16-31), registers 0 and 1 of n-tiles jj and jj + 1.
       unsigned af[2][4], bf[4][2];
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const std::int8_t* base = as + (buf * kTileM + wm + i * 16) * kStageRow + j * kChunk;
-        af[i][0] = load32(base + g * kStageRow + q * 4);
-        af[i][1] = load32(base + (g + 8) * kStageRow + q * 4);
-        af[i][2] = load32(base + g * kStageRow + 16 + q * 4);
-        af[i][3] = load32(base + (g + 8) * kStageRow + 16 + q * 4);
-      }
+      for (int i = 0; i < 2; ++i) ldmatrix_x4(af[i], a_stage + i * 16 * kStageRow + j * kChunk);
 #pragma unroll
-      for (int jj = 0; jj < 4; ++jj) {
-        const std::int8_t* base = ws + (buf * kTileN + wn + jj * 8) * kStageRow + j * kChunk;
-        bf[jj][0] = load32(base + g * kStageRow + q * 4);
-        bf[jj][1] = load32(base + g * kStageRow + 16 + q * 4);
+      for (int jj = 0; jj < 4; jj += 2) {
+        unsigned r4[4];
+        ldmatrix_x4(r4, w_stage + jj * 8 * kStageRow + j * kChunk);
+        bf[jj][0] = r4[0], bf[jj][1] = r4[1], bf[jj + 1][0] = r4[2], bf[jj + 1][1] = r4[3];
       }
 #pragma unroll
       for (int i = 0; i < 2; ++i)

@@ -2,6 +2,7 @@
 // and for each warp's collectives.
 #include <algorithm>
 #include <barrier>
+#include <cstring>
 #include <exception>
 #include <memory>
 #include <mutex>
@@ -136,6 +137,20 @@ void mma_m16n8k32_s8(int (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]
     d[r] = sum;
   }
   w.barrier.arrive_and_wait();  // the fragments stay until every lane has its D
+}
+
+void ldmatrix_x4(unsigned (&r)[4], const void* row) {
+  Warp& w = my_warp();
+  const int lane = my_lane();
+  // A GPU needs each row 16-byte aligned (the PTX ISA); say so here rather than read it anyway.
+  if (reinterpret_cast<std::uintptr_t>(row) % 16 != 0) throw std::logic_error("ldmatrix: a row address is not 16-byte aligned");
+  w.slots[lane] = reinterpret_cast<std::uintptr_t>(row);
+  w.barrier.arrive_and_wait();
+  for (int i = 0; i < 4; ++i) {
+    const auto* source = reinterpret_cast<const unsigned char*>(w.slots[8 * i + lane / 4]) + 4 * (lane % 4);
+    std::memcpy(&r[i], source, sizeof r[i]);
+  }
+  w.barrier.arrive_and_wait();  // nobody writes the slots again before every lane has read
 }
 
 }  // namespace loraq::simt

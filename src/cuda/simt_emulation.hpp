@@ -1,7 +1,7 @@
 // The CUDA device vocabulary on the host, so that the backend's kernels (quant_kernels_body.cuh,
 // linear_kernels_body.cuh) also compile with g++ and run on the CPU: every thread of a thread block
 // is an OS thread, __syncthreads a barrier over the block, and each warp collective (shuffles, the
-// max reduction, mma.sync) an exchange through the warp's slots between two barriers over its 32
+// max reduction, mma.sync, ldmatrix) an exchange through the warp's slots between two barriers over its 32
 // lanes. Thread blocks run one after another.
 //
 // What for: kernels written on a machine without a GPU run here, in the tests, bit for bit against
@@ -51,6 +51,9 @@ unsigned warp_max(unsigned mine);
 // mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 with C = 0: the warp's fragments in, this lane's
 // part of D out.
 void mma_m16n8k32_s8(int (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]);
+// ldmatrix.sync.aligned.m8n8.x4.shared.b16: each lane gives one row's address (row l % 8 of matrix
+// l / 8); lane l receives the 4 bytes at 4 (l % 4) of row l / 4 of matrix i in r[i].
+void ldmatrix_x4(unsigned (&r)[4], const void* row);
 
 }  // namespace loraq::simt
 

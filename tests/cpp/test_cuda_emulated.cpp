@@ -13,6 +13,7 @@
 #include <cstring>
 #include <optional>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -69,6 +70,43 @@ TEST(SimtEmulation, MmaIsTheMatrixProduct) {
       for (int k = 0; k < 32; ++k) want += int(a[i * 32 + k]) * int(w[j * 32 + k]);
       ASSERT_EQ(d[i * 8 + j], want) << "row " << i << " col " << j;
     }
+}
+
+// ldmatrix's x4 load, with the matrices the pipelined kernel picks (A: rows 0-7 and 8-15 of a 16-row
+// tile by codes 0-15 and 16-31; B: two 8-column tiles by the same halves), gives mma the fragments
+// of A W^T: checked against the matrix product itself, with padded rows as in shared memory.
+TEST(SimtEmulation, LdmatrixLoadsMmaFragments) {
+  constexpr int kStride = 48;
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> code(-128, 127);
+  alignas(16) std::int8_t a[16 * kStride], w[16 * kStride];
+  for (auto& v : a) v = std::int8_t(code(rng));
+  for (auto& v : w) v = std::int8_t(code(rng));
+  int d[16 * 16] = {};
+  simt::launch(dim3(1), dim3(32), [&] {
+    const int lane = int(threadIdx.x), g = lane / 4, q = lane % 4, lm = lane / 8, lr = lane % 8;
+    unsigned af[4], b4[4];
+    simt::ldmatrix_x4(af, a + ((lm & 1) * 8 + lr) * kStride + (lm >> 1) * 16);
+    simt::ldmatrix_x4(b4, w + ((lm >> 1) * 8 + lr) * kStride + (lm & 1) * 16);
+    for (int tile = 0; tile < 2; ++tile) {
+      const unsigned bf[2] = {b4[2 * tile], b4[2 * tile + 1]};
+      int out[4];
+      simt::mma_m16n8k32_s8(out, af, bf);
+      for (int r = 0; r < 4; ++r) d[(g + 8 * (r / 2)) * 16 + tile * 8 + 2 * q + r % 2] = out[r];
+    }
+  });
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j) {
+      int want = 0;
+      for (int k = 0; k < 32; ++k) want += int(a[i * kStride + k]) * int(w[j * kStride + k]);
+      ASSERT_EQ(d[i * 16 + j], want) << "row " << i << " col " << j;
+    }
+  EXPECT_THROW(simt::launch(dim3(1), dim3(32),
+                            [&] {
+                              unsigned r[4];
+                              simt::ldmatrix_x4(r, a + 4);  // not 16-byte aligned
+                            }),
+               std::logic_error);
 }
 
 // A lane that returns early leaves the barriers: the rest of its block still synchronizes, and an
