@@ -201,6 +201,36 @@ __device__ inline void ldmatrix_x4(unsigned (&r)[4], const std::int8_t* row) {
 #endif
 }
 
+// cp.async (sm_80 and later): a copy from global to shared memory that bypasses the registers and
+// lands by the next cp_async_wait_all of the issuing thread; bytes past `source_bytes` (0 or all)
+// are zeros. 16-byte copies go through L2 only (.cg), 4-byte ones through L1 (.ca: .cg takes 16).
+// Emulated, the copy is made at the wait, the latest moment the GPU may make it, so a read of the
+// destination before the wait sees stale data there too.
+template <int kBytes>
+__device__ inline void cp_async(void* shared_destination, const void* global_source, bool copy) {
+  static_assert(kBytes == 4 || kBytes == 16, "cp.async copies 4, 8 or 16 bytes; the kernels use 4 and 16");
+#ifdef LORAQ_SIMT_EMULATION
+  simt::cp_async(shared_destination, global_source, kBytes, copy ? kBytes : 0);
+#else
+  const unsigned address = unsigned(__cvta_generic_to_shared(shared_destination));
+  if constexpr (kBytes == 16)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(global_source),
+                 "r"(copy ? 16 : 0));
+  else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(address), "l"(global_source),
+                 "r"(copy ? 4 : 0));
+#endif
+}
+
+// Waits for every cp.async this thread issued (PTX cp.async.wait_all: commit, then wait for all).
+__device__ inline void cp_async_wait_all() {
+#ifdef LORAQ_SIMT_EMULATION
+  simt::cp_async_wait_all();
+#else
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
+
 // f(i, jj, v, row, col) for each of the thread's 32 outputs: acc[i][jj][v], at (row, col) of the tile
 // (mma m16n8 D fragments: rows g and g + 8, columns 2q and 2q + 1). Unrolled, so indices are constants.
 template <class F>
@@ -212,12 +242,6 @@ __device__ inline void for_each_output(int wm, int wn, int g, int q, F&& f) {
 #pragma unroll
       for (int v = 0; v < 4; ++v) f(i, jj, v, wm + i * 16 + g + (v >= 2 ? 8 : 0), wn + jj * 8 + 2 * q + (v & 1));
 }
-
-// One thread's share of a stage: 64 bytes (2 chunks) of one row of A and of W, and 2 scales of each.
-struct StageRegisters {
-  int4 a[4], w[4];
-  float sa[2], sw[2];
-};
 
 template <bool kEpilogue>
 __global__ void __launch_bounds__(kThreads)
@@ -244,54 +268,44 @@ __global__ void __launch_bounds__(kThreads)
   const int w_lane_offset = ((lm >> 1) * 8 + lr) * kStageRow + (lm & 1) * 16;
 
   // This thread's row of A and of W, and their scales, at chunk 2h (for rows past the matrix, the
-  // matrix's start: never read, but no pointer past an allocation is formed). Chunk indices are
+  // matrix's start, never read: no pointer past an allocation is formed). Chunk indices are
   // 32-bit (a row has at most 2^31 chunks), which keeps the per-stage bounds tests single compares.
   const std::int8_t* a_src = a + (a_row ? (m0 + r) * k_padded + 2 * h * kChunk : 0);
   const std::int8_t* w_src = w + (w_row ? (n0 + r) * k_padded + 2 * h * kChunk : 0);
   const float* sa_src = a_scales + (a_row ? (m0 + r) * chunks + 2 * h : 0);
   const float* sw_src = w_scales + (w_row ? (n0 + r) * chunks + 2 * h : 0);
   const int row_chunks = int(chunks);
-  auto load = [&](int stage, StageRegisters& regs) {
+  // This thread's share of a stage: 64 bytes (chunks 2h and 2h + 1) of row r of A and of W, and
+  // their 2 scales each, copied into buffer buf by cp.async; zeros past the matrix or the row.
+  auto issue = [&](int stage, int buf) {
     const int c0 = stage * kStageChunks + 2 * h;  // this thread's first chunk of the stage
+    std::int8_t* arow = as + (buf * kTileM + r) * kStageRow + h * 64;
+    std::int8_t* wrow = ws + (buf * kTileN + r) * kStageRow + h * 64;
 #pragma unroll
     for (int e = 0; e < 4; ++e) {  // e: 16-byte pieces, two a chunk
       const bool in_k = c0 + e / 2 < row_chunks;
       const std::int64_t at = std::int64_t(stage) * kStageBytes + e * 16;
-      regs.a[e] = a_row && in_k ? *reinterpret_cast<const int4*>(a_src + at) : make_int4(0, 0, 0, 0);
-      regs.w[e] = w_row && in_k ? *reinterpret_cast<const int4*>(w_src + at) : make_int4(0, 0, 0, 0);
+      cp_async<16>(arow + e * 16, a_src + (a_row && in_k ? at : 0), a_row && in_k);
+      cp_async<16>(wrow + e * 16, w_src + (w_row && in_k ? at : 0), w_row && in_k);
     }
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const bool in_k = c0 + e < row_chunks;
-      regs.sa[e] = a_row && in_k ? sa_src[std::int64_t(stage) * kStageChunks + e] : 0.0f;
-      regs.sw[e] = w_row && in_k ? sw_src[std::int64_t(stage) * kStageChunks + e] : 0.0f;
-    }
-  };
-  auto store = [&](int buf, const StageRegisters& regs) {
-    std::int8_t* arow = as + (buf * kTileM + r) * kStageRow + h * 64;
-    std::int8_t* wrow = ws + (buf * kTileN + r) * kStageRow + h * 64;
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      *reinterpret_cast<int4*>(arow + e * 16) = regs.a[e];
-      *reinterpret_cast<int4*>(wrow + e * 16) = regs.w[e];
-    }
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      sa[(buf * kTileM + r) * kStageChunks + 2 * h + e] = regs.sa[e];
-      sw[(buf * kTileN + r) * kStageChunks + 2 * h + e] = regs.sw[e];
+      const std::int64_t at = std::int64_t(stage) * kStageChunks + e;
+      cp_async<4>(&sa[(buf * kTileM + r) * kStageChunks + 2 * h + e], sa_src + (a_row && in_k ? at : 0), a_row && in_k);
+      cp_async<4>(&sw[(buf * kTileN + r) * kStageChunks + 2 * h + e], sw_src + (w_row && in_k ? at : 0), w_row && in_k);
     }
   };
 
   float acc[2][4][4] = {};
-  StageRegisters next;
-  if (stages > 0) {
-    load(0, next);
-    store(0, next);
-  }
+  if (stages > 0) issue(0, 0);
+  cp_async_wait_all();
   __syncthreads();
   for (int stage = 0; stage < stages; ++stage) {
     const int buf = stage % 2;
-    if (stage + 1 < stages) load(stage + 1, next);  // in flight during this stage's mma
+    // The next stage's copies, in flight during this stage's mma, into the other buffer: its last
+    // reads were a stage ago, before the barrier that ended it.
+    if (stage + 1 < stages) issue(stage + 1, 1 - buf);
     const int left = row_chunks - stage * kStageChunks;
     const int valid = left < kStageChunks ? left : kStageChunks;  // the same for the whole block
     const std::int8_t* a_stage = as + (buf * kTileM + wm) * kStageRow + a_lane_offset;
@@ -327,8 +341,8 @@ __global__ void __launch_bounds__(kThreads)
           }
         }
     }
-    if (stage + 1 < stages) store(1 - buf, next);  // the other buffer: last read a stage ago, before the barrier
-    __syncthreads();
+    cp_async_wait_all();  // the next stage has landed (for this thread's copies) ...
+    __syncthreads();      // ... and for every thread's, and nobody reads this stage's buffer again
   }
 
   float odd[2][4][4] = {};  // the epilogue's odd chains (its even ones continue acc)

@@ -35,6 +35,13 @@ dim3 g_grid, g_block;
 thread_local dim3 t_thread, t_block;
 thread_local Block* t_current = nullptr;
 
+struct PendingCopy {
+  void* destination;
+  const void* source;
+  int bytes, source_bytes;
+};
+thread_local std::vector<PendingCopy> t_pending;  // this thread's cp.async copies not yet waited for
+
 Warp& my_warp() { return *t_current->warps[t_thread.x / kWarp]; }
 int my_lane() { return int(t_thread.x % kWarp); }
 
@@ -78,6 +85,7 @@ void launch(dim3 grid, dim3 block, const std::function<void()>& body) {
           const std::lock_guard lock(failure_mutex);
           if (!failure) failure = std::current_exception();
         }
+        t_pending.clear();  // copies a thread never waited for land with its block, unread
         // An exited thread no longer takes part in its block's or its warp's barriers.
         b.warps[std::size_t(t / kWarp)]->barrier.arrive_and_drop();
         b.barrier.arrive_and_drop();
@@ -151,6 +159,18 @@ void ldmatrix_x4(unsigned (&r)[4], const void* row) {
     std::memcpy(&r[i], source, sizeof r[i]);
   }
   w.barrier.arrive_and_wait();  // nobody writes the slots again before every lane has read
+}
+
+void cp_async(void* destination, const void* source, int bytes, int source_bytes) {
+  t_pending.push_back({destination, source, bytes, source_bytes});
+}
+
+void cp_async_wait_all() {
+  for (const PendingCopy& c : t_pending) {
+    std::memcpy(c.destination, c.source, std::size_t(c.source_bytes));
+    std::memset(static_cast<char*>(c.destination) + c.source_bytes, 0, std::size_t(c.bytes - c.source_bytes));
+  }
+  t_pending.clear();
 }
 
 }  // namespace loraq::simt

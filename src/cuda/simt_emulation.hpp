@@ -54,6 +54,10 @@ void mma_m16n8k32_s8(int (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]
 // ldmatrix.sync.aligned.m8n8.x4.shared.b16: each lane gives one row's address (row l % 8 of matrix
 // l / 8); lane l receives the 4 bytes at 4 (l % 4) of row l / 4 of matrix i in r[i].
 void ldmatrix_x4(unsigned (&r)[4], const void* row);
+// cp.async: `bytes` from source to destination, of which those past source_bytes are zeros, made
+// when the calling thread next calls cp_async_wait_all (the latest moment a GPU may make it).
+void cp_async(void* destination, const void* source, int bytes, int source_bytes);
+void cp_async_wait_all();
 
 }  // namespace loraq::simt
 
