@@ -3,6 +3,9 @@
 // lives in, which differs between the two so that a test binary may hold both.
 #pragma once
 
+#include <cstdint>
+#include <cstring>
+
 #ifdef LORAQ_SIMT_EMULATION
 #include "cuda/simt_emulation.hpp"
 #define LORAQ_CUDA_DEVICE_NS loraq::cuda::emulated
@@ -27,6 +30,16 @@ void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_
 #else
   kernel<<<grid, block, 0, stream>>>(Params(args)...);
   check(cudaGetLastError(), what);
+#endif
+}
+
+// Zeros `count` ints at p, in stream order.
+inline void fill_zero(int* p, std::int64_t count, cudaStream_t stream) {
+#ifdef LORAQ_SIMT_EMULATION
+  (void)stream;
+  std::memset(p, 0, std::size_t(count) * sizeof(int));
+#else
+  check(cudaMemsetAsync(p, 0, std::size_t(count) * sizeof(int), stream), "cudaMemsetAsync");
 #endif
 }
 

@@ -17,9 +17,10 @@ enum class CodecKernel { warp, vector };
 // The int8 GEMMs of cuda::LinearKernel (src/cuda/linear_cuda.cu):
 // simple: one 32-value chunk staged at a time, two barriers a chunk, the epilogue's T and
 //   up-projection read from global memory; measured on an H200 at 8-20x slower than cuBLAS BF16.
-// pipelined: 4 chunks a stage, double-buffered with the next stage's loads in flight, an exact
-//   magic-number int-to-float, the epilogue from shared memory. The same operations in the same
-//   order per output, so the same bits.
+// pipelined: 4 chunks a stage copied by cp.async, double-buffered with the next stage in flight,
+//   fragments by ldmatrix, the epilogue from shared memory, and the branch's down-projection in the
+//   residual's launch (fused_linear_kernel). The same operations in the same order per output, so
+//   the same bits; not yet timed on a GPU.
 enum class LinearVariant { simple, pipelined };
 
 // The variant a value of LORAQ_CUDA_CODEC or LORAQ_CUDA_LINEAR names (null, the variable unset: the

@@ -1,7 +1,7 @@
 // cuda::LinearKernel (loraq/cuda.hpp): the integer path of src/runtime/cpu on INT8 tensor cores. The
 // kernels and the launches of a forward pass are linear_kernels_body.cuh's (shared with the SIMT
 // emulation's test); this file holds the layer's device memory and the public API.
-// It is 8-20x slower than cuBLAS BF16 on an H200: no pipelining, int8-widened weights
+// The simple variant is 8-20x slower than cuBLAS BF16 on an H200; the pipelined one is not yet timed
 // (docs/kernels.md). Weights are held as int8 (4-bit codes widened once at construction): simple and
 // exact, at twice the weight bytes a nibble-packed kernel would read.
 #include <algorithm>
@@ -54,6 +54,7 @@ struct LinearKernel::Impl {
     detail::DeviceBuffer<float> x, y, t;
     detail::DeviceBuffer<std::int8_t> a1, a2;
     detail::DeviceBuffer<float> s1, s2;
+    detail::DeviceBuffer<int> sync;
   };
   Scratch scratch(std::int64_t rows) const {
     const auto codes = std::size_t(rows * chunks * detail::kChunk), scales = std::size_t(rows * chunks);
@@ -61,7 +62,8 @@ struct LinearKernel::Impl {
     return {detail::DeviceBuffer<float>(std::size_t(rows * in)), detail::DeviceBuffer<float>(std::size_t(rows * out)),
             detail::DeviceBuffer<float>(std::size_t(rows * std::max<std::int64_t>(rank, 1))),
             detail::DeviceBuffer<std::int8_t>(codes), detail::DeviceBuffer<std::int8_t>(two ? codes : 0),
-            detail::DeviceBuffer<float>(scales), detail::DeviceBuffer<float>(two ? scales : 0)};
+            detail::DeviceBuffer<float>(scales), detail::DeviceBuffer<float>(two ? scales : 0),
+            detail::DeviceBuffer<int>(std::size_t(detail::sync_counters(rows)))};
   }
 
   void run(Scratch& b, std::int64_t rows, bool with_branch) const {
@@ -71,7 +73,9 @@ struct LinearKernel::Impl {
     k.residual_codes = residual.codes.get(), k.residual_scales = residual.scales.get();
     k.down_codes = down.codes.get(), k.down_scales = down.scales.get();
     k.up_t = up_t.get(), k.bias = bias.get(), k.smooth = smooth.size() ? smooth.get() : nullptr;
-    detail::forward_launches(k, {b.x.get(), b.y.get(), b.t.get(), b.a1.get(), b.a2.get(), b.s1.get(), b.s2.get()}, rows,
+    detail::forward_launches(k, {b.x.get(), b.y.get(), b.t.get(), b.a1.get(), b.a2.get(), b.s1.get(), b.s2.get(),
+                                 b.sync.get()},
+                             rows,
                              with_branch, variant, session->stream());
   }
 };

@@ -7,6 +7,7 @@
 //   2. T = Qa2(X) down^T: the int8 GEMM below, stored.
 //   3. Y = Qa1(X) P^T with the epilogue fused: the up-projection T up^T in two fma chains (even and
 //      odd j) and the bias, as the CPU's EpilogueKernel adds them.
+//   (The pipelined variant runs 2 and 3 in one launch: fused_linear_kernel.)
 // The int8 GEMM: blocks of 64 x 64 outputs, 4 warps of 32 x 32; per 32-value chunk each warp issues
 // 2 x 4 mma.sync m16n8k32 (exact int32 sums of the chunk), and each sum goes into the fp32
 // accumulator as fma(float(sum), a_scale x w_scale, acc), chunk after chunk from 0: the CPU kernels'
@@ -201,6 +202,16 @@ __device__ inline void ldmatrix_x4(unsigned (&r)[4], const std::int8_t* row) {
 #endif
 }
 
+// A global load that skips the SM's L1 (ld.global.cg): for data another block of the same launch
+// wrote (the fused kernel's T), which L1, not coherent across SMs, could hold stale.
+__device__ inline float load_global_fresh(const float* p) {
+#ifdef LORAQ_SIMT_EMULATION
+  return *p;
+#else
+  return __ldcg(p);
+#endif
+}
+
 // cp.async (sm_80 and later): a copy from global to shared memory that bypasses the registers and
 // lands by the next cp_async_wait_all of the issuing thread; bytes past `source_bytes` (0 or all)
 // are zeros. 16-byte copies go through L2 only (.cg), 4-byte ones through L1 (.ca: .cg takes 16).
@@ -243,19 +254,38 @@ __device__ inline void for_each_output(int wm, int wn, int g, int q, F&& f) {
       for (int v = 0; v < 4; ++v) f(i, jj, v, wm + i * 16 + g + (v >= 2 ? 8 : 0), wn + jj * 8 + 2 * q + (v & 1));
 }
 
+// Waits, in every thread of the block, until *counter >= target: another block's release (its
+// writes, a __threadfence, then an atomicAdd on the counter). Only for a block that started after
+// the one it waits for (the fused kernel's tickets), which therefore runs or has run: no deadlock.
+// Emulated, blocks run one after another, so a counter still short can never fill: an error.
+__device__ inline void wait_for_count(const int* counter, int target) {
+  if (threadIdx.x == 0) {
+#ifdef LORAQ_SIMT_EMULATION
+    if (simt::atomic_load(counter) < target)
+      throw std::logic_error("wait_for_count: a block waits for one that runs after it");
+#else
+    while (atomicAdd(const_cast<int*>(counter), 0) < target) __nanosleep(100);
+#endif
+    __threadfence();  // what the counted blocks wrote is read after this
+  }
+  __syncthreads();
+}
+
+// One 64 x 64 tile of the pipelined GEMM at (m0, n0) on the block's shared memory smem (kMainBytes):
+// the kernels below run it once per block. t_ready, when given, is waited on (to count
+// t_ready_target) before the epilogue reads T.
 template <bool kEpilogue>
-__global__ void __launch_bounds__(kThreads)
-    int8_gemm_pipelined_kernel(const std::int8_t* a, const float* a_scales, const std::int8_t* w,
-                               const float* w_scales, std::int64_t m, std::int64_t n, std::int64_t chunks, float* out,
-                               const float* t, std::int64_t rank, const float* up_t, const float* bias) {
-  __shared__ __align__(16) unsigned char smem[kMainBytes];
+__device__ inline void pipelined_tile(unsigned char* smem, std::int64_t m0, std::int64_t n0, const std::int8_t* a,
+                                      const float* a_scales, const std::int8_t* w, const float* w_scales,
+                                      std::int64_t m, std::int64_t n, std::int64_t chunks, float* out, const float* t,
+                                      std::int64_t rank, const float* up_t, const float* bias, const int* t_ready,
+                                      int t_ready_target) {
   // Main loop: as[buf][row][kStageRow], ws likewise, then sa[buf][row][chunk], sw likewise.
   std::int8_t* as = reinterpret_cast<std::int8_t*>(smem);
   std::int8_t* ws = as + 2 * kTileM * kStageRow;
   float* sa = reinterpret_cast<float*>(ws + 2 * kTileN * kStageRow);
   float* sw = sa + 2 * kTileM * kStageChunks;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
-  const std::int64_t m0 = std::int64_t(blockIdx.y) * kTileM, n0 = std::int64_t(blockIdx.x) * kTileN;
   const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
   const std::int64_t k_padded = chunks * kChunk;
   const int stages = int((chunks + kStageChunks - 1) / kStageChunks);
@@ -347,6 +377,7 @@ __global__ void __launch_bounds__(kThreads)
 
   float odd[2][4][4] = {};  // the epilogue's odd chains (its even ones continue acc)
   if constexpr (kEpilogue) {
+    if (t_ready && rank > 0) wait_for_count(t_ready, t_ready_target);
     // T [rows of the tile][slice] (padded row) and up_t [slice][cols of the tile], from global memory
     // once per block, then each output's even and odd chains in the CPU's order.
     float* ts = reinterpret_cast<float*>(smem);
@@ -356,7 +387,7 @@ __global__ void __launch_bounds__(kThreads)
       __syncthreads();  // the previous slice (or the main loop) is done with the shared memory
       for (int i = tid; i < kTileM * kRankSlice; i += kThreads) {
         const int row = i / kRankSlice, k = i % kRankSlice;
-        ts[row * (kRankSlice + 1) + k] = m0 + row < m && k < slice ? t[(m0 + row) * rank + k0 + k] : 0.0f;
+        ts[row * (kRankSlice + 1) + k] = m0 + row < m && k < slice ? load_global_fresh(t + (m0 + row) * rank + k0 + k) : 0.0f;
         const int kr = i / kTileN, col = i % kTileN;
         us[kr * kTileN + col] = kr < slice && n0 + col < n ? up_t[(k0 + kr) * n + n0 + col] : 0.0f;
       }
@@ -379,6 +410,56 @@ __global__ void __launch_bounds__(kThreads)
     out[(m0 + row) * n + n0 + col] =
         kEpilogue ? __fadd_rn(__fadd_rn(acc[i][jj][v], odd[i][jj][v]), bias[n0 + col]) : acc[i][jj][v];
   });
+}
+
+template <bool kEpilogue>
+__global__ void __launch_bounds__(kThreads)
+    int8_gemm_pipelined_kernel(const std::int8_t* a, const float* a_scales, const std::int8_t* w,
+                               const float* w_scales, std::int64_t m, std::int64_t n, std::int64_t chunks, float* out,
+                               const float* t, std::int64_t rank, const float* up_t, const float* bias) {
+  __shared__ __align__(16) unsigned char smem[kMainBytes];
+  pipelined_tile<kEpilogue>(smem, std::int64_t(blockIdx.y) * kTileM, std::int64_t(blockIdx.x) * kTileN, a, a_scales, w,
+                            w_scales, m, n, chunks, out, t, rank, up_t, bias, nullptr, 0);
+}
+
+// The pipelined variant's whole layer with its branch in one launch (after the activations'
+// quantization): the branch's down-projection T = Qa2(X) down^T in tiles of 64 tokens x 64 rank
+// terms, and the residual's tiles with the epilogue, side by side. Apart, the down-projection has
+// only ceil(M / 64) x ceil(rank / 64) blocks, each walking all of `in` alone, and the residual waits
+// for all of it; here its blocks run beside the residual's, whose main loops take as long. A residual
+// tile waits only before its epilogue, and only for the T tiles of its own tokens.
+// Each block takes a ticket (an atomicAdd on sync[0]) and the tickets, not blockIdx, say which tile:
+// T tiles first, so every T tile a residual block waits for started before it (blocks that have
+// taken a ticket are running), which rules out a deadlock whatever order the GPU starts blocks in.
+// A T tile publishes by counting itself into sync[1 + token tile] after a __threadfence.
+struct FusedArgs {
+  const std::int8_t *a1, *a2, *residual, *down;
+  const float *s1, *s2, *residual_scales, *down_scales, *up_t, *bias;
+  std::int64_t m, out, rank, chunks;
+  float *y, *t;
+  int* sync;  // 1 + ceil(m / 64) counters, zero at launch
+};
+
+__global__ void __launch_bounds__(kThreads) fused_linear_kernel(FusedArgs f) {
+  __shared__ __align__(16) unsigned char smem[kMainBytes];
+  __shared__ int ticket;
+  if (threadIdx.x == 0) ticket = atomicAdd(f.sync, 1);
+  __syncthreads();
+  const std::int64_t rank_tiles = (f.rank + kTileN - 1) / kTileN, out_tiles = (f.out + kTileN - 1) / kTileN;
+  const std::int64_t t_blocks = (f.m + kTileM - 1) / kTileM * rank_tiles, my = ticket;
+  if (my < t_blocks) {
+    const std::int64_t tokens = my / rank_tiles;
+    pipelined_tile<false>(smem, tokens * kTileM, my % rank_tiles * kTileN, f.a2, f.s2, f.down, f.down_scales, f.m,
+                          f.rank, f.chunks, f.t, nullptr, 0, nullptr, nullptr, nullptr, 0);
+    __threadfence();  // every thread's T stores, device-wide, before the count below
+    __syncthreads();
+    if (threadIdx.x == 0) atomicAdd(f.sync + 1 + tokens, 1);
+  } else {
+    const std::int64_t tile = my - t_blocks, tokens = tile / out_tiles;
+    pipelined_tile<true>(smem, tokens * kTileM, tile % out_tiles * kTileN, f.a1, f.s1, f.residual, f.residual_scales,
+                         f.m, f.out, f.chunks, f.y, f.t, f.rank, f.up_t, f.bias, f.sync + 1 + tokens,
+                         int(rank_tiles));
+  }
 }
 
 // The int8 GEMM of either variant: out = A W^T by chunks, with the epilogue (t, up_t, bias) or not.
@@ -416,7 +497,11 @@ struct ForwardArrays {
   float* t = nullptr;
   std::int8_t *a1 = nullptr, *a2 = nullptr;
   float *s1 = nullptr, *s2 = nullptr;
+  int* sync = nullptr;  // sync_counters(rows) ints: the fused kernel's tickets and T tiles' counts
 };
+
+// How many ints ForwardArrays::sync holds for `rows` tokens.
+inline std::int64_t sync_counters(std::int64_t rows) { return 1 + (rows + kTileM - 1) / kTileM; }
 
 void quantize_rows(const LayerArrays& k, const DeviceFormat& g, const float* x, std::int64_t rows,
                    std::int8_t* codes, float* scales, cudaStream_t stream) {
@@ -446,6 +531,15 @@ void forward_launches(const LayerArrays& k, const ForwardArrays& b, std::int64_t
     if (!k.same_activations) {
       quantize_rows(k, k.qa2, b.x, rows, b.a2, b.s2, stream);
       a2 = b.a2, s2 = b.s2;
+    }
+    if (variant == LinearVariant::pipelined) {  // the down-projection and the residual in one launch
+      fill_zero(b.sync, sync_counters(rows), stream);
+      const FusedArgs f{b.a1, a2, k.residual_codes, k.down_codes, b.s1, s2, k.residual_scales, k.down_scales,
+                        k.up_t, k.bias, rows, k.out, k.rank, k.chunks, b.y, b.t, b.sync};
+      const std::int64_t tokens = (rows + kTileM - 1) / kTileM;
+      const std::int64_t blocks = tokens * ((k.rank + kTileN - 1) / kTileN + (k.out + kTileN - 1) / kTileN);
+      launch_kernel(fused_linear_kernel, dim3(unsigned(blocks)), dim3(kThreads), stream, "fused linear kernel", f);
+      return;
     }
     launch_gemm<false>(variant, stream, a2, s2, k.down_codes, k.down_scales, rows, k.rank, k.chunks, b.t, nullptr, 0,
                        nullptr, nullptr, "int8 GEMM (down)");

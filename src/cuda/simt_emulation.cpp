@@ -173,4 +173,6 @@ void cp_async_wait_all() {
   t_pending.clear();
 }
 
+int atomic_load(const int* p) { return std::atomic_ref<int>(*const_cast<int*>(p)).load(); }
+
 }  // namespace loraq::simt

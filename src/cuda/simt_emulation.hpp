@@ -20,10 +20,12 @@
 
 #include <math.h>  // fabsf, fminf, rintf, roundf and signbit in the global namespace, as CUDA has them
 
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <stdexcept>
 
 namespace loraq::simt {
 
@@ -58,6 +60,8 @@ void ldmatrix_x4(unsigned (&r)[4], const void* row);
 // when the calling thread next calls cp_async_wait_all (the latest moment a GPU may make it).
 void cp_async(void* destination, const void* source, int bytes, int source_bytes);
 void cp_async_wait_all();
+// An atomic read of *p (the fused kernel's counters).
+int atomic_load(const int* p);
 
 }  // namespace loraq::simt
 
@@ -126,3 +130,7 @@ inline double __shfl_down_sync(unsigned, double v, int offset) {
   return std::bit_cast<double>(::loraq::simt::warp_exchange(std::bit_cast<std::uint64_t>(v), from));
 }
 inline unsigned __reduce_max_sync(unsigned, unsigned v) { return ::loraq::simt::warp_max(v); }
+inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
+// Blocks run one after another, ordered by the launch's barriers, so a device-wide fence has
+// nothing left to order (and ThreadSanitizer does not model std::atomic_thread_fence).
+inline void __threadfence() {}

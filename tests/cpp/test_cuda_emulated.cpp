@@ -211,8 +211,10 @@ std::vector<float> emulated_forward(const Case& c, const Fixture& f, bool with_b
   std::vector<float> y(std::size_t(c.rows * c.out)), t(std::size_t(c.rows * std::max<std::int64_t>(k.rank, 1)));
   std::vector<std::int8_t> a1(codes), a2(codes);
   std::vector<float> s1(scales), s2(scales);
-  emulated::forward_launches(k, {f.x.data(), y.data(), t.data(), a1.data(), a2.data(), s1.data(), s2.data()}, c.rows,
-                             with_branch, variant, nullptr);
+  std::vector<int> sync(std::size_t(emulated::sync_counters(c.rows)), -1);  // the launch must zero it
+  emulated::forward_launches(
+      k, {f.x.data(), y.data(), t.data(), a1.data(), a2.data(), s1.data(), s2.data(), sync.data()}, c.rows,
+      with_branch, variant, nullptr);
   return y;
 }
 

@@ -51,10 +51,14 @@ def test_the_real_kernels():
         pytest.skip("no cuobjdump here")
     sass = subprocess.run([tool, "-sass", "-arch", "sm_90", str(obj)], capture_output=True, text=True,
                           check=True).stdout
-    per_imma = {("pipelined" if "pipelined" in r["name"] else "simple", "ILb1" in r["name"]):
-                r["instructions"] / r["imma"] for r in sass_mix.loop_reports(sass)}
-    assert len(per_imma) == 4, per_imma  # both variants, with and without the epilogue
+    def kind(name):
+        variant = next(v for v in ("fused", "pipelined", "int8_gemm_kernel") if v in name)
+        return variant, "ILb1" in name
+    per_imma = {kind(r["name"]): r["instructions"] / r["imma"] for r in sass_mix.loop_reports(sass)}
+    # Both GEMM variants with and without the epilogue, and the fused layer kernel.
+    assert len(per_imma) == 5, per_imma
     # What docs/kernels.md claims for the pipelined variant: fewer issued instructions an IMMA in its
     # main loop (whole stages, loads included) than the simple kernel's loop.
     for epilogue in (False, True):
-        assert per_imma[("pipelined", epilogue)] < per_imma[("simple", epilogue)], per_imma
+        assert per_imma[("pipelined", epilogue)] < per_imma[("int8_gemm_kernel", epilogue)], per_imma
+    assert per_imma[("fused", False)] < per_imma[("int8_gemm_kernel", True)], per_imma
