@@ -264,7 +264,15 @@ __device__ inline void wait_for_count(const int* counter, int target) {
     if (simt::atomic_load(counter) < target)
       throw std::logic_error("wait_for_count: a block waits for one that runs after it");
 #else
-    while (atomicAdd(const_cast<int*>(counter), 0) < target) __nanosleep(100);
+    // Bounded, so that a broken launch fails (a launch error at the next synchronization) rather
+    // than hangs: 2^26 polls, some seconds, where a T tile takes as long as a residual tile's main loop.
+    for (long polls = 0; atomicAdd(const_cast<int*>(counter), 0) < target; ++polls) {
+      if (polls == (1l << 26)) {
+        printf("wait_for_count: gave up waiting for counter %p to reach %d\n", static_cast<const void*>(counter), target);
+        __trap();
+      }
+      __nanosleep(100);
+    }
 #endif
     __threadfence();  // what the counted blocks wrote is read after this
   }
