@@ -268,7 +268,8 @@ __device__ inline void wait_for_count(const int* counter, int target) {
     // than hangs: 2^26 polls, some seconds, where a T tile takes as long as a residual tile's main loop.
     for (long polls = 0; atomicAdd(const_cast<int*>(counter), 0) < target; ++polls) {
       if (polls == (1l << 26)) {
-        printf("wait_for_count: gave up waiting for counter %p to reach %d\n", static_cast<const void*>(counter), target);
+        printf("wait_for_count: gave up waiting for counter %p to reach %d\n", static_cast<const void*>(counter),
+               target);
         __trap();
       }
       __nanosleep(100);
@@ -395,7 +396,8 @@ __device__ inline void pipelined_tile(unsigned char* smem, std::int64_t m0, std:
       __syncthreads();  // the previous slice (or the main loop) is done with the shared memory
       for (int i = tid; i < kTileM * kRankSlice; i += kThreads) {
         const int row = i / kRankSlice, k = i % kRankSlice;
-        ts[row * (kRankSlice + 1) + k] = m0 + row < m && k < slice ? load_global_fresh(t + (m0 + row) * rank + k0 + k) : 0.0f;
+        ts[row * (kRankSlice + 1) + k] =
+            m0 + row < m && k < slice ? load_global_fresh(t + (m0 + row) * rank + k0 + k) : 0.0f;
         const int kr = i / kTileN, col = i % kTileN;
         us[kr * kTileN + col] = kr < slice && n0 + col < n ? up_t[(k0 + kr) * n + n0 + col] : 0.0f;
       }

@@ -85,7 +85,7 @@ void launch(dim3 grid, dim3 block, const std::function<void()>& body) {
           const std::lock_guard lock(failure_mutex);
           if (!failure) failure = std::current_exception();
         }
-        t_pending.clear();  // copies a thread never waited for land with its block, unread
+        t_pending.clear();  // copies a thread never waited for: nothing reads them after its block
         // An exited thread no longer takes part in its block's or its warp's barriers.
         b.warps[std::size_t(t / kWarp)]->barrier.arrive_and_drop();
         b.barrier.arrive_and_drop();
@@ -151,7 +151,8 @@ void ldmatrix_x4(unsigned (&r)[4], const void* row) {
   Warp& w = my_warp();
   const int lane = my_lane();
   // A GPU needs each row 16-byte aligned (the PTX ISA); say so here rather than read it anyway.
-  if (reinterpret_cast<std::uintptr_t>(row) % 16 != 0) throw std::logic_error("ldmatrix: a row address is not 16-byte aligned");
+  if (reinterpret_cast<std::uintptr_t>(row) % 16 != 0)
+    throw std::logic_error("ldmatrix: a row address is not 16-byte aligned");
   w.slots[lane] = reinterpret_cast<std::uintptr_t>(row);
   w.barrier.arrive_and_wait();
   for (int i = 0; i < 4; ++i) {
