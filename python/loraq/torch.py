@@ -16,8 +16,8 @@ inputs (None: 16-bit, left as they are): dynamic per-token fake quantization, bl
 in_features, computed by loraq.fake_quant on CPU float32, so bit for bit what the C++ codecs give.
 Qt, the format of the branch's intermediate (blocks along the rank), is None (T kept in float32,
 the paper's formula) unless the recipe sets activations.intermediate.
-A CUDA input is copied to the CPU for Qa and back (correct, slow). The matmuls run in float32 on
-the input's device; the output has the input's dtype. Nothing here computes gradients through Qa.
+On a GPU, Qa runs on the device (torch operations, the C++ codecs' values bit for bit), as do the
+matmuls, in float32; the output has the input's dtype. Nothing here computes gradients through Qa.
 
 backend="kernel" runs the layer on loraq's quantized CPU kernels instead (loraq.LinearKernel:
 integer dot products straight from the packed codes where the formats are integer, docs/kernels.md).
@@ -41,7 +41,7 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without torch
     raise ImportError("loraq.torch needs PyTorch (pip install torch); the rest of loraq works without it") from e
 
-from . import _core
+from . import _core, _torch_codec
 from ._core import PackedMatrix
 from .formats import fake_quant, unpack
 from .methods import quantize_weight
@@ -56,14 +56,17 @@ def fake_quant_activations(x: "torch.Tensor", format: Optional[str], rounding: s
     """x [..., features] quantized per token (each row of the flattened [-1, features]) in `format`,
     blocks along the last axis, as a float32 tensor on x's device. format None returns x as float32.
 
-    The values are loraq.fake_quant's on the float32 input (bit-exact with the C++ codecs); a CUDA
-    tensor makes a round trip through the CPU. NaN or Inf raise loraq.Error naming [row, col]."""
+    The values are loraq.fake_quant's on the float32 input, bit for bit. A CPU tensor goes through the
+    C++ codecs; any other (a GPU's) is quantized where it is, by torch operations (loraq._torch_codec),
+    without a copy to the host. NaN or Inf raise loraq.Error naming [row, col]."""
     x = x.detach().to(torch.float32)
     if format is None or x.numel() == 0:
         return x
-    flat = x.reshape(-1, x.shape[-1]).cpu().contiguous()
-    q = fake_quant(flat.numpy(), format, rounding)
-    return torch.from_numpy(q).to(x.device).reshape(x.shape)
+    flat = x.reshape(-1, x.shape[-1])
+    if x.device.type != "cpu":
+        return _torch_codec.fake_quant(flat, format, rounding, what="fake_quant: the array").reshape(x.shape)
+    q = fake_quant(flat.contiguous().numpy(), format, rounding)
+    return torch.from_numpy(q).reshape(x.shape)
 
 
 def _as_float32(t: Any, what: str) -> Optional["torch.Tensor"]:

@@ -1,5 +1,8 @@
 // Block formats from Python: the format table, fake_quant, pack and unpack (loraq/format.hpp).
+#include <algorithm>
+#include <cmath>
 #include <optional>
+#include <vector>
 #include <string>
 
 #include <nanobind/stl/optional.h>
@@ -81,6 +84,35 @@ PackedMatrix pack_array(const FloatArray& x, const std::string& format, const st
   nb::gil_scoped_release release;
   require_finite(values_of(x), s.cols, "pack: the array");
   return pack(f, values_of(x), s.rows, s.cols, options);
+}
+
+// The non-negative finite values of an element encoding, in code order (which is value order), with
+// the exponent the MX shared scale uses and whether a negative zero exists. loraq.torch's device codec
+// rounds to this set, so the C++ table stays the one definition of every element.
+nb::dict element_grid(const std::string& name) {
+  const auto elements = all_elements();
+  const auto it = std::find_if(elements.begin(), elements.end(), [&](const ElementInfo& e) { return e.name == name; });
+  if (it == elements.end()) {
+    std::string known;
+    for (const ElementInfo& e : elements) known += (known.empty() ? "" : ", ") + std::string(e.name);
+    throw Error("unknown element '" + name + "': expected one of " + known);
+  }
+  if (it->element == Element::e8m0) throw Error("element 'e8m0' is a scale (unsigned powers of two), not a value grid");
+  std::vector<float> values;
+  for (std::uint32_t code = 0; code < (1u << (it->bits - 1)); ++code) {
+    const float v = decode(it->element, code);
+    if (!std::isfinite(v)) break;  // Inf or NaN: the codes above them are not values
+    values.push_back(v);
+  }
+  const std::uint32_t negative_zero_code = 1u << (it->bits - 1);
+  const float negative_zero = decode(it->element, negative_zero_code);
+  nb::dict d;
+  d["element"] = std::string(it->name);
+  d["emax"] = it->emax;
+  d["signed_zero"] = negative_zero == 0.0f && std::signbit(negative_zero);
+  const std::size_t count = values.size();
+  d["values"] = to_numpy(std::move(values), {count});
+  return d;
 }
 
 NumpyArray<float> unpack_matrix(const PackedMatrix& p, int threads, const std::optional<std::string>& isa) {
@@ -189,6 +221,9 @@ void register_formats(nb::module_& m) {
   m.def("pack", &pack_array, nb::arg("x").noconvert(), nb::arg("format"), nb::arg("rounding") = "nearest_even",
         nb::arg("threads") = 0, nb::arg("isa") = nb::none(),
         "Codes and scales of x in `format` (a 1-D array is one row).");
+  m.def("element_grid", &element_grid, nb::arg("element"),
+        "An element encoding's non-negative finite values in code order (float32), its MX emax, and whether it "
+        "has -0: what loraq.torch's device codec rounds to.");
   m.def("unpack", &unpack_matrix, nb::arg("packed"), nb::arg("threads") = 0, nb::arg("isa") = nb::none(),
         "The float32 values [rows, cols] of a packed matrix: unpack(pack(x)) == fake_quant(x) bit for bit.");
 }

@@ -442,8 +442,9 @@ FastScale fast_scale(std::int32_t amax_bits, float tensor_scale) {
 constexpr float kTieGuard = 1.0f / 65536.0f;
 
 // t = x x reciprocal for the K vectors at x, and d = t - round(t) (exact): t - d is t rounded to an
-// integer (+0 where a negative t rounds to zero, as decoding code 0 gives). Returns whether any
-// value lies within kTieGuard of a tie, where t may round otherwise than the reference's quotient.
+// integer (+0 where a negative t rounds to zero, as decoding code 0 gives; -0 for t = -0, which the
+// caller turns into +0). Returns whether any value lies within kTieGuard of a tie, where t may round
+// otherwise than the reference's quotient.
 template <class V, int K>
 bool sint4_quotients(const float* x, float reciprocal, typename V::F (&t)[K], typename V::F (&d)[K]) {
   const typename V::F inv = V::set_f(reciprocal);
@@ -554,7 +555,9 @@ void sint4_blocks(const float* in, std::int64_t blocks, float* out, std::uint8_t
         const F s = V::set_f(steps[g]);
         float* y = out + (first + g) * B;
         for (int k = 0; k < K; ++k) {
-          const F v = V::mul(V::sub(t[k], d[k]), s);
+          // t - d is t rounded, but -0 for t = -0 (an input -0): adding +0 makes it the +0 that
+          // decoding code 0 gives.
+          const F v = V::mul(V::add(V::sub(t[k], d[k]), V::zero_f()), s);
           if (stream) V::stream(y + k * V::W, v);
           else V::store(y + k * V::W, v);
         }
