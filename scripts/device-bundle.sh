@@ -15,6 +15,11 @@ cp "${programs[@]}" .device/stage/bin/
 ldd "${programs[@]}" | awk '/=> \// {print $3}' | sort -u |
   grep -v -E '/usr/local/cuda|/libc\.so|/libm\.so|/libdl\.so|/libpthread\.so|/librt\.so' |
   while read -r lib; do cp -L "$lib" .device/stage/lib/; done
+# The Python package's wheel, when scripts/test.sh has built one: device-check.sh runs loraq.torch's
+# device codec tests with it where the GPU machine's Python matches.
+if ls build/python-dist/loraq-*.whl >/dev/null 2>&1; then
+  mkdir -p .device/stage/wheel && cp build/python-dist/loraq-*.whl .device/stage/wheel/
+fi
 tar -C .device/stage -cJf .device/bundle.tar.xz .
 rm -rf .device/stage
 ls -la .device/bundle.tar.xz

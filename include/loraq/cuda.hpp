@@ -7,6 +7,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 
 #include "loraq/accelerator.hpp"
 #include "loraq/format.hpp"
@@ -22,6 +23,11 @@ bool supports(Format f);  // formats with a device codec: the seven MX formats a
 // Throws Error without a GPU or for a format supports() rejects.
 void fake_quantize(Format f, std::span<const float> in, std::span<float> out, std::int64_t rows, std::int64_t cols,
                    Rounding rounding = Rounding::nearest_even);
+
+// The GPU number a device name gives: -1 for "cpu", N for "cuda:N", `plain_cuda` for "cuda" (the
+// command line passes the process's local rank modulo the GPU count, so that the ranks of an mpirun
+// spread over a machine's GPUs). Anything else throws Error starting with `what` and the name.
+int device_number(std::string_view name, int plain_cuda, std::string_view what);
 
 // LoRaQ's optimization loops on GPU `device` (loraq/accelerator.hpp), for `loraq quantize --device
 // cuda`. Throws Error naming the cause without a GPU, for a device number out of range, or in a

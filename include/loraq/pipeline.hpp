@@ -16,6 +16,10 @@
 
 namespace loraq {
 
+// Layers in flight by default with an accelerator: each drives its own stream, and a layer's loop
+// waits for its objective every step, so more layers keep the GPU busy while each one waits.
+inline constexpr int kDeviceLayersInFlight = 8;
+
 struct QuantizeOptions {
   std::filesystem::path input;   // file, index or diffusers folder
   std::filesystem::path output;  // folder (diffusers layout, sharded when large) or .safetensors file

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from . import _core
 
@@ -19,12 +19,16 @@ PathLike = Union[str, os.PathLike]
 
 
 def quantize_model(input: PathLike, recipe: PathLike, output: PathLike, *, threads: int = 0, resume: bool = False,
-                   progress: bool = False, layers_in_flight: int = 2) -> dict[str, Any]:
+                   progress: bool = False, layers_in_flight: Optional[int] = None,
+                   device: str = "cpu") -> dict[str, Any]:
     """Quantizes the checkpoint `input` with the recipe file `recipe` into `output` (a folder, or a
     .safetensors file), writing the per-layer reports beside it. threads: 0 = every core (the bytes
-    never depend on it). resume: continue an interrupted run. Returns {"layers": [row dicts],
-    "parameters": quantized parameter count, "seconds", "reports": [report paths]}."""
-    return _core.quantize_model(input, recipe, output, threads, resume, progress, layers_in_flight)
+    never depend on it). resume: continue an interrupted run (on the device it started on).
+    device: where LoRaQ's optimization loops run, "cpu", "cuda" or "cuda:N" (`loraq quantize
+    --device`). layers_in_flight: layers quantized at once (default 2 on the CPU, 8 on a GPU).
+    Returns {"layers": [row dicts], "parameters": quantized parameter count, "seconds", "reports":
+    [report paths]}."""
+    return _core.quantize_model(input, recipe, output, threads, resume, progress, layers_in_flight, device)
 
 
 def evaluate(quantized: PathLike, original: PathLike) -> list[dict[str, Any]]:

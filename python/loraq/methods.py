@@ -35,7 +35,7 @@ def quantize_weight(weight: Any, method: str = "loraq", *, residual: str = "sint
                     rank: Optional[int] = None, budget: Optional[float] = None, seed: int = 0,
                     rounding: str = "nearest_even", recipe: Optional[Union[str, os.PathLike]] = None,
                     layer: str = "weight", threads: int = 0, activations: Any = None, absmax: Any = None,
-                    **params: Any) -> QuantizedWeight:
+                    device: str = "cpu", **params: Any) -> QuantizedWeight:
     """Quantizes one linear weight [out_features, in_features] (float32, 2-D).
 
     method: a name from methods(). residual: Q1's format. branch: Q2's format for methods with a
@@ -47,6 +47,11 @@ def quantize_weight(weight: Any, method: str = "loraq", *, residual: str = "sint
     output_sqnr_db (activation formats and smoothing included); .smooth is then the vector s.
     recipe: a recipe file instead of the keywords above; the entry for the tensor name `layer` (its
     last matching override, else the defaults) is used. layer also names the weight in errors.
+    device: where LoRaQ's optimization loops run: "cpu", "cuda" or "cuda:N" (`loraq quantize
+    --device`; docs/cuda.md: a GPU needs a package built with CUDA, which `pip install .` does where
+    nvcc is found). The SVD start, the packing and the residual stay on the CPU; the other methods
+    ignore it. A GPU's result is not the CPU's bit for bit (cuBLAS sums in another order) but
+    within the tolerances docs/cuda.md states; the same GPU gives the same bytes run after run.
 
     Returns a QuantizedWeight: residual, down, up (float32 arrays; down and up are None without a
     branch), packed_residual, packed_down, packed_up (PackedMatrix), effective_weight(), metrics
@@ -65,6 +70,6 @@ def quantize_weight(weight: Any, method: str = "loraq", *, residual: str = "sint
         if given:
             raise ValueError(f"quantize_weight: recipe= takes every setting from {os.fspath(recipe)}; "
                              f"drop {', '.join(given)}")
-        return _core.quantize_weight_recipe(w, recipe, layer, threads, rows, stats)
+        return _core.quantize_weight_recipe(w, recipe, layer, threads, rows, stats, device)
     return _core.quantize_weight(w, method, residual, branch, rank, budget, seed, params, rounding, threads, layer,
-                                 rows, stats)
+                                 rows, stats, device)

@@ -370,7 +370,7 @@ def _sqnr_db(signal: "torch.Tensor", noise: "torch.Tensor") -> float:
 def quantize_module(module: "nn.Module", recipe: PathLike, *, activations: Any = None,
                     layers: Optional[Iterable[str]] = None, threads: int = 0,
                     unsigned_shift: Union[Shift, Mapping[str, Shift]] = None,
-                    backend: str = "fake_quant") -> dict[str, Any]:
+                    backend: str = "fake_quant", device: str = "cpu") -> dict[str, Any]:
     """Quantizes, in place, the nn.Linear and pointwise (1x1) nn.Conv2d modules of `module` whose
     "PATH.weight" the recipe file's layer selection picks (the same C++ selection as `loraq quantize`,
     applied to these weights only), each with loraq.quantize_weight(recipe=..., layer="PATH.weight"),
@@ -384,7 +384,8 @@ def quantize_module(module: "nn.Module", recipe: PathLike, *, activations: Any =
     without bias (activation formats and shift included; what `loraq quantize --activations` reports
     as computed by src/methods/smoothing.cpp's quantized_output), and output_sqnr_db_weights, the
     same with Y_q = X W_eff^T (the weights alone). unsigned_shift: see QuantizedLinear; one value
-    for every layer or a {path: value} map. threads: 0 = every core.
+    for every layer or a {path: value} map. threads: 0 = every core. device: where LoRaQ's
+    optimization loops run, "cpu", "cuda" or "cuda:N" (loraq.quantize_weight's device=).
 
     Returns {"layers": [rows], "parameters": n}, a row per layer: name (the weight's), out_features,
     in_features, method, residual_format, branch_format, rank, residual_activation,
@@ -407,7 +408,7 @@ def quantize_module(module: "nn.Module", recipe: PathLike, *, activations: Any =
         weight = linear.weight.detach().to(torch.float32).reshape(_features(linear))  # [out, in] (1x1 conv too)
         w = weight.to("cpu").contiguous().numpy()
         captured = stats.get(path) if isinstance(stats, Mapping) else None
-        q = quantize_weight(w, recipe=recipe, layer=weight_name, threads=threads,
+        q = quantize_weight(w, recipe=recipe, layer=weight_name, threads=threads, device=device,
                             activations=None if captured is None else rows[path],
                             absmax=_absmax_of(captured))
         entry = _core.recipe_layer(os.fspath(recipe), weight_name)

@@ -18,6 +18,7 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 
+#include "loraq/accelerator.hpp"
 #include "loraq/element.hpp"
 
 namespace loraq::python {
@@ -69,6 +70,10 @@ NumpyArray<T> uninitialized_numpy(std::initializer_list<std::size_t> shape, std:
   out = std::span<T>(values, n);
   return NumpyArray<T>(values, shape, owner);
 }
+
+// The accelerator a device name ("cpu", "cuda", "cuda:N") gives: null for "cpu". Throws Error
+// starting with `what` for a bad name, and naming the cause without a GPU or in a build without CUDA.
+const Accelerator* accelerator_for(const std::string& device, const std::string& what);
 
 void register_formats(nb::module_& m);
 void register_methods(nb::module_& m);

@@ -50,9 +50,11 @@ void register_checkpoint(nb::module_& m) {
   m.def(
       "quantize_model",
       [](const std::filesystem::path& input, const std::filesystem::path& recipe, const std::filesystem::path& output,
-         int threads, bool resume, bool progress, int layers_in_flight) {
+         int threads, bool resume, bool progress, std::optional<int> layers_in_flight, const std::string& device) {
         if (threads < 0) throw Error("threads must be >= 0 (0: every core), got " + std::to_string(threads));
-        if (layers_in_flight < 1) throw Error("layers_in_flight must be >= 1, got " + std::to_string(layers_in_flight));
+        if (layers_in_flight && *layers_in_flight < 1)
+          throw Error("layers_in_flight must be >= 1, got " + std::to_string(*layers_in_flight));
+        const Accelerator* accelerator = accelerator_for(device, "quantize_model");
         QuantizeSummary summary;
         {
           nb::gil_scoped_release release;
@@ -63,7 +65,8 @@ void register_checkpoint(nb::module_& m) {
           options.threads = threads;
           options.resume = resume;
           options.progress = progress;
-          options.layers_in_flight = layers_in_flight;
+          options.layers_in_flight = layers_in_flight.value_or(accelerator ? kDeviceLayersInFlight : 2);
+          options.accelerator = accelerator;
           summary = quantize_model(options);
         }
         nb::dict d;
@@ -76,7 +79,7 @@ void register_checkpoint(nb::module_& m) {
         return d;
       },
       nb::arg("input"), nb::arg("recipe"), nb::arg("output"), nb::arg("threads") = 0, nb::arg("resume") = false,
-      nb::arg("progress") = false, nb::arg("layers_in_flight") = 2,
+      nb::arg("progress") = false, nb::arg("layers_in_flight").none() = nb::none(), nb::arg("device") = "cpu",
       "`loraq quantize`: quantizes a safetensors checkpoint (file, shard index or diffusers folder) with a recipe "
       "file and writes the quantized checkpoint and its reports. Returns {layers: [row dicts], parameters, seconds, "
       "reports: [paths]}.");

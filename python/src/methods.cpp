@@ -1,5 +1,8 @@
 // Quantization methods from Python: the method table and one weight quantized with it
 // (loraq/methods.hpp, loraq/quantized_layer.hpp).
+#include <map>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -9,6 +12,8 @@
 #include <nanobind/stl/string.h>
 
 #include "bindings.hpp"
+#include "loraq/accelerator.hpp"
+#include "loraq/cuda.hpp"
 #include "loraq/error.hpp"
 #include "loraq/methods.hpp"
 #include "loraq/quantized_layer.hpp"
@@ -153,8 +158,26 @@ struct Captured {
   std::optional<FloatArray> rows, absmax;
 };
 
+}  // namespace
+
+// Opened once per GPU for the life of the process: opening one costs more than a small layer's loops,
+// and loraq.torch.quantize_module quantizes layer after layer. Never destroyed: a CUDA context must
+// not be torn down by a static destructor after the driver has shut down at exit.
+const Accelerator* accelerator_for(const std::string& device, const std::string& what) {
+  const int n = cuda::device_number(device, 0, what + ": device");
+  if (n < 0) return nullptr;
+  static std::mutex mutex;
+  static auto* opened = new std::map<int, std::unique_ptr<Accelerator>>;
+  const std::lock_guard lock(mutex);
+  std::unique_ptr<Accelerator>& slot = (*opened)[n];
+  if (!slot) slot = cuda::make_accelerator(n);  // throws, naming the cause, without a GPU or CUDA
+  return slot.get();
+}
+
+namespace {
+
 QuantizedWeight run_layer(const FloatArray& weight, LayerRecipe recipe, const std::string& name, int threads,
-                          const Captured& captured) {
+                          const Captured& captured, const std::string& device) {
   if (weight.ndim() != 2)
     throw Error("quantize_weight: expected a 2-D weight [out_features, in_features], got " + std::to_string(weight.ndim()) +
                 "-D shape " + shape_text(weight));
@@ -171,6 +194,7 @@ QuantizedWeight run_layer(const FloatArray& weight, LayerRecipe recipe, const st
   input.recipe = &result.recipe;
   input.codec.rounding = result.recipe.rounding;
   input.codec.threads = threads;
+  input.accelerator = accelerator_for(device, "quantize_weight");
   if (captured.rows) {
     const MatrixShape r = matrix_shape(*captured.rows, "quantize_weight: activations");
     if (captured.rows->ndim() != 2 || r.cols != s.cols || r.rows < 1)
@@ -306,25 +330,26 @@ void register_methods(nb::module_& m) {
       [](const FloatArray& weight, const std::string& method, const std::string& residual,
          const std::optional<std::string>& branch, std::optional<int> rank, std::optional<double> budget,
          std::uint64_t seed, const nb::dict& params, const std::string& rounding, int threads, const std::string& name,
-         std::optional<FloatArray> rows, std::optional<FloatArray> absmax) {
+         std::optional<FloatArray> rows, std::optional<FloatArray> absmax, const std::string& device) {
         return run_layer(weight, recipe_from_arguments(method, residual, branch, rank, budget, seed, params,
                                                        parse_rounding(rounding)),
-                         name, threads, {rows, absmax});
+                         name, threads, {rows, absmax}, device);
       },
       nb::arg("weight").noconvert(), nb::arg("method"), nb::arg("residual"), nb::arg("branch").none(),
       nb::arg("rank").none(), nb::arg("budget").none(), nb::arg("seed"), nb::arg("params"), nb::arg("rounding"),
       nb::arg("threads"), nb::arg("name"), nb::arg("activations").noconvert().none() = nb::none(),
-      nb::arg("absmax").noconvert().none() = nb::none(),
+      nb::arg("absmax").noconvert().none() = nb::none(), nb::arg("device") = "cpu",
       "Quantizes one weight [out, in] as a recipe with these keys would (loraq.quantize_weight wraps this).");
   m.def(
       "quantize_weight_recipe",
       [](const FloatArray& weight, const std::filesystem::path& recipe, const std::string& layer, int threads,
-         std::optional<FloatArray> rows, std::optional<FloatArray> absmax) {
+         std::optional<FloatArray> rows, std::optional<FloatArray> absmax, const std::string& device) {
         const Recipe loaded = load_recipe(recipe);
-        return run_layer(weight, loaded.for_layer(layer), layer, threads, {rows, absmax});
+        return run_layer(weight, loaded.for_layer(layer), layer, threads, {rows, absmax}, device);
       },
       nb::arg("weight").noconvert(), nb::arg("recipe"), nb::arg("layer"), nb::arg("threads"),
       nb::arg("activations").noconvert().none() = nb::none(), nb::arg("absmax").noconvert().none() = nb::none(),
+      nb::arg("device") = "cpu",
       "Quantizes one weight with the recipe file's entry for the tensor name `layer` (its last matching "
       "override, else its defaults).");
 }

@@ -5,6 +5,7 @@
 #include <nanobind/stl/string.h>
 
 #include "bindings.hpp"
+#include "loraq/cuda.hpp"
 #include "loraq/error.hpp"
 #include "loraq/linalg.hpp"
 
@@ -53,6 +54,9 @@ NB_MODULE(_core, m) {
   loraq::python::register_checkpoint(m);
   loraq::python::register_recipes(m);
   loraq::python::register_kernels(m);
+  m.def("cuda_built", &loraq::cuda::built,
+        "Whether this build has the CUDA backend (built where nvcc was found; device=\"cuda\" needs it).");
+  m.def("cuda_device_count", &loraq::cuda::device_count, "CUDA GPUs visible to this process (0 without the backend).");
   m.def("openblas_kernels", &loraq::linalg::running_blas_core,
         "The OpenBLAS kernels this process runs (openblas_get_corename(), e.g. 'SkylakeX'). loraq asks for the "
         "widest ones the CPU runs unless OPENBLAS_CORETYPE is set (loraq._blas).");

@@ -331,10 +331,11 @@ OptimizerTrace CudaAccelerator::optimize_rotation(std::span<const float> up_host
 
 std::unique_ptr<Accelerator> make_accelerator(int device) {
   const int count = device_count();
-  if (count == 0) throw Error("--device cuda: no CUDA GPU is visible (cudaGetDeviceCount returned 0)");
+  // Named by the device alone: the command line's --device and Python's device= both get here.
+  const std::string name = "device cuda:" + std::to_string(device);
+  if (count == 0) throw Error(name + ": no CUDA GPU is visible (cudaGetDeviceCount returned 0)");
   if (device < 0 || device >= count)
-    throw Error("--device cuda:" + std::to_string(device) + ": this machine has " + std::to_string(count) +
-                " CUDA GPU(s), numbered from 0");
+    throw Error(name + ": this machine has " + std::to_string(count) + " CUDA GPU(s), numbered from 0");
   return std::make_unique<detail::CudaAccelerator>(device);
 }
 

@@ -97,6 +97,22 @@ TEST(Cuda, KernelVariantVariables) {
     expect_refused(cuda::linear_variant_named, "LORAQ_CUDA_LINEAR", bad, "simple or pipelined");
 }
 
+// Device names, as --device and the Python package's device= read them (no GPU needed).
+TEST(Cuda, DeviceNames) {
+  EXPECT_EQ(-1, cuda::device_number("cpu", 3, "--device"));
+  EXPECT_EQ(3, cuda::device_number("cuda", 3, "--device"));
+  EXPECT_EQ(0, cuda::device_number("cuda:0", 3, "--device"));
+  EXPECT_EQ(12, cuda::device_number("cuda:12", 3, "--device"));
+  for (const char* bad : {"", "gpu", "CUDA", "cuda:", "cuda:-1", "cuda:1x", "cuda: 1", "cuda:99999999999", "cpu:0"}) {
+    try {
+      cuda::device_number(bad, 0, "device=");
+      ADD_FAILURE() << "accepted '" << bad << "'";
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string("device= ") + bad + ": expected cpu, cuda or cuda:N (N a GPU number from 0)", e.what());
+    }
+  }
+}
+
 // Without a GPU the backend says so, by name, instead of failing later.
 TEST(Cuda, NoGpuIsAClearError) {
   if (cuda::built() && cuda::device_count() > 0) GTEST_SKIP() << "a GPU is present: the error cannot be provoked";

@@ -351,6 +351,11 @@ W = np.ones((8, 64), np.float32)
     (lambda: loraq.quantize_weight(np.where(np.eye(8, 64) > 0, np.nan, 1).astype(np.float32), "rtn", layer="blocks.3.w"),
      loraq.Error, ["blocks.3.w", "NaN", "[0, 0]"]),
     (lambda: loraq.quantize_weight(W, recipe="/nonexistent/recipe.yaml"), loraq.Error, ["/nonexistent/recipe.yaml"]),
+    (lambda: loraq.quantize_weight(W, "loraq", rank=4, device="tpu"), loraq.Error,
+     ["quantize_weight: device tpu", "expected cpu, cuda or cuda:N"]),
+    (lambda: loraq.quantize_weight(W, "loraq", rank=4, device="cuda:-1"), loraq.Error, ["device cuda:-1"]),
+    (lambda: loraq.quantize_model("/nonexistent/m.safetensors", "/nonexistent/r.yaml", "/tmp/o", device="gpu"),
+     loraq.Error, ["quantize_model: device gpu", "expected cpu, cuda or cuda:N"]),
     (lambda: loraq.evaluate("/nonexistent/q.safetensors", "/nonexistent/m.safetensors"), loraq.Error,
      ["/nonexistent/q.safetensors"]),
 ])
@@ -359,6 +364,38 @@ def test_bad_input_names_the_problem(call, error, needles):
         call()
     for needle in needles:
         assert needle in str(info.value), f"{needle!r} not in {str(info.value)!r}"
+
+
+# ---- device= (LoRaQ's loops on a GPU) ------------------------------------------------------------------
+
+GPU = pytest.mark.skipif(loraq._core.cuda_device_count() == 0,
+                         reason="SKIPPED LOUDLY: no CUDA GPU visible: device='cuda' ran only as an error")
+
+
+def test_device_cuda_without_a_gpu_is_a_clear_error(tmp_path):
+    if loraq._core.cuda_device_count() > 0:
+        pytest.skip("a GPU is visible: test_device_cuda_matches_the_cpu runs instead")
+    expected = "no CUDA GPU is visible" if loraq._core.cuda_built() else "built without CUDA"
+    with pytest.raises(loraq.Error, match=expected):
+        loraq.quantize_weight(W, "loraq", rank=4, device="cuda")
+    st.save_file({"blocks.0.proj.weight": W}, str(tmp_path / "m.safetensors"))
+    (tmp_path / "r.yaml").write_text("name: t\nmethod: rtn\nresidual: {format: sint4}\nlayers: {preset: generic}\n")
+    with pytest.raises(loraq.Error, match=expected):
+        loraq.quantize_model(tmp_path / "m.safetensors", tmp_path / "r.yaml", tmp_path / "q", device="cuda:0")
+    assert not (tmp_path / "q").exists() and not (tmp_path / "q.partial").exists(), "nothing written before the error"
+
+
+@GPU
+def test_device_cuda_matches_the_cpu():
+    """docs/cuda.md's tolerance: the layer's relative weight error within 2% of the CPU's (cuBLAS and
+    OpenBLAS sum in different orders), and the same bytes from two GPU runs."""
+    w = low_rank_plus_noise(256, 400, SEED + 12)
+    kwargs = dict(residual="sint4", branch="mxfp4", rank=86, steps=200, rotation_steps=100)
+    cpu = loraq.quantize_weight(w, "loraq", **kwargs)
+    gpu = [loraq.quantize_weight(w, "loraq", device="cuda:0", **kwargs) for _ in range(2)]
+    assert gpu[0].metrics["relative_error"] == pytest.approx(cpu.metrics["relative_error"], rel=0.02)
+    for part in ("residual", "down", "up"):
+        assert_bits_equal(getattr(gpu[0], part), getattr(gpu[1], part), f"two GPU runs: {part}")
 
 
 def test_loraq_errors_are_value_errors():

@@ -354,6 +354,8 @@ def test_bad_input_names_it(recipes, checkpoint, run_loraq, tmp_path):
     with pytest.raises(ValueError, match=r"nothing\.yaml selects no linear layer"):
         lt.quantize_module(make_model(), nothing)
     model = make_model()
+    with pytest.raises(loraq.Error, match=r"quantize_weight: device tpu: expected cpu, cuda or cuda:N"):
+        lt.quantize_module(model, recipes["w16a16"], device="tpu")
     with pytest.raises(ValueError, match=r"layer 'transformer_blocks\.0\.attn1\.to_z' is not an nn\.Linear"):
         lt.quantize_module(model, recipes["w16a16"], layers=["transformer_blocks.0.attn1.to_z"])
     with pytest.raises(ValueError, match=r"'transformer_blocks\.0\.norm1' is not an nn\.Linear"):

@@ -12,10 +12,6 @@
 #include "loraq/pipeline.hpp"
 
 namespace loraq::cli {
-namespace {
-constexpr int kDeviceLayersInFlight = 8;
-}  // namespace
-
 Command add_quantize_command(CLI::App& app) {
   struct Options {
     std::string input, recipe, output, isa, activations, device = "cpu";
@@ -48,8 +44,6 @@ Command add_quantize_command(CLI::App& app) {
   add_device_option(cmd, o->device);
   return {cmd, [o, in_flight] {
             const std::unique_ptr<Accelerator> device = open_device(o->device);
-            // On a GPU each layer in flight drives its own stream, and a layer's loop waits for its
-            // objective every step: more layers in flight keep the GPU busy while each one waits.
             if (device && in_flight->count() == 0) o->layers_in_flight = kDeviceLayersInFlight;
             QuantizeOptions q;
             q.input = o->input;

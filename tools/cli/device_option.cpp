@@ -1,7 +1,5 @@
 #include "device_option.hpp"
 
-#include <charconv>
-
 #include "loraq/cuda.hpp"
 #include "loraq/dist.hpp"
 #include "loraq/error.hpp"
@@ -14,18 +12,12 @@ void add_device_option(CLI::App* cmd, std::string& device, const std::string& wh
 }
 
 int cuda_device_number(const std::string& device) {
-  if (device == "cpu") return -1;
+  int plain_cuda = 0;  // only a plain "cuda" asks the driver for the GPU count (the rank's share)
   if (device == "cuda") {
     const int count = cuda::device_count();
-    return count > 0 ? local_process_rank() % count : 0;
+    if (count > 0) plain_cuda = local_process_rank() % count;
   }
-  if (device.rfind("cuda:", 0) == 0) {
-    const std::string number = device.substr(5);
-    int n = -1;
-    const auto [end, ec] = std::from_chars(number.data(), number.data() + number.size(), n);
-    if (ec == std::errc() && end == number.data() + number.size() && n >= 0) return n;
-  }
-  throw Error("--device " + device + ": expected cpu, cuda or cuda:N (N a GPU number from 0)");
+  return cuda::device_number(device, plain_cuda, "--device");
 }
 
 std::unique_ptr<Accelerator> open_device(const std::string& device) {
