@@ -54,6 +54,14 @@ class LinearKernel {
 
   // y [rows, out] for x [rows, in], host buffers (copied to and from the GPU).
   void forward(std::span<const float> x, std::int64_t rows, std::span<float> y, bool skip_branch = false) const;
+  // y [rows, out] for x [rows, in], both already in this kernel's GPU's memory (float32, row-major),
+  // queued on `stream` (a cudaStream_t as an integer; 0: the legacy default stream) after what is
+  // queued there, without waiting for it: for frameworks that hold the tensors on the GPU
+  // (loraq.torch). Its scratch is allocated and freed on that stream. Throws Error for a pointer that
+  // is not this GPU's memory.
+  void forward_device(const float* x, std::int64_t rows, float* y, std::uintptr_t stream,
+                      bool skip_branch = false) const;
+  int device() const;  // the GPU this kernel's weights are on
   // Median seconds of forward() on device-resident data over `repeats` runs (the benchmark).
   double time_forward(std::int64_t rows, int repeats, bool skip_branch = false) const;
 

@@ -19,8 +19,11 @@ the paper's formula) unless the recipe sets activations.intermediate.
 On a GPU, Qa runs on the device (torch operations, the C++ codecs' values bit for bit), as do the
 matmuls, in float32; the output has the input's dtype. Nothing here computes gradients through Qa.
 
-backend="kernel" runs the layer on loraq's quantized CPU kernels instead (loraq.LinearKernel:
-integer dot products straight from the packed codes where the formats are integer, docs/kernels.md).
+backend="kernel" runs the layer on loraq's quantized kernels instead (loraq.LinearKernel: integer
+dot products straight from the packed codes where the formats are integer, docs/kernels.md). An
+input on a GPU runs on the CUDA kernels there (loraq._core.CudaLinearKernel, bit for bit the CPU
+integer path), on torch's current stream; a layer they do not take (float formats, a quantized
+intermediate) or a package without CUDA sends its inputs to the CPU kernels, with a warning.
 Its output equals the fake-quantized computation within fp32 accumulation error.
 
 Importing this module needs torch; `import loraq` alone does not import it.
@@ -31,6 +34,7 @@ import json
 import math
 import os
 import pathlib
+import warnings
 from typing import Any, Iterable, Mapping, Optional, Union
 
 import numpy as np
@@ -161,6 +165,10 @@ class QuantizedLinear(nn.Module):
             self._kernel = _core.LinearKernel(packed[0], packed[1], packed[2], np_or_none(smooth), np_or_none(bias),
                                               residual_activation, branch_activation, name or "layer",
                                               intermediate_activation)
+            # What a GPU's kernels are made from, when an input arrives on one (_gpu_kernel).
+            self._gpu_parts = (packed[0], packed[1], packed[2], np_or_none(smooth), np_or_none(bias))
+        self._gpu_kernels: dict[int, Any] = {}  # GPU index -> _core.CudaLinearKernel, or None: the CPU's run it
+        self.gpu_fallback: Optional[str] = None  # why inputs on a GPU go to the CPU kernels, once one did
         self.name = name
         self.in_features, self.out_features, self.rank = int(in_features), int(out_features), int(rank)
         self.residual_activation, self.branch_activation = residual_activation, branch_activation
@@ -208,6 +216,10 @@ class QuantizedLinear(nn.Module):
             raise ValueError(f"QuantizedLinear '{self.name}': input has {x.shape[-1]} features (shape "
                              f"{tuple(x.shape)}), the layer takes {self.in_features}")
         if self._kernel is not None:
+            if x.device.type == "cuda":
+                y = self._forward_gpu(x)
+                if y is not None:
+                    return y
             flat = x.detach().to("cpu", torch.float32).reshape(-1, self.in_features).contiguous()
             y = torch.from_numpy(self._kernel.forward(flat.numpy()))
             return y.reshape(*x.shape[:-1], self.out_features).to(device=x.device, dtype=x.dtype)
@@ -233,6 +245,40 @@ class QuantizedLinear(nn.Module):
         if self.bias is not None:
             y = y + self.bias
         return y.to(x.dtype)
+
+    def _gpu_kernel(self, index: int) -> Any:
+        """The GPU kernels for GPU `index`, made at the first input there; None where they do not take
+        this layer (then self.gpu_fallback says why, and a warning said it once)."""
+        if index not in self._gpu_kernels:
+            kernel, why = None, None
+            if self.intermediate_activation is not None:
+                why = "the GPU kernels keep the branch's intermediate T in fp32, and this layer quantizes it"
+            elif self.residual_activation is None:
+                why = "the GPU kernels need an activation format, and this layer has none"
+            else:
+                try:
+                    kernel = _core.CudaLinearKernel(*self._gpu_parts, self.residual_activation, self.branch_activation,
+                                                    self.name or "layer", index)
+                except _core.Error as e:  # formats they do not take, or a package built without CUDA
+                    why = str(e)
+            if why is not None:
+                self.gpu_fallback = why
+                warnings.warn(f"QuantizedLinear '{self.name}': inputs on a GPU run on the CPU kernels: {why}",
+                              stacklevel=3)
+            self._gpu_kernels[index] = kernel
+        return self._gpu_kernels[index]
+
+    def _forward_gpu(self, x: "torch.Tensor") -> Optional["torch.Tensor"]:
+        """backend='kernel' for an input on a GPU: loraq's CUDA kernels on torch's current stream, the
+        tensors never leaving the device (None: this layer runs on the CPU kernels instead)."""
+        index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+        kernel = self._gpu_kernel(index)
+        if kernel is None:
+            return None
+        flat = x.detach().to(torch.float32).reshape(-1, self.in_features).contiguous()
+        y = torch.empty((flat.shape[0], self.out_features), dtype=torch.float32, device=x.device)
+        kernel.forward_device(flat.data_ptr(), flat.shape[0], y.data_ptr(), torch.cuda.current_stream(x.device).cuda_stream)
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
         text = f"'{self.name}', in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, " \

@@ -1,9 +1,12 @@
 // loraq._core.LinearKernel: the quantized linear kernels (include/loraq/linear_kernel.hpp) on numpy
 // arrays; loraq.torch's QuantizedLinear(backend="kernel") runs on it.
+#include <cstdint>
+
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 
 #include "bindings.hpp"
+#include "loraq/cuda.hpp"
 #include "loraq/error.hpp"
 #include "loraq/linear_kernel.hpp"
 
@@ -30,6 +33,19 @@ std::int64_t input_rows(const QuantizedLinearKernel& k, const FloatArray& x, con
   return shape.rows;
 }
 
+// The layer a kernel runs, from the packed parts a QuantizedWeight or a checkpoint gives.
+QuantizedLayer layer_of(const PackedMatrix& residual, const PackedMatrix* down, const PackedMatrix* up,
+                        const std::optional<FloatArray>& smooth, const std::string& name) {
+  if ((down == nullptr) != (up == nullptr)) throw Error(name + ": give both down and up, or neither");
+  QuantizedLayer layer;
+  layer.out_features = residual.rows;
+  layer.in_features = residual.cols;
+  layer.residual = residual;
+  if (down) layer.branch = LowRankBranch{*down, *up};
+  layer.smooth = vector_of(smooth, name + ": smooth");
+  return layer;
+}
+
 LinearKernelOptions kernel_options(int threads, const std::optional<std::string>& isa) {
   LinearKernelOptions options;
   options.threads = threads;
@@ -52,13 +68,7 @@ void register_kernels(nb::module_& m) {
              std::optional<FloatArray> smooth, std::optional<FloatArray> bias,
              const std::optional<std::string>& residual_activation, const std::optional<std::string>& branch_activation,
              const std::string& name, const std::optional<std::string>& intermediate_activation) {
-            if ((down == nullptr) != (up == nullptr)) throw Error(name + ": give both down and up, or neither");
-            QuantizedLayer layer;
-            layer.out_features = residual.rows;
-            layer.in_features = residual.cols;
-            layer.residual = residual;
-            if (down) layer.branch = LowRankBranch{*down, *up};
-            layer.smooth = vector_of(smooth, name + ": smooth");
+            const QuantizedLayer layer = layer_of(residual, down, up, smooth, name);
             const std::vector<float> b = vector_of(bias, name + ": bias");
             const LayerActivations activations{format_or_fp32(residual_activation), format_or_fp32(branch_activation),
                                                format_or_fp32(intermediate_activation)};
@@ -108,6 +118,44 @@ void register_kernels(nb::module_& m) {
       .def_prop_ro("rank", &QuantizedLinearKernel::rank)
       .def("describe", [](const QuantizedLinearKernel& k) { return k.describe(); },
            "What forward() runs for each part, e.g. 'residual integer sint4 x mxint8 (avx2); ...'");
+
+  nb::class_<cuda::LinearKernel>(
+      m, "CudaLinearKernel",
+      "The same layer on a GPU's INT8 tensor cores (loraq/cuda.hpp; bit for bit the CPU integer path): integer "
+      "weights with sint4, mxint4 or mxint8 activations, the branch's intermediate in fp32. Construction "
+      "raises loraq.Error for other formats, without a GPU, or in a build without CUDA.")
+      .def(
+          "__init__",
+          [](cuda::LinearKernel* self, const PackedMatrix& residual, const PackedMatrix* down, const PackedMatrix* up,
+             std::optional<FloatArray> smooth, std::optional<FloatArray> bias, const std::string& residual_activation,
+             const std::optional<std::string>& branch_activation, const std::string& name, int device) {
+            const QuantizedLayer layer = layer_of(residual, down, up, smooth, name);
+            const std::vector<float> b = vector_of(bias, name + ": bias");
+            const Format qa1 = parse_format(residual_activation);
+            const std::optional<Format> qa2 = format_or_fp32(branch_activation);
+            nb::gil_scoped_release release;  // uploading the weights
+            new (self) cuda::LinearKernel(layer, qa1, qa2, b, name, device);
+          },
+          nb::arg("residual"), nb::arg("down").none() = nb::none(), nb::arg("up").none() = nb::none(),
+          nb::arg("smooth").noconvert().none() = nb::none(), nb::arg("bias").noconvert().none() = nb::none(),
+          nb::arg("residual_activation"), nb::arg("branch_activation").none() = nb::none(),
+          nb::arg("name") = "layer", nb::arg("device") = 0)
+      .def(
+          "forward_device",
+          [](const cuda::LinearKernel& k, std::uintptr_t x, std::int64_t rows, std::uintptr_t y, std::uintptr_t stream,
+             bool skip_branch) {
+            nb::gil_scoped_release release;
+            k.forward_device(reinterpret_cast<const float*>(x), rows, reinterpret_cast<float*>(y), stream, skip_branch);
+          },
+          nb::arg("x"), nb::arg("rows"), nb::arg("y"), nb::arg("stream"), nb::arg("skip_branch") = false,
+          "y [rows, out] for x [rows, in], float32 row-major in this kernel's GPU memory, given as addresses "
+          "(torch: tensor.data_ptr()), queued on the CUDA stream `stream` (torch: stream.cuda_stream) without "
+          "waiting for it.")
+      .def_prop_ro("device", &cuda::LinearKernel::device)
+      .def_static("supports", [](const std::string& weight, const std::string& activation) {
+            return cuda::LinearKernel::supports(parse_format(weight), parse_format(activation));
+          }, nb::arg("weight"), nb::arg("activation"),
+          "Whether the GPU kernels take this weight format with this activation format.");
 }
 
 }  // namespace loraq::python

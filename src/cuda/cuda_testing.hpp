@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cuda/kernel_variants.hpp"
+#include "loraq/cuda.hpp"
 #include "loraq/format.hpp"
 
 namespace loraq::cuda::testing {
@@ -29,6 +30,11 @@ struct DeviceTimes {
   double op = 0, anchor = 0;
 };
 DeviceTimes time_fake_quantize(Format f, std::int64_t rows, std::int64_t cols, int repeats, CodecKernel kernel);
+
+// kernel.forward_device on x copied to the kernel's GPU, on a stream of its own, the result copied
+// back: what loraq.torch does with tensors already on the GPU, from host buffers.
+std::vector<float> forward_through_device_memory(const LinearKernel& kernel, std::span<const float> x,
+                                                 std::int64_t rows, std::int64_t out, bool skip_branch);
 
 // Median seconds of the three rank-r GEMMs of one eq. 4 step (B = up down, grad_up, grad_down).
 double time_step_gemms(std::int64_t out, std::int64_t in, std::int64_t rank, int repeats);

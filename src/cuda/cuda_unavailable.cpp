@@ -28,6 +28,8 @@ LinearKernel::LinearKernel(LinearKernel&&) noexcept = default;
 LinearKernel& LinearKernel::operator=(LinearKernel&&) noexcept = default;
 void LinearKernel::forward(std::span<const float>, std::int64_t, std::span<float>, bool) const { unavailable(); }
 double LinearKernel::time_forward(std::int64_t, int, bool) const { unavailable(); }
+void LinearKernel::forward_device(const float*, std::int64_t, float*, std::uintptr_t, bool) const { unavailable(); }
+int LinearKernel::device() const { unavailable(); }
 double time_bf16_gemm(std::int64_t, std::int64_t, std::int64_t, int) { unavailable(); }
 namespace testing {
 void fake_quantize(Format, Rounding, std::span<const float>, std::span<float>, std::int64_t, std::int64_t,
@@ -41,5 +43,9 @@ std::vector<double> quantization_error(Format, Rounding, std::span<const float>,
 void adam_steps(std::span<float>, std::span<const float>, double, int) { unavailable(); }
 DeviceTimes time_fake_quantize(Format, std::int64_t, std::int64_t, int, CodecKernel) { unavailable(); }
 double time_step_gemms(std::int64_t, std::int64_t, std::int64_t, int) { unavailable(); }
+std::vector<float> forward_through_device_memory(const LinearKernel&, std::span<const float>, std::int64_t,
+                                                 std::int64_t, bool) {
+  unavailable();
+}
 }  // namespace testing
 }  // namespace loraq::cuda

@@ -5,10 +5,13 @@
 // (docs/kernels.md). Weights are held as int8 (4-bit codes widened once at construction): simple and
 // exact, at twice the weight bytes a nibble-packed kernel would read.
 #include <algorithm>
+#include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda/cuda_support.cuh"
+#include "cuda/cuda_testing.hpp"
 #include "cuda/kernel_variants.hpp"
 #include "cuda/linear_kernels_body.cuh"
 #include "loraq/cuda.hpp"
@@ -66,17 +69,48 @@ struct LinearKernel::Impl {
             detail::DeviceBuffer<int>(std::size_t(detail::sync_counters(rows)))};
   }
 
-  void run(Scratch& b, std::int64_t rows, bool with_branch) const {
+  // The scratch of one forward_device() call: one stream-ordered allocation on the caller's stream,
+  // so that calls on different streams never share it and nothing waits for the device to be idle.
+  struct StreamScratch {
+    cudaStream_t stream;
+    void* base = nullptr;
+    detail::ForwardArrays arrays;
+    StreamScratch(const Impl& k, const float* x, float* y, std::int64_t rows, cudaStream_t s) : stream(s) {
+      const auto codes = std::size_t(rows * k.chunks * detail::kChunk), scales = std::size_t(rows * k.chunks);
+      const bool two = k.rank > 0 && !k.same_activations;
+      const std::size_t sizes[] = {std::size_t(rows * std::max<std::int64_t>(k.rank, 1)) * sizeof(float), codes,
+                                   two ? codes : 0, scales * sizeof(float), two ? scales * sizeof(float) : 0,
+                                   std::size_t(detail::sync_counters(rows)) * sizeof(int)};
+      std::size_t offsets[6], total = 0;
+      for (int i = 0; i < 6; ++i) offsets[i] = total, total += (sizes[i] + 255) / 256 * 256;  // 256-byte aligned parts
+      detail::check(cudaMallocAsync(&base, total, stream), "cudaMallocAsync");
+      auto* bytes = static_cast<char*>(base);
+      arrays = {x,
+                y,
+                reinterpret_cast<float*>(bytes + offsets[0]),
+                reinterpret_cast<std::int8_t*>(bytes + offsets[1]),
+                two ? reinterpret_cast<std::int8_t*>(bytes + offsets[2]) : nullptr,
+                reinterpret_cast<float*>(bytes + offsets[3]),
+                two ? reinterpret_cast<float*>(bytes + offsets[4]) : nullptr,
+                reinterpret_cast<int*>(bytes + offsets[5])};
+    }
+    StreamScratch(const StreamScratch&) = delete;
+    StreamScratch& operator=(const StreamScratch&) = delete;
+    ~StreamScratch() { cudaFreeAsync(base, stream); }  // after the launches queued on the stream
+  };
+
+  static detail::ForwardArrays arrays_of(const Scratch& b) {
+    return {b.x.get(), b.y.get(), b.t.get(), b.a1.get(), b.a2.get(), b.s1.get(), b.s2.get(), b.sync.get()};
+  }
+
+  void run(const detail::ForwardArrays& b, std::int64_t rows, bool with_branch, cudaStream_t stream) const {
     detail::LayerArrays k;
     k.out = out, k.in = in, k.rank = rank, k.chunks = chunks;
     k.qa1 = qa1, k.qa2 = qa2, k.same_activations = same_activations;
     k.residual_codes = residual.codes.get(), k.residual_scales = residual.scales.get();
     k.down_codes = down.codes.get(), k.down_scales = down.scales.get();
     k.up_t = up_t.get(), k.bias = bias.get(), k.smooth = smooth.size() ? smooth.get() : nullptr;
-    detail::forward_launches(k, {b.x.get(), b.y.get(), b.t.get(), b.a1.get(), b.a2.get(), b.s1.get(), b.s2.get(),
-                                 b.sync.get()},
-                             rows,
-                             with_branch, variant, session->stream());
+    detail::forward_launches(k, b, rows, with_branch, variant, stream);
   }
 };
 
@@ -149,7 +183,7 @@ void LinearKernel::forward(std::span<const float> x, std::int64_t rows, std::spa
   detail::check(cudaSetDevice(k.device), "cudaSetDevice");
   Impl::Scratch b = k.scratch(rows);
   b.x.upload(x.data(), k.session->stream());
-  k.run(b, rows, !skip_branch);
+  k.run(Impl::arrays_of(b), rows, !skip_branch, k.session->stream());
   b.y.download(y.data(), k.session->stream());
   k.session->sync();
 }
@@ -159,8 +193,49 @@ double LinearKernel::time_forward(std::int64_t rows, int repeats, bool skip_bran
   detail::check(cudaSetDevice(k.device), "cudaSetDevice");
   Impl::Scratch b = k.scratch(rows);
   detail::fill_uniform(*k.session, b.x, 7);
-  return detail::median_seconds(*k.session, repeats, [&] { k.run(b, rows, !skip_branch); });
+  return detail::median_seconds(*k.session, repeats,
+                                [&] { k.run(Impl::arrays_of(b), rows, !skip_branch, k.session->stream()); });
 }
+
+int LinearKernel::device() const { return impl_->device; }
+
+void LinearKernel::forward_device(const float* x, std::int64_t rows, float* y, std::uintptr_t stream,
+                                  bool skip_branch) const {
+  const Impl& k = *impl_;
+  if (rows < 0) throw Error(k.name + ": rows must be >= 0, got " + std::to_string(rows));
+  if (rows == 0) return;
+  // A host pointer here would make the kernels fault: refuse it by name instead.
+  for (const auto& [pointer, what] : {std::pair<const void*, const char*>{x, "x"}, {y, "y"}}) {
+    cudaPointerAttributes a{};
+    const bool device_memory = cudaPointerGetAttributes(&a, pointer) == cudaSuccess &&
+                               (a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged);
+    cudaGetLastError();  // a failed query leaves no sticky error behind
+    if (!device_memory || a.device != k.device)
+      throw Error(k.name + ": forward_device needs " + what + " in the memory of GPU " + std::to_string(k.device));
+  }
+  detail::check(cudaSetDevice(k.device), "cudaSetDevice");
+  const auto s = reinterpret_cast<cudaStream_t>(stream);
+  const Impl::StreamScratch scratch(k, x, y, rows, s);
+  k.run(scratch.arrays, rows, !skip_branch, s);
+  detail::check(cudaGetLastError(), "the linear kernels' launch");
+}
+
+namespace testing {
+
+std::vector<float> forward_through_device_memory(const LinearKernel& kernel, std::span<const float> x,
+                                                 std::int64_t rows, std::int64_t out, bool skip_branch) {
+  detail::check(cudaSetDevice(kernel.device()), "cudaSetDevice");
+  const detail::Session s(kernel.device());
+  detail::DeviceBuffer<float> dx(x.size()), dy(std::size_t(rows * out));
+  dx.upload(x.data(), s.stream());
+  kernel.forward_device(dx.get(), rows, dy.get(), reinterpret_cast<std::uintptr_t>(s.stream()), skip_branch);
+  std::vector<float> y(dy.size());
+  dy.download(y.data(), s.stream());
+  s.sync();
+  return y;
+}
+
+}  // namespace testing
 
 double time_bf16_gemm(std::int64_t m, std::int64_t n, std::int64_t k, int repeats) {
   detail::Session s(0);

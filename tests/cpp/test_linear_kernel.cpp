@@ -8,6 +8,7 @@
 #include <cstring>
 #include <random>
 
+#include "cuda/cuda_testing.hpp"
 #include "loraq/cuda.hpp"
 #include "loraq/format.hpp"
 #include "linear_cases.hpp"
@@ -382,12 +383,18 @@ TEST(LinearKernel, CudaEqualsCpuBitForBit) {
         options.skip_branch = skip_branch;
         cpu.forward(f.x, c.rows, want, options);
         gpu.forward(f.x, c.rows, got, skip_branch);
+        // And from device memory on a stream of the caller's (forward_device, loraq.torch's path).
+        const std::vector<float> on_device =
+            cuda::testing::forward_through_device_memory(gpu, f.x, c.rows, c.out, skip_branch);
         for (std::size_t i = 0; i < want.size(); ++i) {
-          std::uint32_t a, b;
+          std::uint32_t a, b, d;
           std::memcpy(&a, &want[i], 4);
           std::memcpy(&b, &got[i], 4);
+          std::memcpy(&d, &on_device[i], 4);
           ASSERT_EQ(a, b) << describe(c) << " skip_branch " << skip_branch << " at " << i << ": cpu " << want[i]
                           << " gpu " << got[i] << " (" << variant << " GEMMs)";
+          ASSERT_EQ(a, d) << describe(c) << " skip_branch " << skip_branch << " at " << i << ": cpu " << want[i]
+                          << " forward_device " << on_device[i] << " (" << variant << " GEMMs)";
         }
       }
     }
@@ -399,6 +406,13 @@ TEST(LinearKernel, CudaEqualsCpuBitForBit) {
   // Formats the CUDA kernels do not take are refused by name.
   const Fixture f = make({Format::mxfp4, Format::mxint8, Format::mxint8, Format::mxint8, 4, 16, 64, 8}, 9);
   EXPECT_THROW(cuda::LinearKernel(f.layer, Format::mxint8, Format::mxint8, {}, "mxfp4-layer"), Error);
+  // forward_device refuses host memory by name instead of faulting on it.
+  const Fixture h = make({Format::sint4, Format::mxint8, Format::mxint8, Format::mxint8, 4, 16, 64, 8}, 10);
+  const cuda::LinearKernel gpu(h.layer, Format::mxint8, Format::mxint8, {}, "host-input");
+  std::vector<float> y(4 * 16);
+  EXPECT_NE(testing::error_of([&] { gpu.forward_device(h.x.data(), 4, y.data(), 0); })
+                .find("host-input: forward_device needs x in the memory of GPU"),
+            std::string::npos);
 }
 
 }  // namespace

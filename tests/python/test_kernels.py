@@ -121,6 +121,113 @@ def test_torch_kernel_backend_matches_fake_quant(tmp_path):
         lt.QuantizedLinear(np.zeros((8, 32), np.float32), backend="cuda")
 
 
+# ---- the CUDA kernels from Python (loraq._core.CudaLinearKernel, backend="kernel" on a GPU) ------------------
+
+GPU = pytest.mark.skipif(loraq._core.cuda_device_count() == 0,
+                         reason="SKIPPED LOUDLY: no CUDA GPU visible: the GPU kernels ran only as an error")
+
+
+def w4a8_parts(rng, out=70, inp=257, rank=86):
+    """A W4A8 layer with rank 86 (partial chunks and tiles): packed parts, smooth and bias."""
+    return (loraq.pack(heavy_tailed(rng, (out, inp)), "sint4"), loraq.pack(heavy_tailed(rng, (rank, inp)), "mxint8"),
+            loraq.pack(heavy_tailed(rng, (out, rank)), "mxint8"), rng.uniform(0.25, 4.0, inp).astype(np.float32),
+            heavy_tailed(rng, (out,)))
+
+
+def test_cuda_kernel_without_a_gpu_is_a_clear_error():
+    if loraq._core.cuda_device_count() > 0:
+        pytest.skip("a GPU is visible: the GPU tests run instead")
+    parts = w4a8_parts(np.random.default_rng(20))
+    with pytest.raises(loraq.Error, match="none is visible" if loraq._core.cuda_built() else "built without CUDA"):
+        loraq._core.CudaLinearKernel(*parts, "mxint8", "mxint8", "blocks.0.ff")
+    assert loraq._core.CudaLinearKernel.supports("sint4", "mxint8")
+    assert not loraq._core.CudaLinearKernel.supports("mxfp4", "mxint8")
+
+
+def test_torch_kernel_backend_says_once_why_gpu_inputs_go_to_the_cpu():
+    """Where the GPU kernels cannot take a layer, its GPU inputs run on the CPU kernels, with one warning
+    and the reason in gpu_fallback. Here (no GPU) construction fails; a quantized intermediate is
+    refused before any GPU is asked."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    import warnings
+
+    import loraq.torch as lt
+
+    residual, down, up, smooth, bias = w4a8_parts(np.random.default_rng(23))
+    values = [loraq.unpack(p) for p in (residual, down, up)]
+
+    def layer(**kwargs):
+        return lt.QuantizedLinear(*values, bias, smooth, residual_activation="mxint8", branch_activation="mxint8",
+                                  name="blocks.0.ff", backend="kernel", packed=(residual, down, up), **kwargs)
+
+    qt = layer(intermediate_activation="mxint8")
+    with pytest.warns(UserWarning, match="'blocks.0.ff': inputs on a GPU run on the CPU kernels: the GPU kernels keep"):
+        assert qt._gpu_kernel(0) is None
+    assert "intermediate" in qt.gpu_fallback
+    if loraq._core.cuda_device_count() == 0:
+        plain = layer()
+        expected = "none is visible" if loraq._core.cuda_built() else "built without CUDA"
+        with pytest.warns(UserWarning, match=expected):
+            assert plain._gpu_kernel(0) is None
+        assert expected in plain.gpu_fallback
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the second input on that GPU: no second warning
+            assert plain._gpu_kernel(0) is None
+    assert torch.equal(qt(torch.ones(3, 257)), layer(intermediate_activation="mxint8")(torch.ones(3, 257)))
+
+
+@GPU
+def test_cuda_kernel_on_torch_tensors_equals_the_cpu_kernel_bit_for_bit():
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    if not torch.cuda.is_available():
+        pytest.skip("SKIPPED LOUDLY: this torch has no CUDA")
+    rng = np.random.default_rng(21)
+    parts = w4a8_parts(rng)
+    x = heavy_tailed(rng, (130, 257))
+    cpu = loraq.LinearKernel(*parts, "mxint8", "mxint8", "l")
+    gpu = loraq._core.CudaLinearKernel(*parts, "mxint8", "mxint8", "l", 0)
+    dx = torch.from_numpy(x).cuda()
+    dy = torch.empty((130, 70), dtype=torch.float32, device="cuda")
+    gpu.forward_device(dx.data_ptr(), 130, dy.data_ptr(), torch.cuda.current_stream().cuda_stream)
+    assert np.array_equal(dy.cpu().numpy().view(np.int32), cpu.forward(x).view(np.int32))
+    with pytest.raises(loraq.Error, match="forward_device needs x in the memory of GPU 0"):
+        gpu.forward_device(torch.from_numpy(x).data_ptr(), 130, dy.data_ptr(), 0)
+
+
+@GPU
+def test_torch_kernel_backend_stays_on_the_gpu(monkeypatch):
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    if not torch.cuda.is_available():
+        pytest.skip("SKIPPED LOUDLY: this torch has no CUDA")
+    import loraq.torch as lt
+
+    rng = np.random.default_rng(22)
+    residual, down, up, smooth, bias = w4a8_parts(rng)
+    values = [loraq.unpack(p) for p in (residual, down, up)]
+
+    def layer(**kwargs):
+        return lt.QuantizedLinear(*values, bias, smooth, residual_activation="mxint8", branch_activation="mxint8",
+                                  name="l", backend="kernel", packed=(residual, down, up), **kwargs)
+
+    x = torch.from_numpy(heavy_tailed(rng, (2, 65, 257)))
+    on_cpu = layer()(x)
+    gpu_layer = layer().cuda()
+
+    class NoCpu:
+        def forward(self, *args, **kwargs):
+            raise AssertionError("an input on the GPU went to the CPU kernels")
+
+    monkeypatch.setattr(gpu_layer, "_kernel", NoCpu())
+    on_gpu = gpu_layer(x.cuda())
+    assert on_gpu.device.type == "cuda" and gpu_layer.gpu_fallback is None
+    assert torch.equal(on_gpu.cpu().view(torch.int32), on_cpu.view(torch.int32))
+    # A quantized intermediate is the CPU kernels' alone: the layer says so once and runs there.
+    with pytest.warns(UserWarning, match="inputs on a GPU run on the CPU kernels: the GPU kernels keep"):
+        y = layer(intermediate_activation="mxint8").cuda()(x.cuda())
+    assert y.device.type == "cuda"
+    assert torch.equal(y.cpu(), layer(intermediate_activation="mxint8")(x))
+
+
 # ---- loraq run-linear ------------------------------------------------------------------------------------------
 
 def quantize_one_layer(tmp_path, loraq_bin, tensors, recipe_text):
