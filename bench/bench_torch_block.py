@@ -10,7 +10,11 @@ the formats and the rank, not on how the branch was found, and LoRaQ's optimizat
 minutes here. Default W4A8: sint4 residual with mxint8 activations, mxint8 branch at rank 62 with
 mxint8 activations.
 
-  ~/.cache/loraq/venv/bin/python bench/bench_torch_block.py [--tokens 1024] [--repeat 5]
+  ~/.cache/loraq/venv/bin/python bench/bench_torch_block.py [--tokens 1024] [--repeat 5] [--device cuda]
+
+With --device cuda the block and its inputs live on the GPU: the fp32 block runs cuBLAS, "kernel"
+runs loraq's CUDA kernels from device memory (QuantizedLinear's GPU path) and "fake_quant" quantizes
+activations on the device (loraq._torch_codec); each timed forward ends with a synchronization.
 """
 import argparse
 import pathlib
@@ -38,12 +42,18 @@ class Blocks(torch.nn.Module):
 
 
 def median_seconds(model, x, context, repeat):
+    def sync():
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+
     with torch.no_grad():
-        model(x, context)  # warm-up: per-thread buffers, lazy init
+        model(x, context)  # warm-up: per-thread buffers, lazy init, the GPU kernels' construction
+        sync()
         times = []
         for _ in range(repeat):
             start = time.perf_counter()
             out = model(x, context)
+            sync()
             times.append(time.perf_counter() - start)
     return statistics.median(times), out
 
@@ -55,6 +65,7 @@ def main():
     parser.add_argument("--rank", type=int, default=62)
     parser.add_argument("--residual-activations", default="mxint8", help="mxint8 (W4A8) or sint4 (W4A4)")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the block, its inputs and the layers)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -74,8 +85,11 @@ def main():
             model.load_state_dict(models["fp32"].state_dict())
             lt.quantize_module(model, recipe, backend=backend)
             models[backend] = model
+    models = {name: model.to(args.device) for name, model in models.items()}
+    x, context = x.to(args.device), context.to(args.device)
 
-    print(f"threads {torch.get_num_threads()}, tokens {args.tokens}, context {args.context}, rank {args.rank}, "
+    where = torch.cuda.get_device_name(x.device) if x.device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"{where}, tokens {args.tokens}, context {args.context}, rank {args.rank}, "
           f"residual activations {args.residual_activations}")
     layer = next(m for m in models["kernel"].modules() if isinstance(m, lt.QuantizedLinear))
     print(f"first layer: {layer!r}")
@@ -84,6 +98,9 @@ def main():
         seconds[name], outputs[name] = median_seconds(model, x, context, args.repeat)
     for name in models:
         print(f"{name:>10}: {seconds[name] * 1e3:8.1f} ms   fp32 / this = {seconds['fp32'] / seconds[name]:.2f}")
+    fallbacks = {m.gpu_fallback for m in models["kernel"].modules() if isinstance(m, lt.QuantizedLinear)} - {None}
+    if fallbacks:
+        print(f"layers that ran on the CPU kernels: {sorted(fallbacks)}")
     diff = float((outputs["kernel"] - outputs["fake_quant"]).norm() / outputs["fake_quant"].norm())
     err = float((outputs["kernel"] - outputs["fp32"]).norm() / outputs["fp32"].norm())
     print(f"kernel vs fake_quant output: {diff:.2e} relative; quantized vs fp32 block: {err:.2e} relative")

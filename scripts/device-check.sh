@@ -40,14 +40,19 @@ cp "$root/q-gpu/quantize_report.csv" "$out/" 2>/dev/null
 # (into test_cuda.log: the device tool brings back at most 8 files, and this script writes 8)
 LORAQ_BIN="$bin/loraq" step 150 python3 -m pytest -q -rs tests/python/test_quantize_pipeline.py -k device 2>&1 |
   tee -a "$out/test_cuda.log"
-# loraq.torch's device codec on the GPU, bit for bit against the C++ codecs, where this machine's
-# python3 has torch with CUDA and takes the bundled wheel (built for the development machine's Python).
+# The Python package on the GPU, where this machine's python3 takes the bundled wheel (built for the
+# development machine's Python) and has torch with CUDA: loraq.torch's device codec and its kernel
+# backend bit for bit against the CPU, and quantize_weight(device="cuda") against the CPU.
 wheel=$(ls "$root"/wheel/loraq-*.whl 2>/dev/null | head -1)
 if [ -n "$wheel" ] && python3 -m pip install -q --no-deps --target "$root/py" "$wheel" >/dev/null 2>&1; then
-  PYTHONPATH="$root/py" step 90 python3 -m pytest -q -rs tests/python/test_torch_codec.py -k gpu 2>&1 |
+  LORAQ_BIN="$bin/loraq" PYTHONPATH="$root/py" step 120 python3 -m pytest -q -rs tests/python/test_torch_codec.py \
+    tests/python/test_kernels.py tests/python/test_bindings.py -k "gpu or cuda" 2>&1 | tee -a "$out/test_cuda.log"
+  # A PixArt-Sigma-sized block on the GPU: fp32 torch, loraq's kernels, torch fake quantization.
+  PYTHONPATH="$root/py" step 90 python3 bench/bench_torch_block.py --device cuda --repeat 5 2>&1 |
     tee -a "$out/test_cuda.log"
 else
-  echo "loraq.torch device codec: NOT RUN (no wheel for this Python: ${wheel:-none bundled})" | tee -a "$out/test_cuda.log"
+  echo "the Python package on the GPU: NOT RUN (no wheel for this Python: ${wheel:-none bundled})" |
+    tee -a "$out/test_cuda.log"
 fi
 # Last, the CPU kernel sets on this host's CPU (another CPU than the development machine's): bit for
 # bit against the scalar set, then the kernel benchmark at M = 1024.
