@@ -67,6 +67,22 @@ class DeviceBuffer {
   std::size_t n_ = 0;
 };
 
+// Makes `device` the calling thread's current GPU for the scope's life, then restores the one before:
+// a library call must not move its caller (torch, under loraq.torch) to another GPU.
+class DeviceScope {
+ public:
+  explicit DeviceScope(int device) {
+    check(cudaGetDevice(&previous_), "cudaGetDevice");
+    check(cudaSetDevice(device), "cudaSetDevice");
+  }
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
+  ~DeviceScope() { cudaSetDevice(previous_); }
+
+ private:
+  int previous_ = 0;
+};
+
 // One host thread's work on one GPU: its own stream and handles, so that layers in flight on
 // several host threads never share cuBLAS state. The loops take one per host thread and keep it
 // (thread_session below): made per call, the handles cost more than a small layer's loops.

@@ -142,6 +142,7 @@ LinearKernel::LinearKernel(const QuantizedLayer& layer, Format residual_activati
   format_check(layer.residual.format, residual_activation, "residual");
   detail::device_format(residual_activation, Rounding::nearest_even, k.qa1);
   if (device_count() == 0) refuse("need a CUDA GPU, and none is visible");
+  const detail::DeviceScope scope(device);  // the caller's current GPU again on return
   k.session = std::make_unique<detail::Session>(device);
   const detail::Session& s = *k.session;
   k.residual = detail::upload_weight(layer.residual, s);
@@ -180,7 +181,7 @@ void LinearKernel::forward(std::span<const float> x, std::int64_t rows, std::spa
   if (rows < 0 || std::int64_t(x.size()) != rows * k.in || std::int64_t(y.size()) != rows * k.out)
     throw Error(k.name + ": input and output must hold rows x " + std::to_string(k.in) + " and rows x " +
                 std::to_string(k.out) + " values");
-  detail::check(cudaSetDevice(k.device), "cudaSetDevice");
+  const detail::DeviceScope scope(k.device);
   Impl::Scratch b = k.scratch(rows);
   b.x.upload(x.data(), k.session->stream());
   k.run(Impl::arrays_of(b), rows, !skip_branch, k.session->stream());
@@ -190,7 +191,7 @@ void LinearKernel::forward(std::span<const float> x, std::int64_t rows, std::spa
 
 double LinearKernel::time_forward(std::int64_t rows, int repeats, bool skip_branch) const {
   const Impl& k = *impl_;
-  detail::check(cudaSetDevice(k.device), "cudaSetDevice");
+  const detail::DeviceScope scope(k.device);
   Impl::Scratch b = k.scratch(rows);
   detail::fill_uniform(*k.session, b.x, 7);
   return detail::median_seconds(*k.session, repeats,
@@ -213,7 +214,7 @@ void LinearKernel::forward_device(const float* x, std::int64_t rows, float* y, s
     if (!device_memory || a.device != k.device)
       throw Error(k.name + ": forward_device needs " + what + " in the memory of GPU " + std::to_string(k.device));
   }
-  detail::check(cudaSetDevice(k.device), "cudaSetDevice");
+  const detail::DeviceScope scope(k.device);
   const auto s = reinterpret_cast<cudaStream_t>(stream);
   const Impl::StreamScratch scratch(k, x, y, rows, s);
   k.run(scratch.arrays, rows, !skip_branch, s);
@@ -224,7 +225,7 @@ namespace testing {
 
 std::vector<float> forward_through_device_memory(const LinearKernel& kernel, std::span<const float> x,
                                                  std::int64_t rows, std::int64_t out, bool skip_branch) {
-  detail::check(cudaSetDevice(kernel.device()), "cudaSetDevice");
+  const detail::DeviceScope scope(kernel.device());
   const detail::Session s(kernel.device());
   detail::DeviceBuffer<float> dx(x.size()), dy(std::size_t(rows * out));
   dx.upload(x.data(), s.stream());

@@ -184,6 +184,7 @@ OptimizerTrace CudaAccelerator::optimize_branch(const BranchProblem& p, std::spa
   double w_norm2 = methods::loraq_impl::sum_squares(p.weight.data(), std::int64_t(nw));
   if (!(w_norm2 > 0)) w_norm2 = 1;  // an all-zero weight, as BranchObjective
 
+  const DeviceScope scope(device_);  // the caller's current GPU again on return
   Session& s = thread_session(device_);
   DeviceBuffer<float> w(nw), e(nw), u(nu), d(nd), grad_u(nu), grad_d(nd);
   DeviceBuffer<float> best_u(keep_best ? nu : 0), best_d(keep_best ? nd : 0);
@@ -241,6 +242,7 @@ OptimizerTrace CudaAccelerator::optimize_rotation(std::span<const float> up_host
   if (!(up_norm2 > 0)) up_norm2 = 1;
   if (!(down_norm2 > 0)) down_norm2 = 1;
 
+  const DeviceScope scope(device_);  // the caller's current GPU again on return
   Session& s = thread_session(device_);
   DeviceBuffer<float> u(nu), d(nd), a(nu), c(nd), omega_f(nr), grad_f(nr);
   DeviceBuffer<double> omega(nr), best(nr), grad(nr), p(nr), skew(nr), wo(nr), a_cm(nr), rhs_cm(nr);
