@@ -46,7 +46,8 @@ def _round(v: torch.Tensor, grid: _Grid, away: bool) -> torch.Tensor:
     """Each finite float32 value of v rounded to the grid, saturating at its largest value."""
     values = grid.values
     a = v.abs()
-    below = (torch.searchsorted(values, a, right=True) - 1).clamp(min=0)  # values[below] <= a
+    # values[below] <= a; int32 indices: half the memory of int64 on large activations
+    below = (torch.searchsorted(values, a, right=True, out_int32=True) - 1).clamp(min=0)
     above = (below + 1).clamp(max=values.numel() - 1)                     # the largest saturates
     lo, hi = values[below], values[above]
     mid = lo + (hi - lo) * 0.5  # exact; lo + hi could overflow bf16's grid in float32
