@@ -48,7 +48,7 @@ def _round(v: torch.Tensor, grid: _Grid, away: bool) -> torch.Tensor:
     a = v.abs()
     # values[below] <= a; int32 indices: half the memory of int64 on large activations
     below = (torch.searchsorted(values, a, right=True, out_int32=True) - 1).clamp(min=0)
-    above = (below + 1).clamp(max=values.numel() - 1)                     # the largest saturates
+    above = (below + 1).clamp(max=values.numel() - 1)  # at the largest value: saturates
     lo, hi = values[below], values[above]
     mid = lo + (hi - lo) * 0.5  # exact; lo + hi could overflow bf16's grid in float32
     tie_up = torch.ones_like(a, dtype=torch.bool) if away else (below % 2 == 1)  # odd code: go to the even one
@@ -124,11 +124,12 @@ def _require_finite(x: torch.Tensor, what: str) -> None:
         raise _core.Error(f"{what} holds {kind} at [{row}, {col}]: loraq refuses non-finite values")
 
 
-def fake_quant(x: torch.Tensor, format: str, rounding: str = "nearest_even", what: str = "fake_quant: the tensor",
-               check_finite: bool = True) -> torch.Tensor:
+def fake_quant(x: torch.Tensor, format: str, rounding: str = "nearest_even",
+               what: str = "fake_quant: the tensor") -> torch.Tensor:
     """The float32 values x [rows, cols] (or one row) quantizes to in `format`, blocks along the last
     axis, computed on x's device: loraq.fake_quant's values bit for bit. Non-finite values raise
-    loraq.Error naming the [row, col], as loraq.fake_quant does."""
+    loraq.Error naming the [row, col], as loraq.fake_quant does (the check is the one point where
+    the host waits for the device)."""
     if rounding not in ("nearest_even", "nearest_away"):
         raise _core.Error(f"unknown rounding '{rounding}': expected nearest_even or nearest_away")
     info = format_info(format)  # raises loraq.Error for an unknown name
@@ -137,8 +138,7 @@ def fake_quant(x: torch.Tensor, format: str, rounding: str = "nearest_even", wha
     flat = x.detach().to(torch.float32).reshape(-1, x.shape[-1]) if x.dim() == 1 else x.detach().to(torch.float32)
     if flat.numel() == 0:
         return flat.reshape(x.shape).clone()
-    if check_finite:
-        _require_finite(flat, what)
+    _require_finite(flat, what)
     away = rounding == "nearest_away"
     name = info["name"]
     if info["scale"] == "e8m0":
