@@ -277,7 +277,8 @@ class QuantizedLinear(nn.Module):
             return None
         flat = x.detach().to(torch.float32).reshape(-1, self.in_features).contiguous()
         y = torch.empty((flat.shape[0], self.out_features), dtype=torch.float32, device=x.device)
-        kernel.forward_device(flat.data_ptr(), flat.shape[0], y.data_ptr(), torch.cuda.current_stream(x.device).cuda_stream)
+        stream = torch.cuda.current_stream(x.device).cuda_stream
+        kernel.forward_device(flat.data_ptr(), flat.shape[0], y.data_ptr(), stream)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
