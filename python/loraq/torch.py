@@ -30,6 +30,7 @@ Importing this module needs torch; `import loraq` alone does not import it.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import math
 import os
@@ -417,7 +418,8 @@ def _sqnr_db(signal: "torch.Tensor", noise: "torch.Tensor") -> float:
 def quantize_module(module: "nn.Module", recipe: PathLike, *, activations: Any = None,
                     layers: Optional[Iterable[str]] = None, threads: int = 0,
                     unsigned_shift: Union[Shift, Mapping[str, Shift]] = None,
-                    backend: str = "fake_quant", device: str = "cpu") -> dict[str, Any]:
+                    backend: str = "fake_quant", device: str = "cpu",
+                    layers_in_flight: Optional[int] = None) -> dict[str, Any]:
     """Quantizes, in place, the nn.Linear and pointwise (1x1) nn.Conv2d modules of `module` whose
     "PATH.weight" the recipe file's layer selection picks (the same C++ selection as `loraq quantize`,
     applied to these weights only), each with loraq.quantize_weight(recipe=..., layer="PATH.weight"),
@@ -433,6 +435,10 @@ def quantize_module(module: "nn.Module", recipe: PathLike, *, activations: Any =
     same with Y_q = X W_eff^T (the weights alone). unsigned_shift: see QuantizedLinear; one value
     for every layer or a {path: value} map. threads: 0 = every core. device: where LoRaQ's
     optimization loops run, "cpu", "cuda" or "cuda:N" (loraq.quantize_weight's device=).
+    layers_in_flight: layers quantized at once, each on its own thread (default 1 on the CPU, whose
+    cores already share each layer; 8 on a GPU, where each layer's loop waits for its objective every
+    step and the others keep the GPU busy, as `loraq quantize --device cuda` does). The results do
+    not depend on it.
 
     Returns {"layers": [rows], "parameters": n}, a row per layer: name (the weight's), out_features,
     in_features, method, residual_format, branch_format, rank, residual_activation,
@@ -449,15 +455,28 @@ def quantize_module(module: "nn.Module", recipe: PathLike, *, activations: Any =
             if r.ndim != 2 or r.shape[1] != _features(selected[n])[1]:
                 raise ValueError(f"{what}: activation rows of layer '{n}' have shape {r.shape}, the layer takes "
                                  f"[n, {_features(selected[n])[1]}]")
+    if layers_in_flight is None:
+        layers_in_flight = 1 if device == "cpu" else _core.DEVICE_LAYERS_IN_FLIGHT
+    if isinstance(layers_in_flight, bool) or not isinstance(layers_in_flight, int) or layers_in_flight < 1:
+        raise ValueError(f"{what}: layers_in_flight must be an int >= 1, got {layers_in_flight!r}")
+    weights = {path: linear.weight.detach().to(torch.float32).reshape(_features(linear))  # [out, in] (1x1 conv too)
+               for path, linear in selected.items()}
+
+    def quantize(path: str) -> Any:
+        captured = stats.get(path) if isinstance(stats, Mapping) else None
+        return quantize_weight(weights[path].to("cpu").contiguous().numpy(), recipe=recipe, layer=f"{path}.weight",
+                               threads=threads, device=device, activations=None if captured is None else rows[path],
+                               absmax=_absmax_of(captured))
+
+    # The C++ call releases the GIL, so layers in flight overlap; results are taken in layer order.
+    if layers_in_flight == 1 or len(selected) == 1:
+        quantized = {path: quantize(path) for path in selected}
+    else:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=layers_in_flight) as pool:
+            quantized = dict(zip(selected, pool.map(quantize, selected)))
     swaps, report = {}, []
     for path, linear in selected.items():
-        weight_name = f"{path}.weight"
-        weight = linear.weight.detach().to(torch.float32).reshape(_features(linear))  # [out, in] (1x1 conv too)
-        w = weight.to("cpu").contiguous().numpy()
-        captured = stats.get(path) if isinstance(stats, Mapping) else None
-        q = quantize_weight(w, recipe=recipe, layer=weight_name, threads=threads, device=device,
-                            activations=None if captured is None else rows[path],
-                            absmax=_absmax_of(captured))
+        weight_name, weight, q = f"{path}.weight", weights[path], quantized[path]
         entry = _core.recipe_layer(os.fspath(recipe), weight_name)
         shift = unsigned_shift.get(path) if isinstance(unsigned_shift, Mapping) else unsigned_shift
         new = QuantizedLinear(q.residual, q.down, q.up, linear.bias, q.smooth,

@@ -8,6 +8,7 @@
 #include "loraq/cuda.hpp"
 #include "loraq/error.hpp"
 #include "loraq/linalg.hpp"
+#include "loraq/pipeline.hpp"
 
 namespace loraq::python {
 
@@ -54,6 +55,8 @@ NB_MODULE(_core, m) {
   loraq::python::register_checkpoint(m);
   loraq::python::register_recipes(m);
   loraq::python::register_kernels(m);
+  // Layers in flight by default on a GPU (loraq quantize --device cuda; loraq.torch.quantize_module).
+  m.attr("DEVICE_LAYERS_IN_FLIGHT") = loraq::kDeviceLayersInFlight;
   m.def("cuda_built", &loraq::cuda::built,
         "Whether this build has the CUDA backend (built where nvcc was found; device=\"cuda\" needs it).");
   m.def("cuda_device_count", &loraq::cuda::device_count, "CUDA GPUs visible to this process (0 without the backend).");

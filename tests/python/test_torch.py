@@ -346,6 +346,22 @@ def test_capture_file_read_by_cli(recipes, checkpoint, run_loraq, tmp_path):
     assert "output_sqnr_db" in bench
 
 
+def test_layers_in_flight_change_nothing(recipes):
+    """Layers quantized on 3 threads at once (what a GPU gets by default) give the same tensors and
+    the same report order as one at a time."""
+    one, three = make_model(), make_model()
+    report_one = lt.quantize_module(one, recipes["w4a8"], threads=1)
+    report_three = lt.quantize_module(three, recipes["w4a8"], threads=1, layers_in_flight=3)
+    assert [r["name"] for r in report_one["layers"]] == [r["name"] for r in report_three["layers"]]
+    pairs = [(a, b) for a, b in zip(one.modules(), three.modules()) if isinstance(a, lt.QuantizedLinear)]
+    assert len(pairs) == len(LAYERS)
+    for a, b in pairs:
+        for part in ("residual", "down", "up"):
+            assert torch.equal(getattr(a, part).view(torch.int32), getattr(b, part).view(torch.int32)), (a.name, part)
+    with pytest.raises(ValueError, match="layers_in_flight must be an int >= 1, got 0"):
+        lt.quantize_module(make_model(), recipes["w4a8"], layers_in_flight=0)
+
+
 # ---- bad input -------------------------------------------------------------------------------------------
 
 def test_bad_input_names_it(recipes, checkpoint, run_loraq, tmp_path):
