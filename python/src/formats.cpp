@@ -2,8 +2,8 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
-#include <vector>
 #include <string>
+#include <vector>
 
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>

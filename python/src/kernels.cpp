@@ -1,5 +1,6 @@
 // loraq._core.LinearKernel: the quantized linear kernels (include/loraq/linear_kernel.hpp) on numpy
-// arrays; loraq.torch's QuantizedLinear(backend="kernel") runs on it.
+// arrays; loraq.torch's QuantizedLinear(backend="kernel") runs on it. loraq._core.CudaLinearKernel:
+// the same layer on a GPU (loraq/cuda.hpp), on tensors already in its memory, for inputs on a GPU.
 #include <cstdint>
 
 #include <nanobind/stl/optional.h>
