@@ -65,7 +65,10 @@ void register_checkpoint(nb::module_& m) {
           options.threads = threads;
           options.resume = resume;
           options.progress = progress;
-          options.layers_in_flight = layers_in_flight.value_or(accelerator ? kDeviceLayersInFlight : 2);
+          if (layers_in_flight)
+            options.layers_in_flight = *layers_in_flight;
+          else if (accelerator)
+            options.layers_in_flight = kDeviceLayersInFlight;  // else QuantizeOptions' CPU default
           options.accelerator = accelerator;
           summary = quantize_model(options);
         }

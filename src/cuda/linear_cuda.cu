@@ -52,6 +52,19 @@ struct LinearKernel::Impl {
   detail::DeviceWeight residual, down;
   detail::DeviceBuffer<float> up_t, bias, smooth;  // up_t [rank, out]; smooth empty when not smoothed
 
+  // The element counts of a forward pass's scratch for `rows` tokens: T, the activations' codes and
+  // scales (a second set only when the branch's activation format differs), the fused kernel's
+  // counters. Both kinds of scratch below are laid out from it.
+  struct ScratchCounts {
+    std::size_t t, codes1, codes2, scales1, scales2, sync;
+  };
+  ScratchCounts scratch_counts(std::int64_t rows) const {
+    const auto codes = std::size_t(rows * chunks * detail::kChunk), scales = std::size_t(rows * chunks);
+    const bool two = rank > 0 && !same_activations;
+    return {std::size_t(rows * std::max<std::int64_t>(rank, 1)), codes, two ? codes : 0, scales, two ? scales : 0,
+            std::size_t(detail::sync_counters(rows))};
+  }
+
   // The device buffers of one forward() of `rows` tokens.
   struct Scratch {
     detail::DeviceBuffer<float> x, y, t;
@@ -60,13 +73,11 @@ struct LinearKernel::Impl {
     detail::DeviceBuffer<int> sync;
   };
   Scratch scratch(std::int64_t rows) const {
-    const auto codes = std::size_t(rows * chunks * detail::kChunk), scales = std::size_t(rows * chunks);
-    const bool two = rank > 0 && !same_activations;
+    const ScratchCounts c = scratch_counts(rows);
     return {detail::DeviceBuffer<float>(std::size_t(rows * in)), detail::DeviceBuffer<float>(std::size_t(rows * out)),
-            detail::DeviceBuffer<float>(std::size_t(rows * std::max<std::int64_t>(rank, 1))),
-            detail::DeviceBuffer<std::int8_t>(codes), detail::DeviceBuffer<std::int8_t>(two ? codes : 0),
-            detail::DeviceBuffer<float>(scales), detail::DeviceBuffer<float>(two ? scales : 0),
-            detail::DeviceBuffer<int>(std::size_t(detail::sync_counters(rows)))};
+            detail::DeviceBuffer<float>(c.t), detail::DeviceBuffer<std::int8_t>(c.codes1),
+            detail::DeviceBuffer<std::int8_t>(c.codes2), detail::DeviceBuffer<float>(c.scales1),
+            detail::DeviceBuffer<float>(c.scales2), detail::DeviceBuffer<int>(c.sync)};
   }
 
   // The scratch of one forward_device() call: one stream-ordered allocation on the caller's stream,
@@ -76,23 +87,21 @@ struct LinearKernel::Impl {
     void* base = nullptr;
     detail::ForwardArrays arrays;
     StreamScratch(const Impl& k, const float* x, float* y, std::int64_t rows, cudaStream_t s) : stream(s) {
-      const auto codes = std::size_t(rows * k.chunks * detail::kChunk), scales = std::size_t(rows * k.chunks);
-      const bool two = k.rank > 0 && !k.same_activations;
-      const std::size_t sizes[] = {std::size_t(rows * std::max<std::int64_t>(k.rank, 1)) * sizeof(float), codes,
-                                   two ? codes : 0, scales * sizeof(float), two ? scales * sizeof(float) : 0,
-                                   std::size_t(detail::sync_counters(rows)) * sizeof(int)};
+      const ScratchCounts c = k.scratch_counts(rows);
+      const std::size_t bytes[] = {c.t * sizeof(float), c.codes1, c.codes2, c.scales1 * sizeof(float),
+                                   c.scales2 * sizeof(float), c.sync * sizeof(int)};
       std::size_t offsets[6], total = 0;
-      for (int i = 0; i < 6; ++i) offsets[i] = total, total += (sizes[i] + 255) / 256 * 256;  // 256-byte aligned parts
+      for (int i = 0; i < 6; ++i) offsets[i] = total, total += (bytes[i] + 255) / 256 * 256;  // 256-byte aligned parts
       detail::check(cudaMallocAsync(&base, total, stream), "cudaMallocAsync");
-      auto* bytes = static_cast<char*>(base);
+      auto* at = static_cast<char*>(base);
       arrays = {x,
                 y,
-                reinterpret_cast<float*>(bytes + offsets[0]),
-                reinterpret_cast<std::int8_t*>(bytes + offsets[1]),
-                two ? reinterpret_cast<std::int8_t*>(bytes + offsets[2]) : nullptr,
-                reinterpret_cast<float*>(bytes + offsets[3]),
-                two ? reinterpret_cast<float*>(bytes + offsets[4]) : nullptr,
-                reinterpret_cast<int*>(bytes + offsets[5])};
+                reinterpret_cast<float*>(at + offsets[0]),
+                reinterpret_cast<std::int8_t*>(at + offsets[1]),
+                c.codes2 ? reinterpret_cast<std::int8_t*>(at + offsets[2]) : nullptr,
+                reinterpret_cast<float*>(at + offsets[3]),
+                c.scales2 ? reinterpret_cast<float*>(at + offsets[4]) : nullptr,
+                reinterpret_cast<int*>(at + offsets[5])};
     }
     StreamScratch(const StreamScratch&) = delete;
     StreamScratch& operator=(const StreamScratch&) = delete;
