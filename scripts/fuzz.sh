@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-20}"
-targets=(fuzz_safetensors_header fuzz_npy_header fuzz_checkpoint_index)
+targets=(fuzz_safetensors_header fuzz_npy_header fuzz_checkpoint_index fuzz_layer_table)
 
 # A separate configure: the main build uses g++, libFuzzer needs clang.
 cmake -S . -B build-fuzz -G Ninja -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \

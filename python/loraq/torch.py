@@ -602,7 +602,8 @@ def load_quantized(module: "nn.Module", checkpoint: PathLike, *,
     if "loraq.layers" not in tensors.metadata:
         raise ValueError(f"{what}: {checkpoint}: not a quantized checkpoint (no loraq.layers metadata; "
                          f"docs/checkpoint.md)")
-    table = json.loads(tensors.metadata["loraq.layers"])
+    # Checked by the C++ reader `loraq export` uses: a hostile table is a loraq.Error naming the layer.
+    table = json.loads(_core.layer_table_json(tensors.metadata["loraq.layers"], f"{what}: {checkpoint}"))
     modules = dict(module.named_modules())
     swaps = {}
     for layer in table:

@@ -11,6 +11,7 @@
 #include "bindings.hpp"
 #include "loraq/error.hpp"
 #include "loraq/pipeline.hpp"
+#include "loraq/quantized_checkpoint.hpp"
 #include "loraq/recipe.hpp"
 
 namespace loraq::python {
@@ -86,6 +87,15 @@ void register_checkpoint(nb::module_& m) {
       "`loraq quantize`: quantizes a safetensors checkpoint (file, shard index or diffusers folder) with a recipe "
       "file and writes the quantized checkpoint and its reports. Returns {layers: [row dicts], parameters, seconds, "
       "reports: [paths]}.");
+  m.def(
+      "layer_table_json",
+      [](const std::string& metadata, const std::string& what) {
+        return encode_layer_table(decode_layer_table(metadata, what));
+      },
+      nb::arg("metadata"), nb::arg("what"),
+      "A quantized checkpoint's loraq.layers metadata checked as `loraq export` checks it (loraq.Error naming "
+      "`what` and the layer otherwise), as canonical JSON: every key present, activation formats null when "
+      "16-bit, intermediate_activation only where set.");
   m.def(
       "evaluate",
       [](const std::filesystem::path& quantized, const std::filesystem::path& original) {

@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "loraq/error.hpp"
+#include "strict_json.hpp"
 
 namespace loraq {
 namespace {
@@ -155,33 +157,59 @@ std::string encode_layer_table(const std::vector<QuantizedLayerInfo>& layers) {
   return table.dump();
 }
 
+namespace {
+
+// The table comes from a file's metadata, so it is read as strictly as the header around it: no
+// repeated keys, bounded nesting (the table is 3 levels deep), and integers that are JSON integers
+// in range: nlohmann's get<int>() would cast 1e30 or 2.5 to int (undefined behaviour, or a silent
+// truncation).
+constexpr int kMaxTableDepth = 4;
+
+std::int64_t integer_in(const nlohmann::json& v, std::int64_t lo, std::int64_t hi, const std::string& what) {
+  if (v.is_number_unsigned()) {  // nlohmann's type for every integer >= 0
+    const std::uint64_t u = v.get<std::uint64_t>();
+    if (u <= std::uint64_t(hi) && std::int64_t(u) >= lo) return std::int64_t(u);
+  } else if (v.is_number_integer()) {
+    const std::int64_t i = v.get<std::int64_t>();
+    if (i >= lo && i <= hi) return i;
+  }
+  throw Error(fmt::format("{}: expected an integer in [{}, {}], got {}", what, lo, hi, v.dump()));
+}
+
+}  // namespace
+
 std::vector<QuantizedLayerInfo> decode_layer_table(const std::string& json, const std::string& what) {
   std::vector<QuantizedLayerInfo> layers;
+  const nlohmann::json table = io::parse_strict_json(json, kMaxTableDepth, std::string(kLayersKey) + " metadata",
+                                                     [&](const std::string& m) { throw Error(what + ": " + m); });
+  if (!table.is_array()) throw Error(what + ": " + kLayersKey + " is not a JSON array");
+  std::set<std::string> names;
   try {
-    const nlohmann::json table = nlohmann::json::parse(json);
-    if (!table.is_array()) throw Error(what + ": " + kLayersKey + " is not a JSON array");
     for (const nlohmann::json& e : table) {
       QuantizedLayerInfo l;
       l.weight_name = e.at("name").get<std::string>();
-      l.shape = e.at("shape").get<std::vector<std::int64_t>>();
+      const std::string layer = what + ": layer '" + l.weight_name + "' of " + kLayersKey;
+      if (!names.insert(l.weight_name).second) throw Error(layer + " is listed twice");
+      const nlohmann::json& shape = e.at("shape");
+      if (!shape.is_array()) throw Error(layer + ": shape is not a list");
+      for (const nlohmann::json& d : shape) l.shape.push_back(integer_in(d, 1, 1 << 24, layer + ": shape"));
       const bool pointwise = l.shape.size() == 4 && l.shape[2] == 1 && l.shape[3] == 1;
-      if ((l.shape.size() != 2 && !pointwise) || l.shape[0] <= 0 || l.shape[1] <= 0 || l.shape[0] > (1 << 24) ||
-          l.shape[1] > (1 << 24))
-        throw Error(what + ": layer '" + l.weight_name + "' has a bad shape in " + kLayersKey);
+      if (l.shape.size() != 2 && !pointwise)
+        throw Error(layer + ": shape must be [out, in] or [out, in, 1, 1], got " + shape.dump());
       l.out_features = l.shape[0];
       l.in_features = l.shape[1];
       l.dtype = io::parse_dtype(e.at("dtype").get<std::string>());
       l.method = e.at("method").get<std::string>();
       l.residual_format = parse_format(e.at("residual").get<std::string>());
       if (!e.at("branch").is_null()) l.branch_format = parse_format(e.at("branch").get<std::string>());
-      l.rank = e.at("rank").get<int>();
+      l.rank = int(integer_in(e.at("rank"), 0, 1 << 20, layer + ": rank"));
       l.smoothed = e.at("smoothed").get<bool>();
       l.residual_activation = optional_format(e, "residual_activation");
       l.branch_activation = optional_format(e, "branch_activation");
       l.intermediate_activation = optional_format(e, "intermediate_activation");
-      if (l.rank < 0 || l.rank > (1 << 20) || (l.rank > 0) != l.branch_format.has_value())
-        throw Error(what + ": layer '" + l.weight_name + "' has rank " + std::to_string(l.rank) +
-                    (l.branch_format ? " with" : " without") + " a branch format");
+      if ((l.rank > 0) != l.branch_format.has_value())
+        throw Error(layer + " has rank " + std::to_string(l.rank) + (l.branch_format ? " with" : " without") +
+                    " a branch format");
       layers.push_back(std::move(l));
     }
   } catch (const nlohmann::json::exception& e) {

@@ -20,6 +20,7 @@
 #include "loraq/checkpoint.hpp"
 #include "loraq/error.hpp"
 #include "loraq/io.hpp"
+#include "loraq/quantized_checkpoint.hpp"
 
 namespace fs = std::filesystem;
 using namespace loraq::io;
@@ -529,6 +530,70 @@ TEST_F(WriteCheckpoint, AnEmptyCheckpointIsOneFileWithoutTensors) {
   const Checkpoint c(out);
   EXPECT_TRUE(c.tensors().empty());
   EXPECT_EQ(c.metadata(), kMeta);
+}
+
+// ---------------------------------------------------------------- the quantized layer table
+
+// The loraq.layers metadata comes from a file, so it is read as strictly as the header around it.
+std::string one_layer(const std::string& shape, const std::string& rank, const std::string& extra = "") {
+  return R"([{"name": "a.weight", "shape": )" + shape +
+         R"(, "dtype": "BF16", "method": "loraq", "residual": "sint4", "branch": "mxint8", "rank": )" + rank +
+         R"(, "smoothed": false)" + extra + "}]";
+}
+
+TEST(LayerTable, WhatIsWrittenReadsBack) {
+  loraq::QuantizedLayerInfo a, b;
+  a.weight_name = "blocks.0.attn.to_q.weight", a.shape = {1152, 1152}, a.dtype = DType::bf16, a.method = "loraq";
+  a.residual_format = loraq::Format::sint4, a.branch_format = loraq::Format::mxint8, a.rank = 62, a.smoothed = true;
+  a.residual_activation = loraq::Format::mxint8, a.intermediate_activation = loraq::Format::mxint8;
+  b.weight_name = "proj.weight", b.shape = {64, 32, 1, 1}, b.dtype = DType::f16, b.method = "rtn";
+  b.residual_format = loraq::Format::mxfp4;
+  const auto back = loraq::decode_layer_table(loraq::encode_layer_table({a, b}), "m");
+  ASSERT_EQ(back.size(), 2u);
+  EXPECT_EQ(back[0].weight_name, a.weight_name);
+  EXPECT_EQ(back[0].shape, a.shape);
+  EXPECT_EQ(back[0].in_features, 1152);
+  EXPECT_EQ(back[0].branch_format, a.branch_format);
+  EXPECT_EQ(back[0].rank, 62);
+  EXPECT_TRUE(back[0].smoothed);
+  EXPECT_EQ(back[0].residual_activation, a.residual_activation);
+  EXPECT_FALSE(back[0].branch_activation.has_value());
+  EXPECT_EQ(back[0].intermediate_activation, a.intermediate_activation);
+  EXPECT_EQ(back[1].shape, b.shape);
+  EXPECT_EQ(back[1].out_features, 64);
+  EXPECT_EQ(back[1].in_features, 32);
+  EXPECT_EQ(back[1].dtype, DType::f16);
+  EXPECT_FALSE(back[1].branch_format.has_value());
+}
+
+TEST(LayerTable, HostileValuesAreRefusedByName) {
+  auto refused = [](const std::string& json, const std::string& expected) {
+    try {
+      loraq::decode_layer_table(json, "m.safetensors");
+      ADD_FAILURE() << json << ": accepted, expected an error with \"" << expected << "\"";
+    } catch (const loraq::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("m.safetensors"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what() << "\nexpected: " << expected;
+    }
+  };
+  EXPECT_EQ(loraq::decode_layer_table(one_layer("[8, 32]", "4"), "m")[0].rank, 4);
+  // Numbers that get<int>() would have cast: out of range (undefined behaviour) or truncated.
+  refused(one_layer("[8, 32]", "1e30"), "layer 'a.weight' of loraq.layers: rank: expected an integer in [0, 1048576], got 1e+30");
+  refused(one_layer("[8, 32]", "4.5"), "rank: expected an integer");
+  refused(one_layer("[8, 32]", "-1"), "rank: expected an integer in [0, 1048576], got -1");
+  refused(one_layer("[8, 2.5]", "4"), "shape: expected an integer in [1, 16777216], got 2.5");
+  refused(one_layer("[8, 1e300]", "4"), "shape: expected an integer");
+  refused(one_layer("[0, 32]", "4"), "shape: expected an integer in [1, 16777216], got 0");
+  refused(one_layer("[8, 32, 3]", "4"), "shape must be [out, in] or [out, in, 1, 1], got [8,32,3]");
+  refused(one_layer("{\"out\": 8}", "4"), "shape is not a list");
+  refused(one_layer("[8, 32]", "0"), "has rank 0 with a branch format");
+  refused(one_layer("[8, 32]", "4", R"(, "rank": 5)"), "repeats the key \"rank\"");
+  refused(one_layer("[8, 32]", "4", R"(, "note": [[[1]]])"), "nests deeper than 4 levels");
+  refused(one_layer("[8, 32]", "4", R"(, "branch_activation": 7)"), "malformed loraq.layers metadata");
+  const std::string a = one_layer("[8, 32]", "4");
+  refused(a.substr(0, a.size() - 1) + "," + a.substr(1), "layer 'a.weight' of loraq.layers is listed twice");
+  refused("{}", "loraq.layers is not a JSON array");
+  refused("[{\"name\": ", "not valid JSON");
 }
 
 }  // namespace

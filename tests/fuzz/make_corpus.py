@@ -62,8 +62,28 @@ def index_seeds():
     write("fuzz_checkpoint_index", "extra_metadata", json.dumps(extra).encode())
 
 
+def layer_table_seeds():
+    # The layers whose tensors fuzz_layer_table.cpp holds, as `loraq quantize` writes them in the
+    # loraq.layers metadata (docs/checkpoint.md): names, shapes, formats and ranks must match that file.
+    def entry(name, shape, residual, branch=None, rank=0, smoothed=False, **extra):
+        return {"name": name, "shape": shape, "dtype": "BF16", "method": "loraq" if branch else "rtn",
+                "residual": residual, "branch": branch, "rank": rank, "smoothed": smoothed,
+                "residual_activation": None, "branch_activation": None, **extra}
+    a = entry("a.weight", [8, 40], "sint4")
+    b = entry("b.weight", [16, 64], "mxint4", "mxint8", 4, True, residual_activation="mxint8",
+              branch_activation="mxint8", intermediate_activation="mxint8")
+    c = entry("c.weight", [6, 32, 1, 1], "nvfp4", "fp16", 2)
+    d = entry("d", [4, 33], "mxfp6_e2m3", "mxfp4", 3)
+    write("fuzz_layer_table", "all_four", json.dumps([a, b, c, d]).encode())
+    write("fuzz_layer_table", "quantized_branch", json.dumps([b]).encode())
+    write("fuzz_layer_table", "fp16_branch_conv", json.dumps([c, a]).encode())
+    write("fuzz_layer_table", "partial_blocks", json.dumps([d]).encode())
+    write("fuzz_layer_table", "empty", b"[]")
+
+
 if __name__ == "__main__":
     shutil.rmtree(HERE, ignore_errors=True)
     safetensors_seeds()
     npy_seeds()
     index_seeds()
+    layer_table_seeds()

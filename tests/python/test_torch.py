@@ -273,6 +273,25 @@ def test_load_quantized_errors_name_the_layer(recipes, checkpoint, run_loraq, tm
     with pytest.raises(ValueError, match="not a quantized checkpoint"):
         lt.load_quantized(intact, checkpoint)
     assert not any(isinstance(m, lt.QuantizedLinear) for m in intact.modules())
+    # A hostile layer table (rewritten with the safetensors library): loraq.Error naming the layer and
+    # the value, from the C++ reader `loraq export` uses, and no module swapped.
+    with safetensors_torch.safe_open(str(tmp_path / "q.safetensors"), "pt") as f:
+        stored = {k: f.get_tensor(k) for k in f.keys()}
+        metadata = f.metadata()
+    table = json.loads(metadata["loraq.layers"])
+    hostile = {
+        "rank 1e30": ([{**table[0], "rank": 1e30}] + table[1:], r"to_q\.weight' of loraq\.layers: rank: expected an integer"),
+        "shape 2.5": ([{**table[0], "shape": [128, 2.5]}] + table[1:], r"shape: expected an integer in \[1, 16777216\], got 2\.5"),
+        "listed twice": (table + table[:1], r"to_q\.weight' of loraq\.layers is listed twice"),
+        "no rank": ([{k: v for k, v in table[0].items() if k != "rank"}] + table[1:], r"malformed loraq\.layers.*rank"),
+    }
+    for case, (bad, message) in hostile.items():
+        assert "to_q" in bad[0]["name"], case
+        safetensors_torch.save_file(stored, str(tmp_path / "bad.safetensors"),
+                                    metadata={**metadata, "loraq.layers": json.dumps(bad)})
+        with pytest.raises(loraq.Error, match=r"load_quantized: .*bad\.safetensors: .*" + message):
+            lt.load_quantized(intact, tmp_path / "bad.safetensors")
+        assert not any(isinstance(m, lt.QuantizedLinear) for m in intact.modules()), case
 
 
 # ---- activation capture -------------------------------------------------------------------------------
