@@ -30,8 +30,10 @@ class ClassConditionalDiT:
         args.steps, args.guidance = self.steps, self.guidance  # the values used, for results.json
         self.samples, self.seed = args.samples, args.seed
         folder = pathlib.Path(args.model)
-        # Computed in fp32 whatever the stored dtype (the embedded model is stored in fp16).
-        self.module = DiTTransformer2DModel.from_pretrained(str(folder / "transformer"), torch_dtype=torch.float32).eval()
+        # Computed in fp32 whatever the stored dtype (the embedded model is stored in fp16). A few MB:
+        # loaded plainly (diffusers' low-memory loading needs `accelerate`, and warns without it).
+        self.module = DiTTransformer2DModel.from_pretrained(str(folder / "transformer"), torch_dtype=torch.float32,
+                                                            low_cpu_mem_usage=False).eval()
         scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
         keep = {"num_train_timesteps", "beta_schedule", "prediction_type", "clip_sample", "beta_start", "beta_end"}
         self.scheduler = {k: v for k, v in scheduler.items() if k in keep}

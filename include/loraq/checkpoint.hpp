@@ -41,6 +41,8 @@ class Checkpoint {
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   std::uint64_t total_bytes() const;  // sum of tensor sizes
   std::size_t shard_count() const { return shards_.size(); }
+  // The files it reads: the shards and, for a sharded checkpoint, its index.
+  const std::vector<std::filesystem::path>& files() const { return files_; }
 
  private:
   std::filesystem::path path_;
@@ -48,7 +50,14 @@ class Checkpoint {
   std::vector<TensorInfo> tensors_;
   std::vector<std::size_t> shard_of_;  // parallel to tensors_
   std::map<std::string, std::string> metadata_;
+  std::vector<std::filesystem::path> files_;
 };
+
+// Throws Error naming both paths when a checkpoint written at `output` (CheckpointWriter's file or
+// folder) would replace or remove a file that `input` reads: an output file that is one of them, or an
+// output folder that holds one (the writer replaces and removes the files of its base name there, and
+// the commands write config.json and their reports beside them). `what` names the command.
+void refuse_output_over_input(const Checkpoint& input, const std::filesystem::path& output, std::string_view what);
 
 struct CheckpointLayout {
   // Tensor bytes per shard (headers not counted, as Hugging Face counts): diffusers' ModelMixin.save_pretrained

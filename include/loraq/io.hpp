@@ -69,6 +69,10 @@ NpyArray read_npy(const std::filesystem::path& path);
 NpyArray parse_npy(std::span<const std::byte> file_bytes, std::string_view what);
 void write_npy(const std::filesystem::path& path, const NpyArray& array);  // atomic
 
+// Whether a and b are one existing file or folder (through hard and symbolic links): how the commands
+// refuse an output that would replace their input.
+bool same_file(const std::filesystem::path& a, const std::filesystem::path& b);
+
 // ---------------------------------------------------------------- safetensors
 struct TensorInfo {
   std::string name;

@@ -96,4 +96,9 @@ void AtomicFile::commit() {
   sync_directory(path);
 }
 
+bool same_file(const std::filesystem::path& a, const std::filesystem::path& b) {
+  std::error_code ec;  // a path that does not exist (yet) is no existing file
+  return std::filesystem::equivalent(a, b, ec) && !ec;
+}
+
 }  // namespace loraq::io

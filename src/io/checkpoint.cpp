@@ -223,6 +223,8 @@ Checkpoint::Checkpoint(const fs::path& path) : path_(path) {
   tensors_ = std::move(loaded.tensors);
   shard_of_ = std::move(loaded.shard_of);
   metadata_ = std::move(loaded.metadata);
+  for (const auto& shard : shards_) files_.push_back(shard->path());
+  if (target.filename().string().ends_with(".json")) files_.push_back(target);
 }
 
 Checkpoint::~Checkpoint() = default;
@@ -248,6 +250,19 @@ std::uint64_t Checkpoint::total_bytes() const {
   std::uint64_t total = 0;  // cannot overflow: each shard's tensors lie inside one mapped file
   for (const TensorInfo& t : tensors_) total += t.size;
   return total;
+}
+
+void refuse_output_over_input(const Checkpoint& input, const fs::path& output, std::string_view what) {
+  const bool file_output = output.filename().string().ends_with(".safetensors");  // CheckpointWriter's rule
+  for (const fs::path& f : input.files()) {
+    if (same_file(output, f))
+      throw Error(fmt::format("{}: {}: this is the input {}, which writing the output there would replace; "
+                              "choose another path", output.string(), what, f.string()));
+    const fs::path folder = f.has_parent_path() ? f.parent_path() : fs::path(".");
+    if (!file_output && same_file(output, folder))
+      throw Error(fmt::format("{}: {}: this folder holds the input {}, which writing the output there would replace "
+                              "or remove; choose another folder", output.string(), what, f.string()));
+  }
 }
 
 // ---------------------------------------------------------------- writer

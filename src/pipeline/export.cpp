@@ -53,6 +53,7 @@ StoredLinear load_quantized_linear(const std::filesystem::path& quantized, const
 void export_dequantized(const std::filesystem::path& quantized, const std::filesystem::path& output,
                         const std::string& dtype, std::uint64_t max_shard_bytes) {
   const io::Checkpoint q(quantized);
+  io::refuse_output_over_input(q, output, "export");
   const std::vector<QuantizedLayerInfo> layers = layer_table(q);
   std::map<std::string, const QuantizedLayerInfo*> layer_of_weight;
   std::map<std::string, bool> layout_tensor;

@@ -112,6 +112,7 @@ void assemble(const QuantizeOptions& options, const io::Checkpoint& in, const st
 QuantizeSummary quantize_model(const QuantizeOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   const io::Checkpoint in(options.input);
+  io::refuse_output_over_input(in, options.output, "quantize");  // before an hour's work, not at the end
   std::vector<TensorShape> shapes;
   for (const io::TensorInfo& t : in.tensors()) shapes.push_back({t.name, t.shape, io::is_float_dtype(t.dtype)});
   const std::vector<std::string> selected = select_layers(shapes, options.recipe.layers);

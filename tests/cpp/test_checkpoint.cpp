@@ -245,6 +245,47 @@ TEST_F(ReadCheckpoint, FolderErrorsNameTheFolder) {
   EXPECT_PATH_ERROR(Checkpoint{pipeline}, pipeline, "transformer/");
 }
 
+// An output that is one of the input's files, or a folder holding one, is refused before anything is
+// written: CheckpointWriter would replace the file, or remove the input's shards as stale ones.
+TEST_F(ReadCheckpoint, AnOutputOverTheInputIsRefused) {
+  const Tensors t = small_model();
+  const fs::path one = write_file(file("a/w.safetensors"), t);
+  const Checkpoint single(one);
+  EXPECT_EQ(single.files(), std::vector<fs::path>{one});
+  EXPECT_PATH_ERROR(refuse_output_over_input(single, one, "quantize"), one, "this is the input");
+  EXPECT_PATH_ERROR(refuse_output_over_input(single, file("a"), "quantize"), file("a"), "this folder holds the input");
+  EXPECT_PATH_ERROR(refuse_output_over_input(single, file("a/../a/w.safetensors"), "cast"), file("a/../a/w.safetensors"),
+                    "cast: this is the input");
+  fs::create_hard_link(one, file("hard.safetensors"));  // the same file under another name
+  EXPECT_PATH_ERROR(refuse_output_over_input(single, file("hard.safetensors"), "export"), file("hard.safetensors"),
+                    "replace");
+  fs::create_directory_symlink(file("a"), file("link"));
+  EXPECT_PATH_ERROR(refuse_output_over_input(single, file("link"), "export"), file("link"), "this folder holds");
+  // Elsewhere is fine, whether it exists yet or not, and so is a new file beside the input.
+  for (const fs::path& ok : {file("b"), file("a/sub"), file("a/other.safetensors"), file("a/x/w.safetensors")})
+    EXPECT_NO_THROW(refuse_output_over_input(single, ok, "quantize")) << ok;
+
+  const fs::path folder = file("sharded");
+  write_file(folder / "m-00001-of-00002.safetensors", t.only({"proj_out.bias", "proj_out.weight"}));
+  write_file(folder / "m-00002-of-00002.safetensors", t.only({"blocks.0.attn.to_q.bias", "blocks.0.attn.to_q.weight",
+                                                            "blocks.1.attn.to_q.weight", "step"}));
+  const fs::path index = write_index(folder / "m.safetensors.index.json",
+                                     {{"proj_out.weight", "m-00001-of-00002.safetensors"},
+                                      {"proj_out.bias", "m-00001-of-00002.safetensors"},
+                                      {"blocks.0.attn.to_q.weight", "m-00002-of-00002.safetensors"},
+                                      {"blocks.0.attn.to_q.bias", "m-00002-of-00002.safetensors"},
+                                      {"blocks.1.attn.to_q.weight", "m-00002-of-00002.safetensors"},
+                                      {"step", "m-00002-of-00002.safetensors"}});
+  const Checkpoint sharded(index);
+  EXPECT_EQ(sharded.files(), (std::vector<fs::path>{folder / "m-00001-of-00002.safetensors",
+                                                    folder / "m-00002-of-00002.safetensors", index}));
+  EXPECT_PATH_ERROR(refuse_output_over_input(sharded, folder / "m-00002-of-00002.safetensors", "quantize"),
+                    folder / "m-00002-of-00002.safetensors", "this is the input");
+  EXPECT_PATH_ERROR(refuse_output_over_input(sharded, index, "quantize"), index, "this is the input");
+  EXPECT_PATH_ERROR(refuse_output_over_input(sharded, folder, "quantize"), folder, "this folder holds the input");
+  EXPECT_NO_THROW(refuse_output_over_input(sharded, file("a"), "quantize"));
+}
+
 class ShardedErrors : public TempDir {
  protected:
   // Two good shards of small_model(); each test then writes a wrong index or shard.

@@ -286,6 +286,36 @@ def test_recipe_errors_name_file_line_and_key(pixart_model, tmp_path, run_loraq)
     assert_clean_failure(result, out, "bad.yaml:3", "sint5")
 
 
+def test_an_output_over_the_input_is_refused_and_the_input_kept(pixart_model, tmp_path, run_loraq):
+    """-o naming the input's folder (where the writer would replace the shards and remove the stale
+    ones) or one of its files: refused before any work, every input file as it was, for quantize,
+    export and cast alike."""
+    import shutil
+    model = tmp_path / "model"
+    shutil.copytree(pixart_model, model)
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    rtn = ROOT / "recipes" / "rtn-sint4.yaml"
+    shard = sorted(model.glob("*-of-*.safetensors"))[0]
+    index = next(model.glob("*.index.json"))
+    for command in (["quantize", model, "--recipe", rtn, "-o", model],
+                    ["quantize", index, "--recipe", rtn, "-o", shard],
+                    ["quantize", model, "--recipe", rtn, "-o", tmp_path / "." / "model" / ".." / "model"],
+                    ["cast", "--format", "mxfp4", "--in", model, "--out", model],
+                    ["cast", "--format", "mxfp4", "--in", model, "--out", tmp_path / "q", "--codes-out", shard]):
+        result = run_loraq(*command, check=False)
+        assert result.returncode != 0, command
+        assert len(result.stderr.strip().splitlines()) == 1 and "choose another" in result.stderr, result.stderr
+        assert str(shard if command[-1] == shard else command[-1]) in result.stderr, result.stderr
+        assert {p.name: p.read_bytes() for p in model.iterdir()} == before, command
+        assert not (tmp_path / "q").exists() and not pathlib.Path(str(model) + ".partial").exists()
+    q = tmp_path / "q"
+    run_loraq("quantize", model, "--recipe", rtn, "-o", q, "--no-progress")
+    quantized = checkpoint_bytes(q)
+    result = run_loraq("export", q, "-o", q, "--dequantized", check=False)
+    assert result.returncode != 0 and "this folder holds the input" in result.stderr, result.stderr
+    assert checkpoint_bytes(q) == quantized
+
+
 def test_failed_run_leaves_an_earlier_output_untouched(pixart_model, tmp_path, run_loraq):
     out = tmp_path / "q"
     run_loraq("quantize", pixart_model, "--recipe", ROOT / "recipes" / "rtn-sint4.yaml", "-o", out, "--no-progress")

@@ -171,6 +171,10 @@ std::vector<std::byte> cast_tensor(const Caster& caster, io::DType in_dtype, io:
 }
 
 int cast_npy(const Caster& caster, const CastOptions& o) {
+  for (const std::string& out : {o.out, o.codes_out})
+    if (io::same_file(o.in, out))
+      throw Error(out + ": cast: this is the input " + o.in + ", which writing the output there would replace; choose "
+                  "another path");
   const io::NpyArray in = io::read_npy(o.in);
   const io::DType out_dtype = output_dtype(o.out_dtype, in.dtype);
   ErrorStats stats;
@@ -190,6 +194,8 @@ int cast_npy(const Caster& caster, const CastOptions& o) {
 // A safetensors file, a shard index or a diffusers folder in; one file or a (sharded) folder out.
 int cast_checkpoint(const Caster& caster, const CastOptions& o) {
   const io::Checkpoint in(o.in);
+  io::refuse_output_over_input(in, o.out, "cast");
+  if (!o.codes_out.empty()) io::refuse_output_over_input(in, o.codes_out, "cast --codes-out");
   std::vector<io::TensorSpec> specs;
   for (const io::TensorInfo& t : in.tensors())
     specs.push_back({t.name, io::is_float_dtype(t.dtype) ? output_dtype(o.out_dtype, t.dtype) : t.dtype, t.shape});
