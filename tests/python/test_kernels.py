@@ -291,6 +291,15 @@ def test_run_linear_command(tmp_path, loraq_bin):
                           str(tmp_path / "bad.npy")], capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "expected float32 [rows, 160]" in bad.stderr
     assert not pathlib.Path(tmp_path / "y2.npy").exists()
+    # A non-finite input is refused by position, as `cast` refuses one, before anything is written
+    # (the kernels would give a NaN row, which --check used to pass: NaN compares false).
+    for value, kind in ((np.nan, "NaN"), (-np.inf, "Inf")):
+        poisoned = x.copy()
+        poisoned[7, 131] = value
+        np.save(tmp_path / "poisoned.npy", poisoned)
+        result = run_linear(loraq_bin, quantized, tmp_path / "poisoned.npy", "--output", tmp_path / "y2.npy", "--check")
+        assert result.returncode != 0 and f"poisoned.npy: holds {kind} at [7, 131]" in result.stderr, result.stderr
+        assert not pathlib.Path(tmp_path / "y2.npy").exists()
 
     # LORAQ_KERNELS forces a kernel set: the scalar one gives the same bits; an unknown one is refused
     # with the sets this CPU runs, and nothing is written.

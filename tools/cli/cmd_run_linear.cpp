@@ -55,6 +55,7 @@ Check check_against_reference(const StoredLinear& s, const std::vector<float>& x
   const double n = double(2 * in + rank + 4), u = std::ldexp(1.0, -24), gamma = n * u / (1 - n * u);
   Check c;
   auto record = [&c](double err, double bound) {
+    if (std::isnan(err)) err = INFINITY;  // a NaN output (an fp32 overflow) fails the check, not passes it
     c.max_abs = std::max(c.max_abs, err);
     c.worst_ratio = std::max(c.worst_ratio, bound > 0 ? err / bound : (err > 0 ? INFINITY : 0.0));
   };
@@ -135,6 +136,15 @@ Command add_run_linear_command(CLI::App& app) {
             const std::int64_t rows = x_npy.shape.size() == 2 ? x_npy.shape[0] : 1;
             std::vector<float> x(std::size_t(rows * s.layer.in_features));
             std::memcpy(x.data(), x_npy.data.data(), x.size() * sizeof(float));
+            // As `cast` refuses non-finite weights: the kernels would give NaN rows, and --check has
+            // nothing to compare them with.
+            if (const auto bad = std::find_if(x.begin(), x.end(), [](float v) { return !std::isfinite(v); });
+                bad != x.end()) {
+              const std::int64_t i = bad - x.begin();
+              throw Error(fmt::format("{}: holds {} at [{}, {}]: loraq refuses non-finite inputs", o->input,
+                                      std::isnan(*bad) ? "NaN" : "Inf", i / s.layer.in_features,
+                                      i % s.layer.in_features));
+            }
             LinearKernelOptions options;
             options.threads = o->threads;
             options.skip_branch = o->no_branch;
@@ -144,6 +154,7 @@ Command add_run_linear_command(CLI::App& app) {
             std::vector<float> t_kernel;  // for --check with an intermediate format
             std::string what;
             auto time_runs = [&](auto&& forward) {
+              forward();  // untimed: the first call starts the threads and sizes their scratch
               for (int r = 0; r < o->repeat; ++r) {
                 const auto start = std::chrono::steady_clock::now();
                 forward();
@@ -173,7 +184,8 @@ Command add_run_linear_command(CLI::App& app) {
             const double median = times[times.size() / 2];
             fmt::print("{}: {} x [{}, {}], {}\n", s.info.weight_name, rows, s.layer.out_features, s.layer.in_features,
                        what + (o->no_branch ? " (branch skipped)" : ""));
-            fmt::print("time {:.3f} ms (median of {}), {:.1f} GFLOP/s of the [{}, {}] layer\n", median * 1e3, o->repeat,
+            fmt::print("time {:.3f} ms (median of {} after a warm-up run), {:.1f} GFLOP/s of the [{}, {}] layer\n",
+                       median * 1e3, o->repeat,
                        2e-9 * double(rows * s.layer.out_features * s.layer.in_features) / median, s.layer.out_features,
                        s.layer.in_features);
             if (!o->output.empty()) {
