@@ -89,7 +89,34 @@ void write_layer_file(const fs::path& path, const std::vector<StoredTensor>& ten
 LayerMetrics read_layer_metrics(const io::SafetensorsFile& file) {
   const auto it = file.metadata().find("loraq.metrics");
   if (it == file.metadata().end()) throw Error(file.path().string() + ": no loraq.metrics metadata");
-  return metrics_from_json(nlohmann::json::parse(it->second));
+  try {
+    return metrics_from_json(nlohmann::json::parse(it->second));
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(file.path().string() + ": malformed loraq.metrics metadata: " + e.what());
+  }
+}
+
+// Why a finished layer's file cannot be used, or empty when it can: it must hold exactly the
+// layer's tensors with their dtypes and shapes, and its metrics. A file cut short (a machine that
+// lost power after a rename whose data never reached the disk) or damaged since is quantized again
+// by --resume, which gives the bytes it should have held, rather than failing the whole resume.
+std::string unusable_layer_file(const fs::path& path, const QuantizedLayerInfo& info) {
+  try {
+    const io::SafetensorsFile file(path);
+    const std::vector<io::TensorSpec> specs = layer_tensor_specs(info);
+    if (file.tensors().size() != specs.size())
+      return fmt::format("it holds {} tensors, the layer has {}", file.tensors().size(), specs.size());
+    for (const io::TensorSpec& spec : specs) {
+      const io::TensorInfo& t = file.info(spec.name);
+      if (t.dtype != spec.dtype || t.shape != spec.shape)
+        return fmt::format("its tensor '{}' is not {} [{}]", spec.name, io::dtype_name(spec.dtype),
+                           fmt::join(spec.shape, ", "));
+    }
+    read_layer_metrics(file);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return {};
 }
 
 std::size_t count_layer_files(const fs::path& work, std::size_t layer_count) {
@@ -170,8 +197,17 @@ QuantizeSummary quantize_model(const QuantizeOptions& options) {
   for (std::size_t i = 0; i < layers.size(); ++i) {
     const auto params = std::uint64_t(layers[i].out_features * layers[i].in_features);
     total_params += params;
-    if (fs::exists(layer_file(work, i))) ++done_layers, done_params += params;
-    else pending.push_back(i);
+    const fs::path file = layer_file(work, i);
+    const bool exists = fs::exists(file);
+    const std::string unusable = exists ? unusable_layer_file(file, layers[i]) : std::string();
+    if (exists && unusable.empty()) {
+      ++done_layers, done_params += params;
+      continue;
+    }
+    if (exists && rank == 0)  // every rank reads the same files and comes to the same list
+      std::fprintf(stderr, "quantize: %s cannot be used (%s): quantizing that layer again\n", file.c_str(),
+                   unusable.c_str());
+    pending.push_back(i);
   }
   agree(group, nullptr);  // every rank has looked before any rank writes a layer file
 

@@ -199,8 +199,15 @@ def test_sigkill_then_resume_gives_the_same_bytes(pixart_model, tmp_path, run_lo
     refused = run_loraq("quantize", pixart_model, "--recipe", recipe, "-o", out, check=False)
     assert refused.returncode != 0 and "--resume" in refused.stderr
 
+    # Two finished layers damaged since (one cut short, one holding another layer's tensors): the
+    # resume names them and quantizes them again, and the bytes are still those of one whole run.
+    files = sorted(work.glob("layer-*.safetensors"))
+    files[0].write_bytes(files[0].read_bytes()[:100])
+    files[2].write_bytes(files[1].read_bytes())
     resumed = run_loraq("quantize", pixart_model, "--recipe", recipe, "-o", out, "--resume", "--no-progress")
-    assert f"{done} of {len(EXPECTED_LAYERS)} layers already done" in resumed.stderr
+    assert f"{done - 2} of {len(EXPECTED_LAYERS)} layers already done" in resumed.stderr
+    for damaged in (files[0], files[2]):
+        assert f"{damaged} cannot be used" in resumed.stderr and "quantizing that layer again" in resumed.stderr
     assert checkpoint_bytes(out) == checkpoint_bytes(tmp_path / "whole")
     assert not work.exists()
     report = json.loads((out / "quantize_report.json").read_text())
