@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "loraq/error.hpp"
+#include "loraq/isa.hpp"
 #include "loraq/linalg.hpp"
 #include "loraq/methods.hpp"
 #include "loraq/quantized_layer.hpp"
@@ -86,6 +87,11 @@ QuantizedLayer quantize_layer(const LayerInput& input) {
   if (input.weight.size() != std::size_t(input.out_features * input.in_features))
     throw Error(std::string(input.name) + ": weight holds " + std::to_string(input.weight.size()) + " values, shape says " +
                 std::to_string(input.out_features) + " x " + std::to_string(input.in_features));
+  // Before the methods' threads: the codecs would find out inside an OpenMP region, which an
+  // exception cannot leave (the process would abort).
+  if (input.codec.isa && !isa_available(*input.codec.isa))
+    throw Error(std::string(input.name) + ": instruction set " + std::string(isa_name(*input.codec.isa)) +
+                " is not available on this CPU or build");
   const MethodInfo& method = method_info(input.recipe->method);
   const auto start = std::chrono::steady_clock::now();
   QuantizedLayer layer = input.recipe->smoothing ? run_smoothed(method, input) : method.run(input);

@@ -21,6 +21,7 @@
 #include "loraq/activations.hpp"
 #include "loraq/checkpoint.hpp"
 #include "loraq/error.hpp"
+#include "loraq/isa.hpp"
 #include "loraq/layers.hpp"
 #include "loraq/pipeline.hpp"
 #include "loraq/quantized_checkpoint.hpp"
@@ -138,6 +139,9 @@ void assemble(const QuantizeOptions& options, const io::Checkpoint& in, const st
 
 QuantizeSummary quantize_model(const QuantizeOptions& options) {
   const auto start = std::chrono::steady_clock::now();
+  // Before any work (quantize_layer would refuse it too, but only once the layers are under way).
+  if (options.isa && !isa_available(*options.isa))
+    throw Error("--isa " + std::string(isa_name(*options.isa)) + ": instruction set not available on this CPU or build");
   const io::Checkpoint in(options.input);
   io::refuse_output_over_input(in, options.output, "quantize");  // before an hour's work, not at the end
   std::vector<TensorShape> shapes;

@@ -17,6 +17,7 @@
 #include "dit_weights.hpp"
 #include "loraq/error.hpp"
 #include "loraq/format.hpp"
+#include "loraq/isa.hpp"
 #include "loraq/linalg.hpp"
 #include "loraq/methods.hpp"
 #include "loraq/quantized_layer.hpp"
@@ -356,6 +357,41 @@ TEST(Methods, BadRanksThrow) {
     EXPECT_THROW(run(l, none), Error) << name;  // neither rank nor budget
     LayerRecipe zero = recipe_for(name, Format::sint4, Format::fp16, 0);
     EXPECT_THROW(run(l, zero), Error) << name;
+  }
+}
+
+// An instruction set this CPU lacks is refused by name before the methods' threads start: the codecs
+// would otherwise throw inside an OpenMP region, and the process would abort (`loraq quantize --isa
+// avx512` on an AVX2 machine did).
+TEST(Methods, AnUnavailableIsaIsAnErrorNotAnAbort) {
+  std::optional<Isa> missing;
+  for (Isa isa : {Isa::avx512, Isa::avx2})
+    if (!isa_available(isa)) missing = isa;
+  if (!missing) GTEST_SKIP() << "every instruction set loraq has runs on this CPU: nothing to refuse";
+  const Layer l = dit_layer(64, 96, kSeed + 7);
+  for (const char* name : {"svd_lowrank", "loraq"}) {
+    const LayerRecipe recipe = recipe_for(name, Format::mxfp4, Format::mxint8, 8);
+    LayerInput input;
+    input.name = "blocks.0.weight";
+    input.weight = l.w;
+    input.out_features = l.out;
+    input.in_features = l.in;
+    input.recipe = &recipe;
+    input.codec = {Rounding::nearest_even, missing, 2};
+    EXPECT_THROW(
+        {
+          try {
+            quantize_layer(input);
+          } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find("blocks.0.weight: instruction set " + std::string(isa_name(*missing)) +
+                                                 " is not available"),
+                      std::string::npos)
+                << e.what();
+            throw;
+          }
+        },
+        Error)
+        << name;
   }
 }
 

@@ -323,6 +323,27 @@ def test_an_output_over_the_input_is_refused_and_the_input_kept(pixart_model, tm
     assert checkpoint_bytes(q) == quantized
 
 
+def test_bad_options_are_clear_errors(pixart_model, tmp_path, run_loraq):
+    """An instruction set this CPU lacks is refused before any work (it used to abort the process from
+    inside the layers' threads), and a count out of range says what it expects."""
+    out = tmp_path / "q"
+    rtn = ROOT / "recipes" / "rtn-sint4.yaml"
+    np.save(tmp_path / "x.npy", np.ones((1, 32), np.float32))
+    missing = [isa for isa in ("avx512", "avx2")
+               if run_loraq("cast", "--format", "sint4", "--in", tmp_path / "x.npy", "--out", tmp_path / "y.npy",
+                            "--isa", isa, check=False).returncode != 0]
+    for isa in missing[:1]:
+        result = run_loraq("quantize", pixart_model, "--recipe", rtn, "-o", out, "--isa", isa, check=False)
+        assert result.returncode == 1, result.stderr  # 134 was the abort
+        assert f"--isa {isa}: instruction set not available" in result.stderr
+        assert_clean_failure(result, out)
+    for option, value, wanted in (("--layers-in-flight", "0", "a number > 0"), ("--threads", "-1", "a number >= 0"),
+                                  ("--max-shard-gb", "nan", "a number > 0")):
+        result = run_loraq("quantize", pixart_model, "--recipe", rtn, "-o", out, option, value, check=False)
+        assert result.returncode != 0 and f"{option}: expected {wanted}, got {value}" in result.stderr, result.stderr
+        assert_clean_failure(result, out)
+
+
 def test_failed_run_leaves_an_earlier_output_untouched(pixart_model, tmp_path, run_loraq):
     out = tmp_path / "q"
     run_loraq("quantize", pixart_model, "--recipe", ROOT / "recipes" / "rtn-sint4.yaml", "-o", out, "--no-progress")

@@ -46,7 +46,7 @@ Command add_bench_command(CLI::App& app) {
   cmd->add_option("--include", o->include, "Extra glob patterns of layers to select");
   cmd->add_option("--exclude", o->exclude, "Glob patterns of layers to leave out");
   cmd->add_flag("--one-per-shape", o->one_per_shape, "Only the first selected layer of each distinct shape");
-  cmd->add_option("--max-layers", o->max_layers, "At most this many layers (0: all)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--max-layers", o->max_layers, "At most this many layers (0: all)")->check(kNonNegative);
   cmd->add_option("-c,--config", o->configs,
                   "A configuration METHOD:Q1[:Q2:rRANK|bBUDGET], e.g. rtn:sint4, svd_lowrank:sint4:fp16:r32, "
                   "loraq:mxfp4:mxfp6_e2m3:b512 (repeatable)");
@@ -54,19 +54,19 @@ Command add_bench_command(CLI::App& app) {
   cmd->add_option("--methods", o->methods, "Grid: methods (comma-separated)")->delimiter(',');
   cmd->add_option("--residual", o->residuals, "Grid: residual formats Q1 (default sint4)")->delimiter(',');
   cmd->add_option("--branch", o->branches, "Grid: branch formats Q2")->delimiter(',');
-  cmd->add_option("--ranks", o->ranks, "Grid: branch ranks")->delimiter(',')->check(CLI::PositiveNumber);
+  cmd->add_option("--ranks", o->ranks, "Grid: branch ranks")->delimiter(',')->check(kPositive);
   cmd->add_option("--budgets", o->budgets, "Grid: branch budgets in bits per channel (512 = fp16 rank 32)")
       ->delimiter(',')
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   cmd->add_option("-p,--param", o->params, "NAME=VALUE for every configuration whose method has it, e.g. steps=200");
   cmd->add_option("--claim", o->claims,
                   "Check A<=B<=... per layer and in aggregate (methods or labels), e.g. loraq<=loftq<=lorc<=rtn");
   cmd->add_option("--activations", o->activations, "Captured activations (docs/activations.md): adds output SQNR");
   cmd->add_option("--seed", o->seed, "Seed of the configurations given on the command line")->capture_default_str();
   cmd->add_option("--threads", o->threads, "Threads (default: every core); errors never depend on it")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   cmd->add_option("--jobs-in-flight", o->jobs_in_flight, "(layer, configuration) pairs run at once, sharing the threads")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   cmd->add_flag("--resume", o->resume, "Continue an interrupted sweep in the output folder");
   cmd->add_flag("--no-progress", o->no_progress, "No progress output");

@@ -250,7 +250,7 @@ Command add_cast_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--isa", o->isa, "Force a code path: scalar, avx2 or avx512 (default: the best this CPU has)");
   cmd->add_option("--threads", o->threads, "Threads (default: all cores); results never depend on it")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   cmd->add_flag("--report", o->report, "Print per-tensor relative error, SQNR and max error");
   cmd->add_option("--codes-out", o->codes_out,
                   "Also write the packed codes and scales (safetensors: <name>.codes, <name>.scales) "

@@ -29,14 +29,14 @@ Command add_quantize_command(CLI::App& app) {
   cmd->add_option("--threads", o->threads,
                   "Threads (default: every core, shared among the processes of an mpirun on this machine); the "
                   "output bytes never depend on it")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   CLI::Option* in_flight = cmd->add_option("--layers-in-flight", o->layers_in_flight,
                                            "Layers quantized at once, sharing the threads; peak memory grows with "
                                            "it (default 2, and 8 with --device cuda)")
-                               ->check(CLI::PositiveNumber);
+                               ->check(kPositive);
   cmd->add_flag("--resume", o->resume, "Continue an interrupted run from <output>.partial");
   cmd->add_flag("--no-progress", o->no_progress, "No progress output");
-  cmd->add_option("--max-shard-gb", o->max_shard_gb, "Largest output shard, in GB")->check(CLI::PositiveNumber)
+  cmd->add_option("--max-shard-gb", o->max_shard_gb, "Largest output shard, in GB")->check(kPositive)
       ->capture_default_str();
   cmd->add_option("--isa", o->isa, "Force a codec path: scalar, avx2 or avx512");
   cmd->add_option("--activations", o->activations,
@@ -93,7 +93,7 @@ Command add_export_command(CLI::App& app) {
   cmd->add_option("--dtype", o->dtype, "Dtype of the exported weights: same, F32, F16 or BF16")
       ->transform(CLI::IsMember({"same", "F32", "F16", "BF16"}, CLI::ignore_case))
       ->capture_default_str();
-  cmd->add_option("--max-shard-gb", o->max_shard_gb, "Largest output shard, in GB")->check(CLI::PositiveNumber);
+  cmd->add_option("--max-shard-gb", o->max_shard_gb, "Largest output shard, in GB")->check(kPositive);
   return {cmd, [o] {
             export_dequantized(o->input, o->output, o->dtype, static_cast<std::uint64_t>(o->max_shard_gb * 1e9));
             fmt::print("wrote {}\n", o->output);

@@ -118,8 +118,8 @@ Command add_run_linear_command(CLI::App& app) {
   cmd->add_option("--isa", o->isa,
                   "Kernel instruction set: scalar, avx2 (AVX-VNNI where the CPU has it), avx512 (AVX-512 VNNI where "
                   "it has it; else as avx2). Default: the best this CPU has, or the set LORAQ_KERNELS names");
-  cmd->add_option("--threads", o->threads, "Threads (0: all)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--repeat", o->repeat, "Run this many times and report the median time")->check(CLI::PositiveNumber);
+  cmd->add_option("--threads", o->threads, "Threads (0: all)")->check(kNonNegative);
+  cmd->add_option("--repeat", o->repeat, "Run this many times and report the median time")->check(kPositive);
   cmd->add_flag("--no-branch", o->no_branch, "Run the residual alone (the branch's cost is the difference)");
   add_device_option(cmd, o->device, "the kernels (CUDA: integer weights and activations)");
   cmd->add_flag("--check", o->check,
