@@ -367,8 +367,13 @@ def _selected_linears(module: "nn.Module", recipe: PathLike, layers: Optional[It
                                  f"(layers.preset / include / exclude)")
         selected = [n for n in selected if n in set(wanted)]
     if not selected:
-        raise ValueError(f"{what}: the recipe {os.fspath(recipe)} selects no linear layer of the module "
-                         f"({len(linears)} nn.Linear / 1x1 nn.Conv2d weights, e.g. {', '.join(list(linears)[:3]) or 'none'}.weight); "
+        examples = ", ".join(f"{p}.weight" for p in list(linears)[:3])
+        has = f"{len(linears)} nn.Linear / 1x1 nn.Conv2d weights, e.g. {examples}" if linears \
+            else "no nn.Linear or 1x1 nn.Conv2d"
+        quantized = sum(isinstance(m, QuantizedLinear) for m in module.modules())
+        if quantized:
+            has += f"; {quantized} layers are QuantizedLinear already"
+        raise ValueError(f"{what}: the recipe {os.fspath(recipe)} selects no linear layer of the module ({has}); "
                          f"check layers.preset and layers.include")
     return {n: linears[n] for n in selected}
 

@@ -389,6 +389,10 @@ def test_bad_input_names_it(recipes, checkpoint, run_loraq, tmp_path):
     nothing.write_text("name: nothing\nmethod: rtn\nlayers: {preset: none, include: ['decoder.*']}\n")
     with pytest.raises(ValueError, match=r"nothing\.yaml selects no linear layer"):
         lt.quantize_module(make_model(), nothing)
+    twice = make_model()
+    lt.quantize_module(twice, recipes["w16a16"])
+    with pytest.raises(ValueError, match=rf"selects no linear layer .*; {len(LAYERS)} layers are QuantizedLinear already"):
+        lt.quantize_module(twice, recipes["w16a16"])
     model = make_model()
     with pytest.raises(loraq.Error, match=r"quantize_weight: device tpu: expected cpu, cuda or cuda:N"):
         lt.quantize_module(model, recipes["w16a16"], device="tpu")
