@@ -49,6 +49,11 @@ void to_float32(DType d, std::span<const std::byte> bytes, std::span<float> out)
 // Narrowing with round-to-nearest-even; values beyond the target's range saturate to +-max.
 void from_float32(DType d, std::span<const float> in, std::span<std::byte> out);
 
+// Throws Error "FILE: tensor 'NAME' holds NaN at [3, 5]: loraq refuses non-finite weights" for the
+// first NaN or Inf of a tensor's float32 values (one vectorized pass when there is none).
+void require_finite(std::span<const float> values, std::span<const std::int64_t> shape, std::string_view file,
+                    std::string_view tensor);
+
 // Checked element count of a shape: throws Error on negative dims or a count above 2^62.
 // `what` names the file and tensor for the message.
 std::uint64_t element_count(std::span<const std::int64_t> shape, std::string_view what);

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -260,6 +261,28 @@ void from_float32(DType d, std::span<const float> in, std::span<std::byte> out) 
   }
   throw Error(fmt::format("from_float32: dtype {} is not a float dtype (expected F16, BF16, F32 or F64)",
                           dtype_name(d)));
+}
+
+void require_finite(std::span<const float> values, std::span<const std::int64_t> shape, std::string_view file,
+                    std::string_view tensor) {
+  // An exponent of all ones is Inf or NaN. The largest exponent field over the tensor is a max
+  // reduction that vectorizes; the index is only searched for when there is something to report.
+  std::uint32_t max_exponent = 0;
+  for (const float v : values) max_exponent = std::max(max_exponent, std::bit_cast<std::uint32_t>(v) & 0x7F800000u);
+  if (max_exponent != 0x7F800000u) return;
+  const auto bad = std::find_if(values.begin(), values.end(), [](float v) { return !std::isfinite(v); });
+  // The position as indices along the shape ([row, col] for a weight); the flat index when the
+  // shape does not describe the values.
+  std::uint64_t flat = std::uint64_t(bad - values.begin()), product = 1;
+  for (const std::int64_t d : shape) product *= std::uint64_t(std::max<std::int64_t>(d, 1));
+  std::string where = fmt::format("flat index {}", flat);
+  if (!shape.empty() && product == values.size()) {
+    std::vector<std::uint64_t> index(shape.size());
+    for (std::size_t i = shape.size(); i-- > 0;) index[i] = flat % std::uint64_t(shape[i]), flat /= std::uint64_t(shape[i]);
+    where = fmt::format("[{}]", fmt::join(index, ", "));
+  }
+  throw Error(fmt::format("{}: tensor '{}' holds {} at {}: loraq refuses non-finite weights", file, tensor,
+                          std::isnan(*bad) ? "NaN" : "Inf", where));
 }
 
 }  // namespace loraq::io

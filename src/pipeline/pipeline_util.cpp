@@ -25,15 +25,7 @@ std::vector<float> read_weight(const io::Checkpoint& checkpoint, const std::stri
   std::vector<float> values(io::element_count(t.shape, name));
   io::to_float32(t.dtype, bytes, values);
   checkpoint.release(name);
-  // An exponent of all ones is Inf or NaN. The largest exponent field over the tensor is a max
-  // reduction that vectorizes; the index is only searched for when there is something to report.
-  std::uint32_t max_exponent = 0;
-  for (const float v : values) max_exponent = std::max(max_exponent, std::bit_cast<std::uint32_t>(v) & 0x7F800000u);
-  if (max_exponent != 0x7F800000u) return values;
-  for (std::size_t i = 0; i < values.size(); ++i)
-    if (!std::isfinite(values[i]))
-      throw Error(fmt::format("{}: tensor '{}' holds {} at flat index {}: loraq refuses non-finite weights",
-                              checkpoint.file_of(name).string(), name, std::isnan(values[i]) ? "NaN" : "Inf", i));
+  io::require_finite(values, t.shape, checkpoint.file_of(name).string(), name);
   return values;
 }
 

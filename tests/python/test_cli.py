@@ -107,7 +107,12 @@ def test_nan_weight_is_refused_naming_the_tensor(tmp_path, run_loraq):
     st.save_file({"layer.weight": w}, str(tmp_path / "m.safetensors"))
     r = run_loraq("cast", "--format", "mxfp4", "--in", tmp_path / "m.safetensors", "--out",
                   tmp_path / "out.safetensors", check=False)
-    assert_clean_failure(r, tmp_path, "layer.weight", "NaN", out_name="out.safetensors")
+    assert_clean_failure(r, tmp_path, "layer.weight", "NaN at [3, 5]", out_name="out.safetensors")
+    x = np.ones((2, 3, 32), dtype=np.float32)
+    x[1, 2, 7] = -np.inf
+    np.save(tmp_path / "x.npy", x)
+    r = run_loraq("cast", "--format", "mxfp4", "--in", tmp_path / "x.npy", "--out", tmp_path / "out.npy", check=False)
+    assert_clean_failure(r, tmp_path, "x.npy", "Inf at [1, 2, 7]")
 
 
 def test_hostile_safetensors_header(tmp_path, run_loraq):

@@ -77,14 +77,6 @@ std::string shape_string(const std::vector<std::int64_t>& shape) {
   return "[" + fmt::format("{}", fmt::join(shape, ", ")) + "]";
 }
 
-// Weights must be finite: a NaN or Inf would poison a whole block (FORMATS.md, MX step 2).
-void require_finite(const std::vector<float>& values, const std::string& file, const std::string& tensor) {
-  for (std::size_t i = 0; i < values.size(); ++i)
-    if (!std::isfinite(values[i]))
-      throw Error(fmt::format("{}: tensor '{}' holds {} at flat index {}: loraq refuses non-finite weights", file,
-                              tensor, std::isnan(values[i]) ? "NaN" : "Inf", i));
-}
-
 struct Matrix {
   std::int64_t rows;
   std::int64_t cols;
@@ -159,7 +151,7 @@ std::vector<std::byte> cast_tensor(const Caster& caster, io::DType in_dtype, io:
   const std::uint64_t count = io::element_count(shape, name);
   std::vector<float> values(count);
   io::to_float32(in_dtype, bytes, values);
-  require_finite(values, file, name);
+  io::require_finite(values, shape, file, name);  // a NaN or Inf would poison a whole block (FORMATS.md, MX step 2)
   const std::vector<float> original = stats ? values : std::vector<float>{};
   const Matrix m = as_matrix(shape, count);
   if (packed) packed->emplace_back(name, pack(*caster.format, values, m.rows, m.cols, caster.options));
