@@ -49,14 +49,14 @@ Layer dit_layer(std::int64_t out, std::int64_t in, std::uint64_t seed) {
   return {out, in, testing::dit_weight(out, in, seed)};
 }
 
-QuantizedLayer run(const Layer& l, const LayerRecipe& recipe, int threads = 0) {
+QuantizedLayer run(const Layer& l, const LayerRecipe& recipe, int threads = 0, std::optional<Isa> isa = std::nullopt) {
   LayerInput input;
   input.name = "test.weight";
   input.weight = l.w;
   input.out_features = l.out;
   input.in_features = l.in;
   input.recipe = &recipe;
-  input.codec = {Rounding::nearest_even, std::nullopt, threads};
+  input.codec = {Rounding::nearest_even, isa, threads};
   return quantize_layer(input);
 }
 
@@ -370,20 +370,12 @@ TEST(Methods, AnUnavailableIsaIsAnErrorNotAnAbort) {
   if (!missing) GTEST_SKIP() << "every instruction set loraq has runs on this CPU: nothing to refuse";
   const Layer l = dit_layer(64, 96, kSeed + 7);
   for (const char* name : {"svd_lowrank", "loraq"}) {
-    const LayerRecipe recipe = recipe_for(name, Format::mxfp4, Format::mxint8, 8);
-    LayerInput input;
-    input.name = "blocks.0.weight";
-    input.weight = l.w;
-    input.out_features = l.out;
-    input.in_features = l.in;
-    input.recipe = &recipe;
-    input.codec = {Rounding::nearest_even, missing, 2};
     EXPECT_THROW(
         {
           try {
-            quantize_layer(input);
+            run(l, recipe_for(name, Format::mxfp4, Format::mxint8, 8), 2, missing);
           } catch (const Error& e) {
-            EXPECT_NE(std::string(e.what()).find("blocks.0.weight: instruction set " + std::string(isa_name(*missing)) +
+            EXPECT_NE(std::string(e.what()).find("test.weight: instruction set " + std::string(isa_name(*missing)) +
                                                  " is not available"),
                       std::string::npos)
                 << e.what();
