@@ -216,8 +216,24 @@ std::vector<ParsedClaim> parse_claims(const std::vector<std::string>& claims, co
       }
       if (p.configs.size() == tokens.size()) parsed.push_back(std::move(p)), ++evaluated;
     }
-    if (evaluated == 0)
+    if (evaluated == 0) {
+      // A token that names nothing at all is the likely slip (a typo): name it, and what it could be.
+      for (const std::string& token : tokens) {
+        const bool named = std::any_of(residuals.begin(), residuals.end(),
+                                       [&](Format r) { return !matching(configs, token, r).empty(); });
+        if (named) continue;
+        std::vector<std::string> methods, labels;
+        for (const BenchConfig& c : configs) {
+          if (std::find(methods.begin(), methods.end(), c.recipe.method) == methods.end())
+            methods.push_back(c.recipe.method);
+          labels.push_back(c.label);
+        }
+        throw Error(fmt::format("claim '{}': '{}' is neither a method nor a configuration label of this sweep "
+                                "(methods: {}; labels: {})",
+                                claim, token, fmt::join(methods, ", "), fmt::join(labels, ", ")));
+      }
       throw Error("claim '" + claim + "': no residual format has a configuration for every one of its tokens");
+    }
   }
   return parsed;
 }

@@ -189,8 +189,17 @@ TEST_F(Bench, ClaimTokensMustNameOneConfiguration) {
   const std::string e = error_of([&] { loraq::run_bench(o); });
   EXPECT_NE(e.find("'loraq' matches 2 configurations"), std::string::npos) << e;
   EXPECT_NE(e.find("loraq:sint4:fp16:r4"), std::string::npos) << e;
-  o.claims = {"lorc<=rtn"};
-  EXPECT_NE(error_of([&] { loraq::run_bench(o); }).find("no residual format has a configuration"), std::string::npos);
+  o.claims = {"lorc<=rtn"};  // a method the sweep does not run: named, with what the sweep has
+  const std::string unknown = error_of([&] { loraq::run_bench(o); });
+  EXPECT_NE(unknown.find("'lorc' is neither a method nor a configuration label of this sweep (methods: rtn, "
+                         "svd_lowrank, loraq; labels: rtn:sint4, "),
+            std::string::npos)
+      << unknown;
+  // Every token names a configuration, but no residual format has both.
+  BenchOptions two = o;
+  two.configs.push_back(loraq::parse_bench_config("rtn:mxfp4"));
+  two.claims = {"rtn:mxfp4<=svd_lowrank"};
+  EXPECT_NE(error_of([&] { loraq::run_bench(two); }).find("no residual format has a configuration"), std::string::npos);
   EXPECT_FALSE(fs::exists(o.output));  // refused before any work
   o.claims = {"loraq:fp16:r4<=rtn"};  // a label without its residual field names one
   EXPECT_EQ(loraq::run_bench(o).claims.at(0).labels,
