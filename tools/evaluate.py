@@ -32,6 +32,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import pathlib
 import sys
@@ -130,6 +131,19 @@ def main():
     for recipe in args.recipes:
         if not pathlib.Path(recipe).is_file():
             p.error(f"recipe {recipe}: no such file")
+    for option, value, least in (("--samples", args.samples, 1), ("--steps", args.steps, 1),
+                                 ("--capture", args.capture, 1), ("--capture-rows", args.capture_rows, 1),
+                                 ("--batch", args.batch, 1), ("--grid-columns", args.grid_columns, 1),
+                                 ("--threads", args.threads, 0), ("--height", args.height, 1),
+                                 ("--width", args.width, 1)):
+        if value is not None and value < least:
+            p.error(f"{option} {value}: expected an integer >= {least}")
+    if args.guidance is not None and not math.isfinite(args.guidance):
+        p.error(f"--guidance {args.guidance}: expected a finite number")
+    try:  # before minutes of sampling, not after
+        pathlib.Path(args.output).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        p.error(f"-o {args.output}: cannot create the output folder ({e.strerror})")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)

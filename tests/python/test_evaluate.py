@@ -76,3 +76,22 @@ def test_paper_claims_are_checked_per_metric():
     assert lines == ["| 1 | svdquant-sint4-w4a4 | rtn-sint4-w4a4 | holds (18 vs 15) | fails (0.65 vs 0.7) | "
                      "holds (1 vs 2) | fails (0.9 vs 0.9) |"]
     assert "2 of 4 (claim, metric) pairs hold" in text
+
+
+def test_bad_arguments_are_refused_before_any_work(model, tmp_path):
+    """Counts out of range, a non-finite guidance and an output folder that cannot be made are usage
+    errors (exit 2, one line naming the option) before the model is even loaded; -n 0 used to end in
+    a torch.cat traceback, --steps 0 silently meant the default 50."""
+    for extra, message in ((["-n", "0"], "--samples 0: expected an integer >= 1"),
+                           (["--steps", "0"], "--steps 0: expected an integer >= 1"),
+                           (["--guidance", "nan"], "--guidance nan: expected a finite number"),
+                           (["--threads", "-2"], "--threads -2: expected an integer >= 0"),
+                           (["-o", str(tmp_path / "file" / "out")],
+                            f"-o {tmp_path / 'file' / 'out'}: cannot create the output folder (Not a directory)")):
+        (tmp_path / "file").write_text("a file where a folder is expected")
+        args = ["--model", str(model), "-o", str(tmp_path / "out"), *extra]
+        result = subprocess.run([sys.executable, str(ROOT / "tools/evaluate.py"), *args], capture_output=True,
+                                text=True, timeout=120, cwd=ROOT)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert f"evaluate.py: error: {message}" in result.stderr, result.stderr[-2000:]
+        assert not (tmp_path / "out").exists() or extra[0] == "-o"
