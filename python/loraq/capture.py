@@ -214,16 +214,32 @@ def load_activations(path: PathLike) -> dict[str, LayerActivations]:
     import torch  # noqa: PLC0415  (F16 and BF16 tensors: read through torch, widened exactly)
 
     out = {}
-    with safe_open(os.fspath(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("loraq.capture", "{}"))
+    where = os.fspath(path)
+    with safe_open(where, framework="pt") as f:
+        try:
+            meta = json.loads((f.metadata() or {}).get("loraq.capture", "{}"))
+            seen = meta.get("rows_seen", {}) if isinstance(meta, dict) else None
+            if not isinstance(seen, dict):
+                raise ValueError("rows_seen is not an object")
+        except ValueError as e:  # json.JSONDecodeError is one
+            raise ValueError(f"load_activations: {where}: malformed loraq.capture metadata ({e})") from None
         keys = set(f.keys())
         for key in sorted(keys):
             if not key.endswith(".input_rows"):
                 continue
             prefix = key[: -len(".input_rows")]
             rows = f.get_tensor(key).to(torch.float32).numpy()
+            if rows.ndim != 2 or rows.shape[0] < 1:
+                raise ValueError(f"load_activations: {where}: tensor '{key}' has shape {list(rows.shape)}, "
+                                 f"expected [n >= 1, in_features]")
             absmax = f.get_tensor(prefix + ".input_absmax").to(torch.float32).numpy() \
                 if prefix + ".input_absmax" in keys else np.abs(rows).max(axis=0)
-            out[prefix] = LayerActivations(prefix, rows.shape[1], absmax, rows,
-                                           int(meta.get("rows_seen", {}).get(prefix, rows.shape[0])))
+            if absmax.shape != (rows.shape[1],):
+                raise ValueError(f"load_activations: {where}: tensor '{prefix}.input_absmax' has shape "
+                                 f"{list(absmax.shape)}, expected [{rows.shape[1]}] as its input_rows")
+            count = seen.get(prefix, rows.shape[0])
+            if not isinstance(count, int) or isinstance(count, bool) or count < rows.shape[0]:
+                raise ValueError(f"load_activations: {where}: rows_seen of '{prefix}' is {count!r}, expected an "
+                                 f"integer >= its {rows.shape[0]} rows")
+            out[prefix] = LayerActivations(prefix, rows.shape[1], absmax, rows, count)
     return out

@@ -581,8 +581,13 @@ def _decode(tensors: _Tensors, fmt: str, base: str, rows: int, cols: int, layer:
     codes = _uint8(tensors[base + ".qweight"], base + ".qweight")
     scales = _uint8(tensors[base + ".wscales"], base + ".wscales") if base + ".wscales" in tensors \
         else np.zeros(0, np.uint8)
-    tensor_scale = float(tensors[base + ".wscale_global"].to(torch.float32)[0]) \
-        if base + ".wscale_global" in tensors else 1.0
+    tensor_scale = 1.0
+    if base + ".wscale_global" in tensors:
+        stored = tensors[base + ".wscale_global"]
+        if stored.numel() != 1:
+            raise ValueError(f"load_quantized: layer '{layer}': {base}.wscale_global holds {stored.numel()} values, "
+                             f"expected 1 (nvfp4's tensor scale)")
+        tensor_scale = float(stored.to(torch.float32).reshape(-1)[0])
     try:
         packed = PackedMatrix(fmt, rows, cols, codes, scales, tensor_scale)
     except ValueError as e:

@@ -140,8 +140,13 @@ PackedMatrix make_packed(const std::string& format, std::int64_t rows, std::int6
     throw Error("PackedMatrix: rows and cols must be >= 0, got " + std::to_string(rows) + " x " + std::to_string(cols));
   p.rows = rows;
   p.cols = cols;
-  const std::size_t want_codes = std::size_t(rows * packed_row_bytes(p.format, cols));
-  const std::size_t want_scales = std::size_t(rows) * scale_row_bytes(p);
+  // Checked: 2^40 x 2^40 wrapped to 0 bytes and was accepted with empty arrays.
+  std::int64_t code_bytes = 0, scale_bytes_total = 0;
+  if (cols > (std::int64_t(1) << 40) || __builtin_mul_overflow(rows, packed_row_bytes(p.format, cols), &code_bytes) ||
+      __builtin_mul_overflow(rows, std::int64_t(scale_row_bytes(p)), &scale_bytes_total))
+    throw Error("PackedMatrix: " + format + " " + std::to_string(rows) + " x " + std::to_string(cols) +
+                " is too large to address");
+  const auto want_codes = std::size_t(code_bytes), want_scales = std::size_t(scale_bytes_total);
   if (codes.size() != want_codes)
     throw Error("PackedMatrix: " + format + " codes of " + std::to_string(rows) + " x " + std::to_string(cols) +
                 " take " + std::to_string(want_codes) + " bytes, got " + std::to_string(codes.size()));

@@ -336,6 +336,11 @@ W = np.ones((8, 64), np.float32)
     (lambda: loraq.fake_quant(W, "mxfp4", isa="neon"), loraq.Error, ["unknown instruction set 'neon'"]),
     (lambda: loraq.PackedMatrix("mxfp4", 8, 64, np.zeros(10, np.uint8), np.zeros(16, np.uint8)), loraq.Error,
      ["codes", "256 bytes", "got 10"]),
+    # 2^40 x 2^40 used to wrap to 0 bytes and be accepted with empty arrays.
+    (lambda: loraq.PackedMatrix("sint4", 2**40, 2**40, np.zeros(0, np.uint8), np.zeros(0, np.uint8)), loraq.Error,
+     ["1099511627776 x 1099511627776 is too large"]),
+    (lambda: loraq.PackedMatrix("fp16", 2**31, 2**33, np.zeros(0, np.uint8), np.zeros(0, np.uint8)), loraq.Error,
+     ["too large"]),
     (lambda: loraq.quantize_weight(W, "gptq", rank=4), loraq.Error, ["unknown method 'gptq'", "loraq"]),
     (lambda: loraq.quantize_weight(W, "loraq", rank=4, stepz=3), loraq.Error,
      ["unknown parameter 'stepz'", "steps"]),

@@ -293,6 +293,17 @@ def test_load_quantized_errors_name_the_layer(recipes, checkpoint, run_loraq, tm
         with pytest.raises(loraq.Error, match=r"load_quantized: .*bad\.safetensors: .*" + message):
             lt.load_quantized(intact, tmp_path / "bad.safetensors")
         assert not any(isinstance(m, lt.QuantizedLinear) for m in intact.modules()), case
+    # nvfp4's per-tensor scale must be one value (an empty one was an IndexError).
+    nvfp4 = tmp_path / "nvfp4.yaml"
+    nvfp4.write_text("name: n\nmethod: rtn\nresidual: {format: nvfp4}\nlayers: {preset: pixart-sigma}\n")
+    run_loraq("quantize", checkpoint, "--recipe", nvfp4, "-o", tmp_path / "n.safetensors")
+    stored = safetensors_torch.load_file(str(tmp_path / "n.safetensors"))
+    with safetensors_torch.safe_open(str(tmp_path / "n.safetensors"), "pt") as f:
+        metadata = f.metadata()
+    (key,) = [k for k in sorted(stored) if k.endswith(".wscale_global")][:1]
+    safetensors_torch.save_file({**stored, key: torch.zeros(0)}, str(tmp_path / "bad.safetensors"), metadata=metadata)
+    with pytest.raises(ValueError, match=re.escape(key) + r" holds 0 values, expected 1"):
+        lt.load_quantized(intact, tmp_path / "bad.safetensors")
 
 
 # ---- activation capture -------------------------------------------------------------------------------
@@ -341,6 +352,29 @@ def test_capture_absmax_and_reservoir(tmp_path):
         assert header[f"{p}.input_absmax"]["shape"] == [stats[p].rows.shape[1]]
     back = load_activations(tmp_path / "stats.safetensors")
     assert all(np.array_equal(back[p].rows, stats[p].rows) and back[p].seen == stats[p].seen for p in LAYERS)
+
+
+def test_load_activations_refuses_a_malformed_file(tmp_path):
+    """A hand-made or damaged activation file gives a ValueError naming the file and tensor, not an
+    IndexError or a JSONDecodeError from deep inside."""
+    good = {"a.input_rows": torch.ones(4, 8), "a.input_absmax": torch.ones(8)}
+    cases = {
+        "rows 1-D": ({"a.input_rows": torch.ones(8)}, {}, r"tensor 'a\.input_rows' has shape \[8\], expected \[n >= 1"),
+        "no rows": ({"a.input_rows": torch.ones(0, 8)}, {}, r"tensor 'a\.input_rows' has shape \[0, 8\]"),
+        "absmax length": ({**good, "a.input_absmax": torch.ones(7)}, {},
+                          r"tensor 'a\.input_absmax' has shape \[7\], expected \[8\]"),
+        "metadata": (good, {"loraq.capture": "{not json"}, r"malformed loraq\.capture metadata"),
+        "rows_seen list": (good, {"loraq.capture": '{"rows_seen": [1]}'}, r"malformed loraq\.capture metadata"),
+        "rows_seen small": (good, {"loraq.capture": '{"rows_seen": {"a": 3}}'}, r"rows_seen of 'a' is 3, expected an integer >= its 4 rows"),
+    }
+    for case, (tensors, metadata, message) in cases.items():
+        path = tmp_path / f"{case.replace(' ', '_')}.safetensors"
+        safetensors_torch.save_file(tensors, str(path), metadata=metadata)
+        with pytest.raises(ValueError, match=rf"load_activations: .*{path.name}: {message}"):
+            load_activations(path)
+    safetensors_torch.save_file(good, str(tmp_path / "good.safetensors"), metadata={"loraq.capture": '{"rows_seen": {"a": 9}}'})
+    back = load_activations(tmp_path / "good.safetensors")
+    assert back["a"].seen == 9 and back["a"].rows.shape == (4, 8)
 
 
 def test_capture_file_read_by_cli(recipes, checkpoint, run_loraq, tmp_path):
