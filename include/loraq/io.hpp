@@ -50,9 +50,10 @@ void to_float32(DType d, std::span<const std::byte> bytes, std::span<float> out)
 void from_float32(DType d, std::span<const float> in, std::span<std::byte> out);
 
 // Throws Error "FILE: tensor 'NAME' holds NaN at [3, 5]: loraq refuses non-finite weights" for the
-// first NaN or Inf of a tensor's float32 values (one vectorized pass when there is none).
+// first NaN or Inf of a tensor's float32 values (one vectorized pass when there is none). An empty
+// `tensor` leaves out "tensor 'NAME' " (a file of one array); `what` is the noun at the end.
 void require_finite(std::span<const float> values, std::span<const std::int64_t> shape, std::string_view file,
-                    std::string_view tensor);
+                    std::string_view tensor, std::string_view what = "weights");
 
 // Checked element count of a shape: throws Error on negative dims or a count above 2^62.
 // `what` names the file and tensor for the message.

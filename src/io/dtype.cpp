@@ -264,7 +264,7 @@ void from_float32(DType d, std::span<const float> in, std::span<std::byte> out) 
 }
 
 void require_finite(std::span<const float> values, std::span<const std::int64_t> shape, std::string_view file,
-                    std::string_view tensor) {
+                    std::string_view tensor, std::string_view what) {
   // An exponent of all ones is Inf or NaN. The largest exponent field over the tensor is a max
   // reduction that vectorizes; the index is only searched for when there is something to report.
   std::uint32_t max_exponent = 0;
@@ -274,15 +274,16 @@ void require_finite(std::span<const float> values, std::span<const std::int64_t>
   // The position as indices along the shape ([row, col] for a weight); the flat index when the
   // shape does not describe the values.
   std::uint64_t flat = std::uint64_t(bad - values.begin()), product = 1;
-  for (const std::int64_t d : shape) product *= std::uint64_t(std::max<std::int64_t>(d, 1));
+  for (const std::int64_t d : shape) product *= std::uint64_t(d);
   std::string where = fmt::format("flat index {}", flat);
   if (!shape.empty() && product == values.size()) {
     std::vector<std::uint64_t> index(shape.size());
     for (std::size_t i = shape.size(); i-- > 0;) index[i] = flat % std::uint64_t(shape[i]), flat /= std::uint64_t(shape[i]);
     where = fmt::format("[{}]", fmt::join(index, ", "));
   }
-  throw Error(fmt::format("{}: tensor '{}' holds {} at {}: loraq refuses non-finite weights", file, tensor,
-                          std::isnan(*bad) ? "NaN" : "Inf", where));
+  const std::string named = tensor.empty() ? std::string() : fmt::format("tensor '{}' ", tensor);
+  throw Error(fmt::format("{}: {}holds {} at {}: loraq refuses non-finite {}", file, named,
+                          std::isnan(*bad) ? "NaN" : "Inf", where, what));
 }
 
 }  // namespace loraq::io

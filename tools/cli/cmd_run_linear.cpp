@@ -138,13 +138,7 @@ Command add_run_linear_command(CLI::App& app) {
             std::memcpy(x.data(), x_npy.data.data(), x.size() * sizeof(float));
             // As `cast` refuses non-finite weights: the kernels would give NaN rows, and --check has
             // nothing to compare them with.
-            if (const auto bad = std::find_if(x.begin(), x.end(), [](float v) { return !std::isfinite(v); });
-                bad != x.end()) {
-              const std::int64_t i = bad - x.begin();
-              throw Error(fmt::format("{}: holds {} at [{}, {}]: loraq refuses non-finite inputs", o->input,
-                                      std::isnan(*bad) ? "NaN" : "Inf", i / s.layer.in_features,
-                                      i % s.layer.in_features));
-            }
+            io::require_finite(x, std::vector<std::int64_t>{rows, s.layer.in_features}, o->input, "", "inputs");
             LinearKernelOptions options;
             options.threads = o->threads;
             options.skip_branch = o->no_branch;
